@@ -1,0 +1,35 @@
+# Two entry points (see README): `make gan` runs the main job, `make test` the test suite.
+# Both set up .venv first. torch is pinned here, in the install path, because an unpinned
+# torch pulls a multi-GB CUDA build; the package metadata itself allows a range.
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+# Where the datasets are when there is no internet: this project's shared data, if present.
+DATA  ?= $(firstword $(wildcard ../shared/data))
+ARGS  ?=
+
+.PHONY: setup gan test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[test]"
+	touch $@
+
+gan: setup
+	BNLAB_DATA="$(DATA)" $(VENV)/bin/bnlab gan $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	BNLAB_TEST_DATA="$(DATA)" $(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/bench_bn.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

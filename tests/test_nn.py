@@ -1,0 +1,283 @@
+"""bnlab.nn.BatchNorm* against torch.nn.BatchNorm*: every flag, many steps, train and eval."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import bnlab.nn as bnn
+from bnlab import reference
+
+PAIRS = [
+    (bnn.BatchNorm1d, nn.BatchNorm1d, (8, 5)),
+    (bnn.BatchNorm1d, nn.BatchNorm1d, (8, 5, 7)),
+    (bnn.BatchNorm2d, nn.BatchNorm2d, (4, 5, 6, 3)),
+    (bnn.BatchNorm3d, nn.BatchNorm3d, (3, 5, 2, 3, 4)),
+]
+FLAGS = [  # momentum, affine, track_running_stats, bias (bias exists only with affine)
+    f
+    for f in itertools.product([0.1, None], [True, False], [True, False], [True, False])
+    if f[1] or not f[3]
+]
+
+
+@pytest.mark.parametrize(("mine_cls", "torch_cls", "shape"), PAIRS)
+@pytest.mark.parametrize(("momentum", "affine", "track", "bias"), FLAGS)
+def test_parity_with_torch_over_many_steps(
+    mine_cls, torch_cls, shape, momentum, affine, track, bias
+):
+    kwargs = dict(
+        momentum=momentum, affine=affine, track_running_stats=track, eps=1e-4, dtype=torch.float64
+    )
+    if affine and not bias:
+        kwargs["bias"] = False
+    mine, ref = mine_cls(shape[1], **kwargs), torch_cls(shape[1], **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    opt_m = torch.optim.SGD(mine.parameters(), lr=0.1) if affine else None
+    opt_r = torch.optim.SGD(ref.parameters(), lr=0.1) if affine else None
+    for step in range(12):
+        training = step % 4 != 3  # mostly train, every 4th step eval
+        mine.train(training)
+        ref.train(training)
+        x = torch.randn(shape, generator=gen, dtype=torch.float64) * (1 + step) + step
+        dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+        xm, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ym, yr = mine(xm), ref(xr)
+        torch.testing.assert_close(ym, yr)
+        (ym * dy).sum().backward()
+        (yr * dy).sum().backward()
+        torch.testing.assert_close(xm.grad, xr.grad)
+        for (name, pm), (_, pr) in zip(
+            mine.named_parameters(), ref.named_parameters(), strict=True
+        ):
+            torch.testing.assert_close(pm.grad, pr.grad, msg=name)
+        if opt_m and opt_r:
+            opt_m.step()
+            opt_r.step()
+            opt_m.zero_grad()
+            opt_r.zero_grad()
+        for (name, bm), (_, br) in zip(mine.named_buffers(), ref.named_buffers(), strict=True):
+            torch.testing.assert_close(bm, br, msg=name)
+    assert mine.state_dict().keys() == ref.state_dict().keys()
+
+
+@pytest.mark.parametrize(("mine_cls", "torch_cls", "shape"), PAIRS)
+def test_state_dict_loads_into_torch_and_back(mine_cls, torch_cls, shape):
+    mine = mine_cls(shape[1])
+    for _ in range(3):
+        mine(torch.randn(shape) * 2 + 1)
+    with torch.no_grad():
+        mine.weight.mul_(1.5)
+        mine.bias.add_(0.25)
+    ref = torch_cls(shape[1])
+    ref.load_state_dict(mine.state_dict())  # strict
+    back = mine_cls(shape[1])
+    back.load_state_dict(ref.state_dict())
+    for key, value in mine.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[key], value)
+        torch.testing.assert_close(ref.state_dict()[key], value)
+    assert int(back.num_batches_tracked) == 3
+    assert mine.state_dict()._metadata[""]["version"] == ref.state_dict()._metadata[""]["version"]
+
+
+def test_old_state_dict_without_num_batches_tracked_loads_like_torch():
+    sd = nn.BatchNorm1d(4).state_dict()
+    del sd["num_batches_tracked"]
+    sd._metadata[""]["version"] = 1
+    mine = bnn.BatchNorm1d(4)
+    mine.load_state_dict(sd)
+    assert int(mine.num_batches_tracked) == 0
+
+
+def test_constructor_signature_matches_torch():
+    import inspect
+
+    for mine, ref in [
+        (bnn.BatchNorm1d, nn.BatchNorm1d),
+        (bnn.BatchNorm2d, nn.BatchNorm2d),
+        (bnn.BatchNorm3d, nn.BatchNorm3d),
+    ]:
+        a = inspect.signature(mine.__init__).parameters
+        b = inspect.signature(ref.__init__).parameters
+        assert list(a) == list(b)
+        assert [p.default for p in a.values()] == [p.default for p in b.values()]
+        assert (
+            repr(mine(7, momentum=None)).split("(", 1)[1]
+            == repr(ref(7, momentum=None)).split("(", 1)[1]
+        )
+
+
+def test_running_var_is_unbiased():
+    x = torch.randn(10, 3, dtype=torch.float64)
+    bn = bnn.BatchNorm1d(3, momentum=1.0, dtype=torch.float64)
+    bn(x)
+    torch.testing.assert_close(bn.running_var, x.var(0, unbiased=True))
+    torch.testing.assert_close(bn.running_mean, x.mean(0))
+
+
+def test_normalization_uses_biased_variance():
+    x = torch.randn(10, 3, dtype=torch.float64)
+    y = bnn.BatchNorm1d(3, affine=False, dtype=torch.float64, eps=0.0 + 1e-12)(x)
+    torch.testing.assert_close(y, (x - x.mean(0)) / x.var(0, unbiased=False).sqrt())
+
+
+def test_running_stats_update_is_lerp_with_momentum():
+    bn = bnn.BatchNorm1d(3, momentum=0.3, dtype=torch.float64)
+    old_mean = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    old_var = torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)
+    bn.running_mean.copy_(old_mean)
+    bn.running_var.copy_(old_var)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    bn(x)
+    new_mean, new_var = reference.update_running_stats(
+        old_mean.numpy(), old_var.numpy(), x.numpy(), 0.3
+    )
+    torch.testing.assert_close(bn.running_mean.numpy(), new_mean)
+    torch.testing.assert_close(bn.running_var.numpy(), new_var)
+    torch.testing.assert_close(bn.running_mean, 0.7 * old_mean + 0.3 * x.mean(0))
+
+
+def test_momentum_none_is_the_plain_average_of_batch_statistics():
+    bn = bnn.BatchNorm1d(4, momentum=None, dtype=torch.float64)
+    batches = [torch.randn(6, 4, dtype=torch.float64) * (k + 1) + k for k in range(5)]
+    for x in batches:
+        bn(x)
+    torch.testing.assert_close(bn.running_mean, torch.stack([b.mean(0) for b in batches]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([b.var(0) for b in batches]).mean(0))
+    assert int(bn.num_batches_tracked) == 5
+
+
+def test_untracked_module_uses_batch_statistics_in_eval():
+    bn = bnn.BatchNorm1d(3, track_running_stats=False).eval()
+    assert bn.running_mean is None and bn.num_batches_tracked is None
+    x = torch.randn(20, 3) * 4 + 2
+    torch.testing.assert_close(bn(x), bnn.BatchNorm1d(3).train()(x))
+
+
+@pytest.mark.parametrize(
+    ("cls", "bad_shape", "match"),
+    [
+        (bnn.BatchNorm1d, (4, 3, 2, 2), r"BatchNorm1d\(3\) expected 2D or 3D input \(got 4D input"),
+        (bnn.BatchNorm2d, (4, 3), r"BatchNorm2d\(3\) expected 4D input \(got 2D input of shape"),
+        (bnn.BatchNorm3d, (4, 3, 2, 2), r"BatchNorm3d\(3\) expected 5D input"),
+        (bnn.BatchNorm1d, (4, 5), r"BatchNorm1d\(3\) got input of shape \(4, 5\) with 5 channels"),
+        (bnn.BatchNorm2d, (4, 5, 2, 2), r"num_features=5"),
+        (bnn.BatchNorm1d, (1, 3), r"more than 1 value per channel.*shape \(1, 3\)"),
+        (bnn.BatchNorm2d, (1, 3, 1, 1), r"more than 1 value per channel.*call \.eval\(\)"),
+    ],
+)
+def test_bad_input_is_a_value_error_naming_module_and_shape(cls, bad_shape, match):
+    bn = cls(3)
+    with pytest.raises(ValueError, match=match):
+        bn(torch.randn(bad_shape))
+    assert int(bn.num_batches_tracked) == 0  # nothing half-updated
+
+
+def test_batch_of_one_is_fine_in_eval():
+    bn = bnn.BatchNorm1d(3).eval()
+    assert bn(torch.randn(1, 3)).shape == (1, 3)
+
+
+def _model(bn1, bn2):
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        bn2(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+        bn1(5),
+        nn.Sequential(nn.Linear(5, 2), bn1(2)),
+    )
+
+
+def test_from_torch_and_to_torch_keep_state_mode_and_outputs():
+    torch.manual_seed(0)
+    model = _model(nn.BatchNorm1d, nn.BatchNorm2d)
+    for _ in range(3):
+        model(torch.randn(8, 3, 6, 6))
+    model[5].eval()
+    expected = model(torch.randn(8, 3, 6, 6))  # advances running stats once more
+    params_before = [id(p) for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(8, 3, 6, 6)
+    out_torch = model.eval()(x)
+    model.train()
+    model[5].eval()
+
+    converted = bnn.from_torch(model)
+    assert converted is model
+    kinds = [type(m) for m in model.modules() if "BatchNorm" in type(m).__name__]
+    assert kinds == [bnn.BatchNorm2d, bnn.BatchNorm1d, bnn.BatchNorm1d]
+    assert [id(p) for p in model.parameters()] == params_before  # optimizers stay valid
+    assert model[5].training is False and model[1].training is True
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    torch.testing.assert_close(model.eval()(x), out_torch)
+
+    back = bnn.to_torch(model)
+    assert all(
+        type(m).__module__.startswith("torch.nn")
+        for m in back.modules()
+        if "BatchNorm" in type(m).__name__
+    )
+    torch.testing.assert_close(back.eval()(x), out_torch)
+    assert expected.shape == (8, 2)
+
+
+def test_from_torch_on_a_bare_layer_returns_the_new_layer():
+    layer = nn.BatchNorm1d(3, momentum=None, affine=False).eval()
+    new = bnn.from_torch(layer)
+    assert isinstance(new, bnn.BatchNorm1d) and not new.training
+    assert new.momentum is None and new.weight is None
+
+
+# ---- properties (hypothesis) -------------------------------------------------------------
+
+_batch = st.integers(min_value=2, max_value=16)
+_chan = st.integers(min_value=1, max_value=6)
+_scale = st.floats(min_value=0.1, max_value=100.0)
+_shift = st.floats(min_value=-100.0, max_value=100.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=_batch, c=_chan, scale=_scale, shift=_shift, seed=st.integers(0, 2**16))
+def test_train_output_has_zero_mean_unit_variance_per_channel(n, c, scale, shift, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, 3, generator=gen, dtype=torch.float64) * scale + shift
+    y = bnn.BatchNorm1d(c, eps=1e-12, dtype=torch.float64)(x)
+    np.testing.assert_allclose(y.mean((0, 2)).detach(), 0, atol=1e-8)
+    np.testing.assert_allclose(y.var((0, 2), unbiased=False).detach(), 1, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=_batch, c=_chan, scale=_scale, shift=_shift, seed=st.integers(0, 2**16))
+def test_gamma_beta_can_undo_normalization(n, c, scale, shift, seed):
+    # The blog's claim 4: gamma = sqrt(batch var + eps), beta = batch mean gives back x.
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=gen, dtype=torch.float64) * scale + shift
+    bn = bnn.BatchNorm1d(c, dtype=torch.float64)
+    with torch.no_grad():
+        bn.weight.copy_(x.var(0, unbiased=False).add(bn.eps).sqrt())
+        bn.bias.copy_(x.mean(0))
+    torch.testing.assert_close(bn(x), x, rtol=1e-9, atol=1e-9 * (abs(shift) + scale))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(3, 16), c=_chan, seed=st.integers(0, 2**16))
+def test_eval_output_ignores_the_rest_of_the_batch_train_output_does_not(n, c, seed):
+    gen = torch.Generator().manual_seed(seed)
+    bn = bnn.BatchNorm1d(c, dtype=torch.float64)
+    bn(torch.randn(32, c, generator=gen, dtype=torch.float64))  # some running statistics
+    x = torch.randn(n, c, generator=gen, dtype=torch.float64)
+    others = torch.randn(n - 1, c, generator=gen, dtype=torch.float64) * 5 + 3
+    mixed = torch.cat([x[:1], others])
+    bn.eval()
+    torch.testing.assert_close(bn(x)[0], bn(mixed)[0])
+    bn.train()
+    assert not torch.allclose(bn(x)[0], bn(mixed)[0])
