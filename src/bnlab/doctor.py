@@ -1,0 +1,835 @@
+"""`bnlab doctor`: find batch-norm misuse in a model, from its structure, an example input, or live.
+
+The blog's failed BN GAN (notebook 2) normalized D's single-unit logit and G's output, and
+never switched between train() and eval(). Each of those mistakes leaves a trace that can be
+checked mechanically:
+
+- :func:`check` looks at the structure (which layers, in which order) and, given an example
+  input, runs the model on it to see the execution order, the data flow into each BN layer,
+  batches too small for batch statistics, and how far the batch statistics are from the
+  running ones (the train/eval gap). It never changes the model: train/eval flags and every
+  buffer (running statistics, ``num_batches_tracked``) are restored, and the RNG is forked.
+- :func:`watch` wraps user code and reports BN layers that ran in train mode under
+  ``torch.no_grad()`` (evaluation without ``model.eval()``) and running statistics that
+  changed there.
+
+Both torch's BN layers (``torch.nn.BatchNorm*``, ``SyncBatchNorm``) and bnlab's are recognized.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
+from torch.nn.parameter import is_lazy
+
+from bnlab.nn.batchnorm import _BatchNorm as _BnlabBatchNorm
+
+__all__ = ["Finding", "Severity", "check", "format_findings", "load_factory", "main", "watch"]
+
+# Train/eval gap: how far the batch statistics of a BN layer's input on the example batch may be
+# from its running statistics before we call it a gap. Both are averaged over channels.
+#
+# Standardized mean difference |mu_batch - running_mean| / sqrt(running_var + eps): 0.5 is
+# Cohen's "medium" effect size; in eval mode the layer's output is then off by half a (training)
+# standard deviation on average, which is large for the layers that follow.
+GAP_MEAN_THRESHOLD = 0.5
+# |log((var_batch + eps) / (running_var + eps))|: log(2) means the batch variance is more than
+# twice, or less than half, the running one, so eval mode scales the output by > 1.41x or < 0.71x.
+GAP_LOG_VAR_THRESHOLD = math.log(2.0)
+# A small example batch estimates the statistics with noise (a mean to ~1/sqrt(n) standard
+# deviations, a log variance to ~sqrt(2/(n-1))): a gap must also exceed this many standard errors,
+# so that a batch of 8 does not raise false alarms on a well-trained model.
+GAP_NOISE_MULTIPLE = 4.0
+
+# Modules that pass their input through without changing what BN cares about: looked through
+# when asking "what feeds this layer" (BN -> Dropout -> Tanh is still BN before the output).
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Flatten, nn.Unflatten)
+# Output activations after which a BN layer is a mistake (DCGAN: no BN on the generator output).
+_OUTPUT_ACTIVATIONS = (nn.Tanh, nn.Sigmoid)
+# Layers whose bias BN's mean subtraction cancels when they feed it directly.
+_AFFINE_LAYERS = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+class Severity(str, Enum):
+    """How bad a finding is: ERROR breaks training or evaluation, WARNING usually hurts."""
+
+    ERROR = "ERROR"
+    WARNING = "WARNING"
+    INFO = "INFO"
+
+
+_RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One batch-norm problem in one module of a model."""
+
+    code: str  # stable id, e.g. "bn-on-single-unit"
+    severity: Severity
+    module: str  # dotted path in the model ("" for the root), e.g. "net.3"
+    message: str  # what is wrong, with numbers where there are any
+    fix: str  # one line: what to change
+
+
+# --------------------------------------------------------------------------------------------
+# Recognizing BN layers
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a batch-norm layer: torch's (incl. SyncBatchNorm) or bnlab's."""
+    return isinstance(module, (_TorchBatchNorm, _BnlabBatchNorm))
+
+
+def _running_stats(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``(running_mean, running_var)``, detached; None without them (or before lazy init)."""
+    mean, var = getattr(bn, "running_mean", None), getattr(bn, "running_var", None)
+    if not isinstance(mean, Tensor) or not isinstance(var, Tensor) or is_lazy(mean):
+        return None
+    return mean.detach(), var.detach()
+
+
+def _has_running_stats(bn: nn.Module) -> bool:
+    return _running_stats(bn) is not None
+
+
+def _uses_batch_stats(bn: nn.Module) -> bool:
+    """Whether ``bn`` normalizes with batch statistics in its current mode (as torch decides)."""
+    return bn.training or not _has_running_stats(bn)
+
+
+def _describe(module: nn.Module) -> str:
+    if is_batch_norm(module):
+        return f"{type(module).__name__}({getattr(module, 'num_features', '?')})"
+    return type(module).__name__
+
+
+def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules that do the computing, in definition order: those without children, and BN."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if is_batch_norm(m) or next(m.children(), None) is None
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Static checks: one module (or one adjacent pair) at a time
+
+
+def _check_single_unit(name: str, bn: nn.Module) -> Finding | None:
+    """BN over one feature: every batch comes out with mean beta and std |gamma|."""
+    if getattr(bn, "num_features", None) != 1:
+        return None
+    return Finding(
+        "bn-on-single-unit",
+        Severity.ERROR,
+        name,
+        f"{_describe(bn)} normalizes a single feature (a logit or score): in train mode every "
+        "batch comes out with mean beta and std |gamma| whatever the input, so the level of the "
+        "score is erased and only the ranking within the batch survives (a D that sees real and "
+        "fake as separate batches cannot tell them apart); notebook 2's BatchNorm1d(1) on D's "
+        "logit",
+        "remove this BN layer: never normalize a single-unit output",
+    )
+
+
+def _check_finite_stats(name: str, bn: nn.Module) -> Finding | None:
+    """Running statistics with NaN or inf poison every eval-mode output."""
+    stats = _running_stats(bn)
+    if stats is None:
+        return None
+    bad = {
+        stat: int((~torch.isfinite(t)).sum())
+        for stat, t in zip(("running_mean", "running_var"), stats, strict=True)
+    }
+    if not any(bad.values()):
+        return None
+    counts = ", ".join(f"{n} of {bn.num_features} in {stat}" for stat, n in bad.items() if n)
+    return Finding(
+        "nonfinite-running-stats",
+        Severity.ERROR,
+        name,
+        f"{_describe(bn)} has non-finite running statistics ({counts}): every eval-mode output "
+        "through it is NaN or inf",
+        "find the step that diverged, then reset_running_stats() and re-estimate them in train "
+        "mode",
+    )
+
+
+def _check_untracked(name: str, bn: nn.Module) -> Finding | None:
+    """Without running statistics, eval mode normalizes with the batch's own statistics."""
+    if _has_running_stats(bn) or _is_lazy_bn(bn):
+        return None
+    return Finding(
+        "untracked-stats",
+        Severity.WARNING,
+        name,
+        f"{_describe(bn)} keeps no running statistics (track_running_stats=False): in eval mode "
+        "it still normalizes with batch statistics, so an example's output depends on the other "
+        "examples in its batch and a batch of 1 fails",
+        "keep running statistics (track_running_stats=True), or accept batch-dependent eval "
+        "knowingly",
+    )
+
+
+def _is_lazy_bn(bn: nn.Module) -> bool:
+    mean = getattr(bn, "running_mean", None)
+    return isinstance(mean, Tensor) and is_lazy(mean)
+
+
+def _bias_before_bn(
+    producer_name: str, producer: nn.Module, bn_name: str, bn: nn.Module
+) -> Finding | None:
+    """A bias feeding BN directly is cancelled by BN's mean subtraction (beta takes its role)."""
+    if not isinstance(producer, _AFFINE_LAYERS) or producer.bias is None:
+        return None
+    out = producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
+    if out != getattr(bn, "num_features", None):
+        return None
+    return Finding(
+        "bias-before-bn",
+        Severity.INFO,
+        producer_name,
+        f"{type(producer).__name__} has bias=True and feeds {_describe(bn)} ('{bn_name}') "
+        "directly: the bias is redundant, BN subtracts the mean (its beta plays the bias's role)",
+        f"build '{producer_name}' with bias=False",
+    )
+
+
+def _bn_before_output(bn_name: str, bn: nn.Module, act: nn.Module) -> Finding:
+    """BN right before the output activation pins the output distribution per batch."""
+    return Finding(
+        "bn-before-output-activation",
+        Severity.WARNING,
+        bn_name,
+        f"{_describe(bn)} feeds the model's output activation {type(act).__name__}: in train "
+        "mode every batch of outputs is forced to the same per-feature mean and spread before "
+        "it, whatever the input (notebook 2 put BN before G's Tanh and D's Sigmoid)",
+        "remove it (DCGAN guideline: no BN on the generator output)",
+    )
+
+
+def _static_findings(model: nn.Module) -> list[Finding]:
+    """Checks that need only the layers: one BN at a time."""
+    findings: list[Finding] = []
+    for name, m in model.named_modules():
+        if not is_batch_norm(m):
+            continue
+        for one in (_check_single_unit, _check_finite_stats, _check_untracked):
+            f = one(name, m)
+            if f is not None:
+                findings.append(f)
+    return findings
+
+
+def _skip_pass_through(leaves: list[tuple[str, nn.Module]], i: int) -> int:
+    """Index of the nearest leaf before ``i`` that is not a pass-through module (-1 if none)."""
+    j = i - 1
+    while j >= 0 and isinstance(leaves[j][1], _PASS_THROUGH):
+        j -= 1
+    return j
+
+
+def _order_findings_from_definition(model: nn.Module) -> list[Finding]:
+    """Adjacency checks on definition order: a guess at data flow when nothing ran."""
+    leaves = _leaves(model)
+    findings: list[Finding] = []
+    for i, (name, m) in enumerate(leaves):
+        if is_batch_norm(m) and i > 0:
+            f = _bias_before_bn(*leaves[i - 1], name, m)
+            if f is not None:
+                findings.append(f)
+    if leaves and isinstance(leaves[-1][1], _OUTPUT_ACTIVATIONS):
+        j = _skip_pass_through(leaves, len(leaves) - 1)
+        if j >= 0 and is_batch_norm(leaves[j][1]):
+            findings.append(_bn_before_output(*leaves[j], leaves[-1][1]))
+    return findings
+
+
+# --------------------------------------------------------------------------------------------
+# Running the model on the example input
+
+
+class _Starved(Exception):
+    """A BN layer got at most one value per channel while using batch statistics."""
+
+    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.shape = shape
+
+
+@dataclass
+class _Call:
+    """One forward call of a leaf module during a traced pass."""
+
+    name: str
+    module: nn.Module
+    source: int | None = None  # index of the call that produced its first input (None: unknown)
+    out_dim: int | None = None  # dimensions of its (first) output tensor
+
+
+@dataclass(frozen=True)
+class _Gap:
+    """How far the batch statistics of a BN layer's input are from its running statistics."""
+
+    mean_shift: float  # channel mean of |mu_batch - running_mean| / sqrt(running_var + eps)
+    max_mean_shift: float
+    log_var_ratio: float  # channel mean of |log((var_batch + eps) / (running_var + eps))|
+    max_log_var_ratio: float
+    n: int  # values per channel in the example batch
+
+    def exceeds(self) -> bool:
+        """Whether the gap is beyond the thresholds and beyond sampling noise."""
+        mean_limit = max(GAP_MEAN_THRESHOLD, GAP_NOISE_MULTIPLE / math.sqrt(self.n))
+        var_limit = max(GAP_LOG_VAR_THRESHOLD, GAP_NOISE_MULTIPLE * math.sqrt(2 / (self.n - 1)))
+        return self.mean_shift > mean_limit or self.log_var_ratio > var_limit
+
+
+@dataclass
+class _Trace:
+    """What one forward pass showed."""
+
+    calls: list[_Call] = field(default_factory=list)
+    output_source: int | None = None  # call that produced the model's output tensor
+    output: Any = None
+    starved: _Starved | None = None  # set when the pass stopped at a BN with a batch of 1
+    gaps: dict[str, _Gap] = field(default_factory=dict)
+
+
+def _tensor_key(t: Tensor) -> tuple[int, int] | None:
+    """Identity of a tensor's data: views share it, an in-place change (new _version) breaks it."""
+    if t.numel() == 0 or t.is_sparse:
+        return None
+    try:
+        return (t.untyped_storage().data_ptr(), t._version)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    """Every tensor in a (nested) output: tensor, tuple, list or dict."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Per-channel mean and unbiased variance over every axis but 1, in float64, and the count."""
+    c = x.shape[1]
+    flat = x.detach().transpose(0, 1).reshape(c, -1).double()  # (C, N * spatial)
+    return flat.mean(1), flat.var(1, unbiased=True), flat.shape[1]
+
+
+def _gap(bn: nn.Module, x: Tensor, running_mean: Tensor, running_var: Tensor) -> _Gap:
+    mu, var, n = _channel_stats(x)
+    r_mean, r_var = running_mean.double(), running_var.double()
+    eps = float(getattr(bn, "eps", 1e-5))
+    shift = (mu - r_mean).abs() / (r_var + eps).sqrt()
+    log_ratio = ((var + eps) / (r_var + eps)).log().abs()
+    return _Gap(
+        float(shift.mean()),
+        float(shift.max()),
+        float(log_ratio.mean()),
+        float(log_ratio.max()),
+        n,
+    )
+
+
+@contextmanager
+def _preserved(model: nn.Module) -> Iterator[None]:
+    """Restore every module's train/eval flag and every buffer (object and values) on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    buffers = [
+        (m, name, b, b.detach().clone())
+        for m in model.modules()
+        for name, b in m._buffers.items()
+        if isinstance(b, Tensor) and not is_lazy(b)
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, name, b, saved in buffers:
+                m._buffers[name] = b
+                b.copy_(saved)
+        for m, training in flags:
+            m.training = training
+
+
+def _cuda_devices(model: nn.Module, args: tuple[Any, ...]) -> list[int]:
+    tensors = [*model.parameters(), *model.buffers(), *_tensors(args)]
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+
+
+def _trace(model: nn.Module, args: tuple[Any, ...], train: bool | None) -> _Trace:
+    """Run ``model(*args)`` under no_grad with hooks on every leaf; the model is left as it was.
+
+    Args:
+        train: True: whole model in train mode; False: eval mode; None: each module as it is.
+    """
+    trace = _Trace()
+    producer: dict[tuple[int, int], int] = {}  # tensor key -> index of the call that made it
+    keep: list[Tensor] = []  # outputs stay alive so that storage addresses are not reused
+    stats = {}  # before the pass: the pre-hook of a shared BN's 2nd call sees updated ones
+    for m in model.modules():
+        running = _running_stats(m) if is_batch_norm(m) else None
+        if running is not None:
+            stats[id(m)] = (running[0].clone(), running[1].clone())
+
+    def pre_hook(name: str, m: nn.Module, inputs: tuple[Any, ...]) -> None:
+        first = inputs[0] if inputs else None
+        source = None
+        if isinstance(first, Tensor):
+            key = _tensor_key(first)
+            source = producer.get(key) if key is not None else None
+        trace.calls.append(_Call(name, m, source))
+        if not (is_batch_norm(m) and isinstance(first, Tensor) and first.dim() >= 2):
+            return
+        if _uses_batch_stats(m) and first.numel() // max(first.shape[1], 1) <= 1:
+            raise _Starved(name, tuple(first.shape))
+        if id(m) in stats and name not in trace.gaps and first.numel() // first.shape[1] >= 2:
+            trace.gaps[name] = _gap(m, first, *stats[id(m)])
+
+    def post_hook(m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        # A leaf's forward hook fires before any other leaf's pre-hook: the last call is its own.
+        index = len(trace.calls) - 1
+        outs = _tensors(output)
+        trace.calls[index].out_dim = outs[0].dim() if outs else None
+        for t in outs:
+            key = _tensor_key(t)
+            if key is not None:
+                producer[key] = index
+                keep.append(t)
+
+    handles = []
+    for name, m in _leaves(model):
+        handles.append(m.register_forward_pre_hook(_bind(pre_hook, name)))
+        handles.append(m.register_forward_hook(post_hook))
+    try:
+        with (
+            _preserved(model),
+            torch.no_grad(),
+            torch.random.fork_rng(devices=_cuda_devices(model, args)),
+        ):
+            if train is not None:
+                model.train(train)
+            try:
+                trace.output = model(*args)
+            except _Starved as starved:
+                trace.starved = starved
+                return trace
+    finally:
+        for h in handles:
+            h.remove()
+    out = _tensors(trace.output)
+    if len(out) == 1:
+        key = _tensor_key(out[0])
+        trace.output_source = producer.get(key) if key is not None else None
+    return trace
+
+
+def _bind(hook: Any, name: str) -> Any:
+    return lambda m, inputs: hook(name, m, inputs)
+
+
+def _resolve(calls: list[_Call], i: int | None) -> int | None:
+    """Follow pass-through modules back to the call that really produced a tensor."""
+    while i is not None and isinstance(calls[i].module, _PASS_THROUGH):
+        i = calls[i].source
+    return i
+
+
+def _order_findings_from_trace(trace: _Trace) -> list[Finding]:
+    """Adjacency checks on the recorded data flow: which call produced each BN's input."""
+    findings: list[Finding] = []
+    calls = trace.calls
+    for call in calls:
+        if not is_batch_norm(call.module) or call.source is None:
+            continue
+        src = calls[call.source]
+        if isinstance(src.module, nn.Linear) and src.out_dim != 2:
+            continue  # Linear on (N, L, F): its bias is along the last axis, BN's channels dim 1
+        f = _bias_before_bn(src.name, src.module, call.name, call.module)
+        if f is not None:
+            findings.append(f)
+    last = trace.output_source
+    if last is not None and isinstance(calls[last].module, _OUTPUT_ACTIVATIONS):
+        before = _resolve(calls, calls[last].source)
+        if before is not None and is_batch_norm(calls[before].module):
+            findings.append(
+                _bn_before_output(calls[before].name, calls[before].module, calls[last].module)
+            )
+    return findings
+
+
+def _batch_of_one(starved: _Starved, model: nn.Module) -> Finding:
+    bn = model.get_submodule(starved.name)
+    return Finding(
+        "batch-of-one",
+        Severity.ERROR,
+        starved.name,
+        f"{_describe(bn)} gets input of shape {starved.shape}, one value per channel, and "
+        "normalizes it with batch statistics (train mode): the variance is undefined and the "
+        "forward pass fails",
+        "call model.eval() before running single examples, or use batches of 2 or more",
+    )
+
+
+def _relative_change(a: Any, b: Any) -> float | None:
+    """||a - b|| / ||b|| over all output tensors (relative L2), None when not comparable."""
+    ta, tb = _tensors(a), _tensors(b)
+    if not ta or len(ta) != len(tb) or any(x.shape != y.shape for x, y in zip(ta, tb, strict=True)):
+        return None
+    diff = math.sqrt(
+        sum(float((x.double() - y.double()).square().sum()) for x, y in zip(ta, tb, strict=True))
+    )
+    norm = math.sqrt(sum(float(y.double().square().sum()) for y in tb))
+    return diff / max(norm, 1e-12)
+
+
+def _at_init(bn: nn.Module) -> bool:
+    """Running statistics still at their initial values (mean 0, var 1): never updated."""
+    stats = _running_stats(bn)
+    return stats is not None and bool((stats[0] == 0).all() and (stats[1] == 1).all())
+
+
+def _gap_findings(model: nn.Module, args: tuple[Any, ...]) -> list[Finding]:
+    """Compare each BN's batch statistics on the example with its running statistics."""
+    tracked = {
+        name: m for name, m in model.named_modules() if is_batch_norm(m) and _has_running_stats(m)
+    }
+    fresh = [name for name, m in tracked.items() if _at_init(m)]
+    findings: list[Finding] = []
+    if fresh:
+        shown = ", ".join(f"'{n}'" for n in fresh[:5]) + (", ..." if len(fresh) > 5 else "")
+        findings.append(
+            Finding(
+                "running-stats-at-init",
+                Severity.INFO,
+                "",
+                f"{len(fresh)} of {len(tracked)} BN layers ({shown}) still have their initial "
+                "running statistics (mean 0, var 1): the model has not been trained, eval mode "
+                "would normalize as if every input were standard normal; train/eval gap not "
+                "measured for them",
+                "train the model (in train mode) before evaluating it",
+            )
+        )
+    if len(fresh) == len(tracked):
+        return findings
+    in_train = _trace(model, args, train=True)
+    if in_train.starved is not None:
+        findings.append(
+            Finding(
+                "gap-not-measured",
+                Severity.INFO,
+                in_train.starved.name,
+                f"train/eval gap not measured: in train mode this layer would get input of shape "
+                f"{in_train.starved.shape}, one value per channel",
+                "give an example batch of 2 or more",
+            )
+        )
+        return findings
+    in_eval = _trace(model, args, train=False)
+    change = _relative_change(in_train.output, in_eval.output)
+    said = (
+        f"switching the model from train to eval mode changes its output on this batch by "
+        f"{change:.1%} (relative L2)"
+        if change is not None
+        else "the output change between train and eval mode could not be measured"
+    )
+    for name, gap in in_train.gaps.items():
+        if name in fresh or not gap.exceeds():
+            continue
+        bn = tracked[name]
+        findings.append(
+            Finding(
+                "train-eval-gap",
+                Severity.WARNING,
+                name,
+                f"{_describe(bn)}: the example batch's statistics are far from the running ones: "
+                f"mean shift {gap.mean_shift:.2f} running std on average over "
+                f"{bn.num_features} channels (max {gap.max_mean_shift:.2f}; threshold "
+                f"{GAP_MEAN_THRESHOLD}), |log variance ratio| {gap.log_var_ratio:.2f} (max "
+                f"{gap.max_log_var_ratio:.2f}; threshold {GAP_LOG_VAR_THRESHOLD:.2f}), "
+                f"{gap.n} values per channel; {said}",
+                "re-estimate the running statistics on data like this (train-mode forwards "
+                "under no_grad, momentum=None), or check eval data is prepared like training data",
+            )
+        )
+    return findings
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def check(model: nn.Module, example_input: Tensor | tuple[Any, ...] | None = None) -> list[Finding]:
+    """Report batch-norm misuse in ``model``; with an example input, also run it (no state change).
+
+    Args:
+        model: any torch model; torch's and bnlab's BN layers are recognized.
+        example_input: a tensor, or a tuple of positional arguments, for ``model(*args)``. With
+            it, layer order comes from the recorded execution (data flow), not definition
+            order; batches of one and the train/eval gap are checked.
+
+    Returns:
+        Findings, errors first, each at most once per (code, module).
+    """
+    findings = _static_findings(model)
+    if example_input is None:
+        findings += _order_findings_from_definition(model)
+        return _sorted_unique(findings)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    try:
+        as_is = _trace(model, args, train=None)
+    except Exception as e:  # the model's own error, e.g. a wrong input shape
+        shapes = [tuple(t.shape) for t in _tensors(args)]
+        raise ValueError(f"the model failed on the example input {shapes}: {e}") from e
+    if as_is.starved is not None:
+        findings.append(_batch_of_one(as_is.starved, model))
+        findings += _order_findings_from_definition(model)  # the trace stopped half-way
+        return _sorted_unique(findings)
+    findings += _order_findings_from_trace(as_is)
+    findings += _gap_findings(model, args)
+    return _sorted_unique(findings)
+
+
+def _sorted_unique(findings: list[Finding]) -> list[Finding]:
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for f in findings:
+        if (f.code, f.module) not in seen:
+            seen.add((f.code, f.module))
+            unique.append(f)
+    return sorted(unique, key=lambda f: _RANK[f.severity])  # stable: model order within a rank
+
+
+@dataclass
+class _Watched:
+    """What watch() saw of one BN layer."""
+
+    train_no_grad_calls: int = 0
+    changed_calls: int = 0
+    max_mean_delta: float = 0.0
+    max_var_delta: float = 0.0
+
+
+@contextmanager
+def watch(model: nn.Module) -> Iterator[list[Finding]]:
+    """Watch BN layers while the block runs: train mode or running-stat updates under no_grad.
+
+    Yields a list that is filled when the block exits (also on an exception); hooks are removed
+    on exit. Intentional recalibration of running statistics (precise BN: train mode under
+    no_grad on purpose) is reported too: do not wrap it.
+
+    Example::
+
+        with watch(model) as findings:
+            with torch.no_grad():
+                evaluate(model)
+        assert not findings
+    """
+    findings: list[Finding] = []
+    seen: dict[str, _Watched] = {}
+    before: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def pre_hook(name: str, m: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if torch.is_grad_enabled():
+            return
+        w = seen.setdefault(name, _Watched())
+        if m.training:
+            w.train_no_grad_calls += 1
+        running = _running_stats(m)
+        if running is not None:
+            before[name] = (running[0].clone(), running[1].clone())
+
+    def post_hook(name: str, m: nn.Module) -> None:
+        running = _running_stats(m)
+        if name not in before or running is None:
+            return
+        (mean0, var0), (mean1, var1) = before.pop(name), running
+        if _same(mean0, mean1) and _same(var0, var1):
+            return
+        w = seen[name]
+        w.changed_calls += 1
+        w.max_mean_delta = max(w.max_mean_delta, _max_delta(mean0, mean1))
+        w.max_var_delta = max(w.max_var_delta, _max_delta(var0, var1))
+
+    handles = []
+    for name, m in model.named_modules():
+        if is_batch_norm(m):
+            handles.append(m.register_forward_pre_hook(_bind(pre_hook, name)))
+            handles.append(
+                m.register_forward_hook(lambda mod, i, o, name=name: post_hook(name, mod))
+            )
+    try:
+        yield findings
+    finally:
+        for h in handles:
+            h.remove()
+        findings.extend(_watch_findings(model, seen))
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Equal values, NaN counting as equal to NaN."""
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _max_delta(a: Tensor, b: Tensor) -> float:
+    return float((a - b).abs().nan_to_num(nan=math.inf).max()) if a.numel() else 0.0
+
+
+def _watch_findings(model: nn.Module, seen: dict[str, _Watched]) -> list[Finding]:
+    findings: list[Finding] = []
+    for name, w in seen.items():
+        bn = model.get_submodule(name)
+        if w.train_no_grad_calls:
+            findings.append(
+                Finding(
+                    "train-mode-under-no-grad",
+                    Severity.WARNING,
+                    name,
+                    f"{_describe(bn)} ran in train mode under torch.no_grad() in "
+                    f"{w.train_no_grad_calls} forward call(s): evaluation with batch statistics, "
+                    "so outputs depend on the batch (model.eval() was not called)",
+                    "call model.eval() before evaluating, and model.train() before training again",
+                )
+            )
+        if w.changed_calls:
+            findings.append(
+                Finding(
+                    "running-stats-changed-in-eval",
+                    Severity.ERROR,
+                    name,
+                    f"{_describe(bn)}'s running statistics changed under torch.no_grad() in "
+                    f"{w.changed_calls} forward call(s) (running_mean by up to "
+                    f"{w.max_mean_delta:.3g}, running_var by up to {w.max_var_delta:.3g}): "
+                    "evaluation data leaked into the statistics used at eval time",
+                    "call model.eval() before evaluating",
+                )
+            )
+    return sorted(findings, key=lambda f: _RANK[f.severity])
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """A readable list of findings for the terminal; "no findings" when there are none."""
+    if not findings:
+        return "no findings"
+    width = max(len(f.code) for f in findings)
+    blocks = []
+    for f in findings:
+        where = f.module or "<root>"
+        head = f"{f.severity.value:<7}  {f.code:<{width}}  {where}"
+        body = textwrap.fill(
+            f.message, width=100, initial_indent=" " * 9, subsequent_indent=" " * 9
+        )
+        blocks.append(f"{head}\n{body}\n         fix: {f.fix}")
+    counts = {s: sum(f.severity is s for f in findings) for s in Severity}
+    summary = (
+        f"{len(findings)} finding(s): {counts[Severity.ERROR]} error(s), "
+        f"{counts[Severity.WARNING]} warning(s), {counts[Severity.INFO]} info"
+    )
+    return "\n\n".join(blocks) + "\n\n" + summary
+
+
+def load_factory(spec: str) -> nn.Module:
+    """Build a model from ``"path/to/file.py:factory"`` (or ``"package.module:factory"``).
+
+    The file is imported (its folder on ``sys.path`` meanwhile, so it can import its
+    neighbours); ``factory`` is called with no arguments, or returned if it already is a module.
+
+    Raises:
+        ValueError: naming the file or attribute, when the spec is malformed, the file or
+            attribute is missing, or the factory does not give an ``nn.Module``.
+    """
+    source, sep, attr = spec.rpartition(":")
+    if not sep or not source or not attr:
+        raise ValueError(f"expected 'path/to/file.py:factory', got {spec!r}")
+    namespace = _import_source(source)
+    if not hasattr(namespace, attr):
+        found = sorted(a for a in vars(namespace) if not a.startswith("_"))
+        raise ValueError(
+            f"{source} has no attribute {attr!r} (it has: {', '.join(found) or 'nothing public'})"
+        )
+    obj = getattr(namespace, attr)
+    if isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise ValueError(f"{source}:{attr} is neither an nn.Module nor callable: {type(obj)}")
+    model = obj()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{source}:{attr}() returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _import_source(source: str) -> Any:
+    path = Path(source)
+    if path.suffix != ".py" and not path.exists():
+        try:
+            return importlib.import_module(source)
+        except ImportError as e:
+            raise ValueError(f"cannot import module {source!r}: {e}") from e
+    if not path.is_file():
+        raise ValueError(f"model file not found: {path}")
+    name = f"_bnlab_doctor_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import {path} as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look classes up there
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def main(spec: str, input_shape: tuple[int, ...] | None = None) -> int:
+    """`bnlab doctor FILE.py:factory [--input-shape N C ...]`: print findings; 1 if any ERROR."""
+    model = load_factory(spec)
+    example = None
+    if input_shape is not None:
+        ref = next(iter([*model.parameters(), *model.buffers()]), None)
+        example = torch.randn(
+            input_shape,
+            device=ref.device if ref is not None else None,
+            dtype=ref.dtype if ref is not None and ref.is_floating_point() else None,
+        )
+    findings = check(model, example)
+    n_bn = sum(is_batch_norm(m) for m in model.modules())
+    shape = f", example input {tuple(input_shape)}" if input_shape is not None else ""
+    print(f"bnlab doctor {spec}: {n_bn} batch-norm layer(s){shape}\n")
+    print(format_findings(findings))
+    return 1 if any(f.severity is Severity.ERROR for f in findings) else 0

@@ -1,0 +1,40 @@
+"""Small pieces every experiment uses: derived seeds, devices, the dataset as a tensor."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["derived_generator", "derived_seed", "resolve_device"]
+
+
+def derived_seed(seed: int, *parts: int | str) -> int:
+    """A 63-bit seed determined by ``seed`` and ``parts`` (e.g. an epoch and a purpose).
+
+    Each stream (data order of epoch 7, z of epoch 7, the fixed sample z, ...) gets its own
+    seed, so a run resumed at epoch 7 draws exactly what an uninterrupted run draws there,
+    without replaying the random numbers of epochs 1-6.
+    """
+    words = [int(p) if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts]
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, *words]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def derived_generator(seed: int, *parts: int | str) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(seed, *parts))
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" is cuda when available, else cpu; "cuda" without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(device)
+
+
+def data_dir_arg(data: Path | None) -> Path | None:
+    return None if data is None or str(data) == "" else Path(data)

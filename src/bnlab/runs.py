@@ -1,0 +1,140 @@
+"""Run directories: atomic files, append-only metrics, checkpoints.
+
+Every file a run leaves is written whole or not at all: data goes to a temporary file in the
+same directory, which is then renamed over the target (``os.replace`` is atomic on POSIX). A
+run killed at any moment leaves the previous version of each file, never half of a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+__all__ = [
+    "append_jsonl",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "config_to_dict",
+    "load_checkpoint",
+    "new_run_dir",
+    "read_jsonl",
+    "save_checkpoint",
+    "write_jsonl",
+]
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt: never leave the temporary file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return config_to_dict(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON-able data (tuples become lists, paths strings)."""
+    out = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(out, default=_json_default))
+
+
+def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append records, one JSON object per line. Each line goes out in a single write."""
+    lines = "".join(json.dumps(r, default=_json_default) + "\n" for r in records)
+    if not lines:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(lines)
+        f.flush()
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file atomically (used when a resumed run rebuilds its metrics)."""
+    text = "".join(json.dumps(r, default=_json_default) + "\n" for r in records)
+    atomic_write_bytes(path, text.encode())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All complete records of a JSON-lines file; a torn last line (a kill mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    return state
+
+
+def new_run_dir(root: str | Path, prefix: str) -> Path:
+    """A fresh ``root/prefix-YYYYmmdd-HHMMSS`` (suffixed if that exists already)."""
+    root = Path(root)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / f"{prefix}-{stamp}"
+    k = 1
+    while path.exists():
+        k += 1
+        path = root / f"{prefix}-{stamp}-{k}"
+    return path
+
+
+def latest_run_dir(root: str | Path, prefix: str) -> Path | None:
+    """The newest ``root/prefix-*`` holding a config.json, for ``--resume`` without ``--out``."""
+    candidates = [p for p in Path(root).glob(f"{prefix}-*") if (p / "config.json").exists()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
