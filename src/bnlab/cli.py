@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from tyro.conf import Positional
+
+from bnlab.config import IntList
 
 # name -> (module, Config class, run function, one-line summary)
 EXPERIMENTS: dict[str, tuple[str, str, str, str]] = {
@@ -22,7 +28,58 @@ EXPERIMENTS: dict[str, tuple[str, str, str, str]] = {
 }
 
 # name -> (module, function taking argv, one-line summary)
-TOOLS: dict[str, tuple[str, str, str]] = {}
+TOOLS: dict[str, tuple[str, str, str]] = {
+    "report": ("bnlab.cli", "report_main", "report.html (+ PNGs) from one or more run directories"),
+    "doctor": ("bnlab.cli", "doctor_main", "find batch-norm misuse in your model: FILE.py:factory"),
+}
+
+
+@dataclass(frozen=True)
+class ReportArgs:
+    """Build a self-contained report.html from run directories (never trains)."""
+
+    run_dirs: Positional[tuple[Path, ...]]
+    """run directories written by bnlab experiments"""
+    out: Path | None = None
+    """where to write (default: RUN_DIR/report.html for one run, ./report.html for several)"""
+
+
+@dataclass(frozen=True)
+class DoctorArgs:
+    """Inspect a model for batch-norm misuse: structure, and with --input-shape, a forward pass."""
+
+    spec: Positional[str]
+    """the model: path/to/file.py:factory (a function returning an nn.Module, or a module)"""
+    input_shape: IntList = ()
+    """shape of a random example input, e.g. 64,784 (enables batch and train/eval-gap checks)"""
+
+
+def report_main(argv: list[str]) -> int:
+    import tyro
+
+    from bnlab.report import build_report
+
+    args = tyro.cli(ReportArgs, args=argv, prog="bnlab report")
+    try:
+        path = build_report(list(args.run_dirs), args.out)
+    except ValueError as exc:
+        print(f"bnlab report: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def doctor_main(argv: list[str]) -> int:
+    import tyro
+
+    from bnlab import doctor
+
+    args = tyro.cli(DoctorArgs, args=argv, prog="bnlab doctor")
+    try:
+        return doctor.main(args.spec, tuple(args.input_shape) or None)
+    except ValueError as exc:
+        print(f"bnlab doctor: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _usage() -> str:

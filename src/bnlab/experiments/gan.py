@@ -264,7 +264,14 @@ class GanTrainer:
         report_every = max(1, steps // 20)
         for i in range(steps):
             real = to_unit_range(self.images[order[i]])
-            out = self.step(real, z[i, 0], z[i, 1])
+            try:
+                out = self.step(real, z[i, 0], z[i, 1])
+            except RuntimeError as exc:  # e.g. BCE refusing a NaN probability
+                if self._all_finite():
+                    raise
+                raise NonFiniteLoss(
+                    f"weights became non-finite in epoch {epoch + 1}, step {i + 1} ({exc})"
+                ) from exc
             stats += torch.stack(out)
             if on_step is not None and (i + 1) % report_every == 0:
                 on_step(i + 1, float(out[0]), float(out[1]))
@@ -280,6 +287,9 @@ class GanTrainer:
         record["seconds"] = seconds
         record["images_per_s"] = steps * self.cfg.batch_size / seconds
         return record
+
+    def _all_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in (*self.g_params, *self.d_params))
 
     @torch.no_grad()
     def samples(self, z: Tensor) -> Tensor:
@@ -596,17 +606,19 @@ def finish(
     seeds: tuple[int, ...],
     log: Callable[[str], None],
 ) -> None:
-    """Figures and the summary table of a finished run."""
+    """Figures, report.html, summary.json and the summary table of a finished run."""
+    from bnlab.report import build_report
     from bnlab.report.plots import plot_losses
 
-    plot_losses(result.records, run_dir)
+    plot_losses(result.records, run_dir, [v.name for v in variants])
+    report = build_report([run_dir])
     log("")
     log(summary_table(result.records, [v.name for v in variants], seeds))
     for key, msg in result.failed.items():
         log(f"FAILED {key}: {msg}")
     log(
-        f"\n{run_dir}: config.json, metrics.jsonl, samples/, loss_d.png, loss_g.png "
-        f"({result.seconds / 60:.1f} min)"
+        f"\n{run_dir}: report.html, summary.json, metrics.jsonl, samples/, loss_d.png, "
+        f"loss_g.png ({result.seconds / 60:.1f} min)\nopen {report}"
     )
 
 

@@ -79,10 +79,13 @@ def plot_metric(
     return save_figure(fig, path)
 
 
-def plot_losses(records: list[dict[str, Any]], run_dir: str | Path) -> dict[str, bytes]:
+def plot_losses(
+    records: list[dict[str, Any]], run_dir: str | Path, variants: list[str] | None = None
+) -> dict[str, bytes]:
     """loss_d.png and loss_g.png: per-epoch mean losses of every variant (the blog's plots)."""
     run_dir = Path(run_dir)
-    variants = list(dict.fromkeys(r["variant"] for r in records if "variant" in r))
+    if variants is None:
+        variants = list(dict.fromkeys(r["variant"] for r in records if "variant" in r))
     out = {}
     for key, name, title in (
         ("d_loss", "loss_d.png", "Discriminator loss"),

@@ -1,0 +1,86 @@
+"""Uncertainty for multi-seed results: means with t confidence intervals, paired comparisons.
+
+Seeds are the unit of replication: one seed = one full training run. Two variants run with the
+same seed see the same data order, z and (for the same init) weights, so their difference is a
+*paired* observation; the paired t-interval and test use that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as sps
+
+__all__ = ["Estimate", "Paired", "mean_ci", "paired", "verdict"]
+
+Verdict = Literal["holds", "does not hold", "inconclusive"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    lo: float  # lower end of the confidence interval (nan with one value)
+    hi: float
+    n: int
+
+    def fmt(self, digits: int = 3) -> str:
+        if self.n < 2 or not math.isfinite(self.lo):
+            return f"{self.mean:.{digits}g} (n={self.n})"
+        return f"{self.mean:.{digits}g} [{self.lo:.{digits}g}, {self.hi:.{digits}g}]"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """a - b over matched seeds."""
+
+    diff: Estimate
+    p_value: float  # two-sided paired t-test (nan with fewer than 2 pairs)
+    effect_size: float  # Cohen's d_z: mean difference / sd of differences
+    n: int
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
+    """Mean and the t confidence interval over independent replicates (seeds)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n < 2:
+        return Estimate(mean, math.nan, math.nan, 1)
+    sem = float(x.std(ddof=1)) / math.sqrt(n)
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sem
+    return Estimate(mean, mean - half, mean + half, n)
+
+
+def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Paired:
+    """Paired comparison of a and b (same seeds, same order)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired comparison needs matched seeds, got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[np.isfinite(d)]
+    est = mean_ci(list(d), level)
+    if len(d) < 2:
+        return Paired(est, math.nan, math.nan, len(d))
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        p = 0.0 if est.mean != 0 else 1.0
+        dz = math.copysign(math.inf, est.mean) if est.mean != 0 else 0.0
+    else:
+        p = float(sps.ttest_1samp(d, 0.0).pvalue)
+        dz = est.mean / sd
+    return Paired(est, p, dz, len(d))
+
+
+def verdict(diff: Estimate, expected: Literal["positive", "negative"]) -> Verdict:
+    """holds if the CI excludes 0 on the expected side, does not hold if on the other side,
+    inconclusive otherwise (including a single seed, which has no interval)."""
+    if diff.n < 2 or not math.isfinite(diff.lo):
+        return "inconclusive"
+    if expected == "positive":
+        return "holds" if diff.lo > 0 else "does not hold" if diff.hi < 0 else "inconclusive"
+    return "holds" if diff.hi < 0 else "does not hold" if diff.lo > 0 else "inconclusive"

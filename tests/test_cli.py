@@ -1,0 +1,100 @@
+"""`bnlab <command>`: help, dispatch, clear errors without tracebacks, report and doctor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bnlab import cli
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "blog_models.py"
+
+
+def test_help_lists_every_experiment_and_tool(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in [*cli.EXPERIMENTS, *cli.TOOLS]:
+        assert f"  {name} " in out
+
+
+def test_unknown_command_is_an_error(capsys):
+    assert cli.main(["nope"]) == 2
+    assert "unknown command 'nope'" in capsys.readouterr().err
+
+
+def test_gan_help_states_the_defaults_and_run_time(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["gan", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--epochs" in out and "--seeds" in out and "--resume" in out
+    assert "6 minutes" in out and "40" in out
+
+
+def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path):
+    code = cli.main(["gan", "--variants", "nope", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("bnlab gan: error: unknown variant 'nope'")
+    assert "Traceback" not in err
+
+
+def test_missing_data_directory_is_a_clear_error(capsys, tmp_path):
+    code = cli.main(["gan", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_doctor_flags_notebook2_and_passes_the_fixed_generator(capsys):
+    assert (
+        cli.main(["doctor", f"{EXAMPLES}:notebook2_discriminator", "--input-shape", "16,784"]) == 1
+    )
+    out = capsys.readouterr().out
+    assert "bn-on-single-unit" in out and "ERROR" in out
+    assert cli.main(["doctor", f"{EXAMPLES}:fixed_generator", "--input-shape", "16,64"]) == 0
+    out = capsys.readouterr().out
+    assert "ERROR" not in out and "WARNING" not in out
+
+
+def test_doctor_bad_spec_is_a_clear_error(capsys):
+    assert cli.main(["doctor", f"{EXAMPLES}:no_such_factory"]) == 2
+    assert "no attribute 'no_such_factory'" in capsys.readouterr().err
+
+
+def test_report_rejects_a_directory_that_is_not_a_run(capsys, tmp_path):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "not a bnlab run directory" in capsys.readouterr().err
+
+
+def test_report_rebuilds_from_a_gan_run(capsys, tmp_path, mnist_root):
+    run_dir = tmp_path / "run"
+    assert (
+        cli.main(
+            [
+                "gan",
+                "--data",
+                str(mnist_root),
+                "--subset",
+                "300",
+                "--epochs",
+                "1",
+                "--variants",
+                "init,init-bn",
+                "--jobs",
+                "1",
+                "--out",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
+    (run_dir / "report.html").unlink()
+    capsys.readouterr()
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir / "report.html")
+    html = (run_dir / "report.html").read_text()
+    for section in ("GAN: claims", "GAN: curves", "GAN: samples across epochs"):
+        assert section in html
+    assert html.count("data:image/png;base64,") >= 5
+    assert (run_dir / "summary.json").exists()
