@@ -83,6 +83,7 @@ def test_report_rebuilds_from_a_gan_run(capsys, tmp_path, mnist_root):
                 "init,init-bn",
                 "--jobs",
                 "1",
+                "--no-metrics",
                 "--out",
                 str(run_dir),
             ]

@@ -14,6 +14,7 @@ See bench/bench_gan.py for the speed against a faithful copy of the notebook loo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -93,7 +94,16 @@ class GanConfig:
     subset: int = 0
     """train on the first N images only (0 = the whole split); for quick checks"""
     sample_every: int = 25
-    """save sample grids at epoch 1, every N epochs and the last (the blog: 1 and every 25)"""
+    """save sample grids (and score samples) at epoch 1, every N epochs and the last (the
+    blog: 1 and every 25)"""
+    metrics: bool = True
+    """score samples (Frechet distance, class coverage, stray dots) on a classifier trained
+    and cached by bnlab (first use: about a minute)"""
+    metric_samples: int = 10_000
+    """samples from a fixed z per scoring (10,000 as usual for FID-style metrics)"""
+    sample_mode: Literal["eval", "train", "both"] = "eval"
+    """G's mode when scoring: eval (running statistics, what a user deploys), train (batch
+    statistics over batches of --batch-size, what the blog's images showed), or both"""
     checkpoint_every: int = 5
     """epochs between checkpoints; a resumed run redoes at most this many"""
     jobs: int = 0
@@ -288,6 +298,15 @@ class GanTrainer:
         record["images_per_s"] = steps * self.cfg.batch_size / seconds
         return record
 
+    @torch.no_grad()
+    def samples_train_mode(self, z: Tensor) -> Tensor:
+        """G(z) in train mode, batch by batch of the training batch size, as the notebooks'
+        images were made; on a copy, so G's running statistics stay untouched."""
+        g = copy.deepcopy(self.G).train()
+        z = z.to(self.device)
+        b = self.cfg.batch_size
+        return torch.cat([g(z[k : k + b]) for k in range(0, z.shape[0] - b + 1, b)])
+
     def _all_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in (*self.g_params, *self.d_params))
 
@@ -328,6 +347,38 @@ def load_images(
         _DATA_CACHE[key] = images
     what = f"{cfg.dataset} {ds.split} split, {images.shape[0]:,} images from {ds.source}"
     return images, what
+
+
+_EVALUATORS: dict[tuple[Any, ...], Any] = {}
+
+
+def get_evaluator(cfg: GanConfig, log: Callable[[str], None] | None = None) -> Any:
+    """The dataset's GanEvaluator (classifier trained once, then loaded from the cache)."""
+    from bnlab.metrics import GanEvaluator
+
+    key = (cfg.dataset, str(cfg.data), cfg.device)
+    if key not in _EVALUATORS:
+        _EVALUATORS[key] = GanEvaluator.load(
+            cfg.dataset,
+            data_dir=data_dir_arg(cfg.data),
+            device=resolve_device(cfg.device),
+            log=log if log is not None else (lambda _m: None),
+        )
+    return _EVALUATORS[key]
+
+
+def score_samples(trainer: GanTrainer, cfg: GanConfig, seed: int) -> dict[str, float]:
+    """Image metrics of 10,000 samples from a fixed z, in the configured G mode(s)."""
+    evaluator = get_evaluator(cfg)
+    z = torch.randn(cfg.metric_samples, cfg.latent, generator=derived_generator(seed, "metric-z"))
+    out: dict[str, float] = {}
+    if cfg.sample_mode in ("eval", "both"):
+        out.update(evaluator.score(trainer.samples(z)))
+    if cfg.sample_mode in ("train", "both"):
+        out.update(
+            {f"{k}_train": v for k, v in evaluator.score(trainer.samples_train_mode(z)).items()}
+        )
+    return out
 
 
 def train_chunk(payload: dict[str, Any], start: int, end: int) -> dict[str, Any]:
@@ -389,6 +440,8 @@ def train_chunk(payload: dict[str, Any], start: int, end: int) -> dict[str, Any]
                 sample_path(run_dir, variant.name, epoch + 1, seed, primary, "train"),
                 trainer.last_fake[:100],
             )
+            if cfg.metrics:
+                record.update(score_samples(trainer, cfg, seed))
         history.append(record)
         new_records.append(record)
         done = epoch + 1
@@ -562,6 +615,8 @@ def run(cfg: GanConfig, log: Callable[[str], None] = print) -> GanResult:
         write_jsonl(metrics, [])
         real = images[:100].float().div(127.5).sub(1)
         save_grid(run_dir / "real.png", real)
+    if cfg.metrics:  # train (or load) the metric classifier once, before the workers need it
+        log(get_evaluator(cfg, log).describe())
     jobs = cfg.jobs or min(cpu_count(), len(cells))
     if device.type == "cuda":
         jobs = 1  # one GPU: processes would only queue on it
