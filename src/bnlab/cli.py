@@ -25,6 +25,12 @@ EXPERIMENTS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "the blog's MNIST GAN notebooks side by side (the main job)",
     ),
+    "gan-ablation": (
+        "bnlab.experiments.ablation",
+        "AblationConfig",
+        "run",
+        "which of notebook 2's differences broke its BN GAN: factorial design",
+    ),
 }
 
 # name -> (module, function taking argv, one-line summary)

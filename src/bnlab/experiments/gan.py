@@ -99,6 +99,8 @@ class GanConfig:
     metrics: bool = True
     """score samples (Frechet distance, class coverage, stray dots) on a classifier trained
     and cached by bnlab (first use: about a minute)"""
+    metrics_at: Literal["sample-epochs", "last"] = "sample-epochs"
+    """when to score: at every sample epoch (curves), or only after the last epoch (cheaper)"""
     metric_samples: int = 10_000
     """samples from a fixed z per scoring (10,000 as usual for FID-style metrics)"""
     sample_mode: Literal["eval", "train", "both"] = "eval"
@@ -440,7 +442,7 @@ def train_chunk(payload: dict[str, Any], start: int, end: int) -> dict[str, Any]
                 sample_path(run_dir, variant.name, epoch + 1, seed, primary, "train"),
                 trainer.last_fake[:100],
             )
-            if cfg.metrics:
+            if cfg.metrics and (cfg.metrics_at == "sample-epochs" or epoch + 1 == cfg.epochs):
                 record.update(score_samples(trainer, cfg, seed))
         history.append(record)
         new_records.append(record)
@@ -462,55 +464,75 @@ def checkpoint_path(run_dir: Path, seed: int, variant: str) -> Path:
 
 
 class _Bars(Progress):
-    """One tqdm bar per cell with live losses; metrics.jsonl written as chunks finish."""
+    """Live progress: a tqdm bar per cell with its losses (one shared bar when there are many
+    cells); metrics.jsonl is appended as chunks finish."""
+
+    MAX_BARS = 10  # more cells than this get one overall bar: a screen of bars helps nobody
 
     def __init__(self, cells: list[Cell], steps_per_epoch: int, metrics: Path) -> None:
         from tqdm.auto import tqdm
 
         self.metrics = metrics
         self.steps_per_epoch = steps_per_epoch
-        self.bars: dict[str, Any] = {}
-        self.seen: dict[str, int] = {}
-        width = max(len(c.key) for c in cells)
-        for pos, cell in enumerate(cells):
-            bar = tqdm(
-                total=cell.total * steps_per_epoch,
-                initial=cell.done * steps_per_epoch,
-                desc=f"{cell.key:<{width}} e{cell.done:>3}/{cell.total}",
-                position=pos,
-                unit="step",
-                leave=True,
-                dynamic_ncols=True,
-                mininterval=0.5,
-                file=sys.stderr,
-            )
-            self.bars[cell.key] = bar
-            self.seen[cell.key] = cell.done * steps_per_epoch
         self.total = {c.key: c.total for c in cells}
+        self.seen = {c.key: c.done * steps_per_epoch for c in cells}
+        self.done = sum(1 for c in cells if c.remaining == 0)
+        self.n = len(cells)
+        self.width = max(len(c.key) for c in cells)
+        self.bars: dict[str, Any] = {}
+        common = dict(unit="step", leave=True, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+        if len(cells) > self.MAX_BARS:
+            self.shared = tqdm(
+                total=sum(c.total for c in cells) * steps_per_epoch,
+                initial=sum(self.seen.values()),
+                desc=self._overall(),
+                **common,
+            )
+            return
+        self.shared = None
+        for pos, cell in enumerate(cells):
+            self.bars[cell.key] = tqdm(
+                total=cell.total * steps_per_epoch,
+                initial=self.seen[cell.key],
+                desc=self._desc(cell.key, cell.done),
+                position=pos,
+                **common,
+            )
+
+    def _overall(self) -> str:
+        return f"{self.done}/{self.n} cells done"
+
+    def _desc(self, key: str, epoch: int) -> str:
+        return f"{key:<{self.width}} e{epoch:>3}/{self.total[key]}"
+
+    def _advance(self, key: str, pos: int) -> Any:
+        bar = self.shared if self.shared is not None else self.bars[key]
+        bar.update(max(0, pos - self.seen[key]))
+        self.seen[key] = max(self.seen[key], pos)
+        return bar
 
     def event(self, event: dict[str, Any]) -> None:
-        bar = self.bars.get(event["key"])
-        if bar is None:
+        key = event.get("key")
+        if event["kind"] != "step" or key not in self.seen:
             return
-        if event["kind"] == "step":
-            pos = event["epoch"] * event["steps"] + event["step"]
-            bar.set_description_str(
-                f"{event['key']:<{len(bar.desc.split(' e')[0])}} "
-                f"e{event['epoch'] + 1:>3}/{self.total[event['key']]}",
-                refresh=False,
-            )
-            bar.set_postfix_str(f"D {event['d_loss']:.3f} G {event['g_loss']:.3f}", refresh=False)
-            bar.update(max(0, pos - self.seen[event["key"]]))
-            self.seen[event["key"]] = max(self.seen[event["key"]], pos)
+        bar = self._advance(key, event["epoch"] * event["steps"] + event["step"])
+        losses = f"D {event['d_loss']:.3f} G {event['g_loss']:.3f}"
+        if self.shared is not None:
+            bar.set_postfix_str(f"{key} e{event['epoch'] + 1} {losses}", refresh=False)
+        else:
+            bar.set_description_str(self._desc(key, event["epoch"] + 1), refresh=False)
+            bar.set_postfix_str(losses, refresh=False)
 
     def chunk_done(self, cell: Cell, result: dict[str, Any]) -> None:
         append_jsonl(self.metrics, result.get("records", []))
-        bar = self.bars[cell.key]
-        pos = cell.done * self.steps_per_epoch
-        bar.update(max(0, pos - self.seen[cell.key]))
-        self.seen[cell.key] = max(self.seen[cell.key], pos)
+        bar = self._advance(cell.key, cell.done * self.steps_per_epoch)
+        if cell.remaining == 0:
+            self.done += 1
+            if self.shared is not None:
+                bar.set_description_str(self._overall())
         if cell.failed:
-            bar.set_postfix_str("FAILED")
+            if self.shared is None:
+                bar.set_postfix_str("FAILED")
             bar.write(f"{cell.key}: {cell.failed}")
             append_jsonl(
                 self.metrics,
@@ -518,15 +540,16 @@ class _Bars(Progress):
             )
 
     def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+        for bar in [*self.bars.values(), self.shared]:
+            if bar is not None:
+                bar.close()
 
 
-def _resolve_run_dir(cfg: GanConfig) -> tuple[GanConfig, Path]:
+def _resolve_run_dir(cfg: GanConfig, prefix: str = "gan") -> tuple[GanConfig, Path]:
     if cfg.resume:
-        run_dir = cfg.out if cfg.out is not None else latest_run_dir("runs", "gan")
+        run_dir = cfg.out if cfg.out is not None else latest_run_dir("runs", prefix)
         if run_dir is None or not (Path(run_dir) / "config.json").exists():
-            where = cfg.out if cfg.out is not None else "runs/gan-*"
+            where = cfg.out if cfg.out is not None else f"runs/{prefix}-*"
             raise ValueError(f"--resume: no run to continue in {where} (no config.json there)")
         import json
 
@@ -536,7 +559,7 @@ def _resolve_run_dir(cfg: GanConfig) -> tuple[GanConfig, Path]:
             if getattr(cfg, name) is not None:
                 saved[name] = str(getattr(cfg, name))
         return _config_from_dict(saved), Path(run_dir)
-    run_dir = cfg.out if cfg.out is not None else new_run_dir("runs", "gan")
+    run_dir = cfg.out if cfg.out is not None else new_run_dir("runs", prefix)
     run_dir = Path(run_dir)
     if (run_dir / "config.json").exists():
         raise ValueError(
@@ -559,8 +582,17 @@ def _config_from_dict(d: dict[str, Any]) -> GanConfig:
     return GanConfig(**kwargs)
 
 
-def run(cfg: GanConfig, log: Callable[[str], None] = print) -> GanResult:
-    """Train every (seed, variant) cell, write the run directory, return the records."""
+def run(
+    cfg: GanConfig,
+    log: Callable[[str], None] = print,
+    experiment: str = "gan",
+    extra: dict[str, Any] | None = None,
+) -> GanResult:
+    """Train every (seed, variant) cell, write the run directory, return the records.
+
+    ``experiment`` and ``extra`` go into config.json, for experiments built on this one (the
+    ablation); only ``experiment="gan"`` writes the GAN report and summary table at the end.
+    """
     started = time.perf_counter()
     variants = [parse_variant(s) for s in cfg.variants]
     names = [v.name for v in variants]
@@ -568,7 +600,7 @@ def run(cfg: GanConfig, log: Callable[[str], None] = print) -> GanResult:
         raise ValueError(f"variant names must be unique, got {', '.join(names)}")
     if cfg.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
-    cfg, run_dir = _resolve_run_dir(cfg)
+    cfg, run_dir = _resolve_run_dir(cfg, experiment)
     device = resolve_device(cfg.device)
     images, what = load_images(cfg, device, log=log)
     steps = images.shape[0] // cfg.batch_size
@@ -605,7 +637,8 @@ def run(cfg: GanConfig, log: Callable[[str], None] = print) -> GanResult:
         atomic_write_json(
             run_dir / "config.json",
             {
-                "experiment": "gan",
+                "experiment": experiment,
+                **(extra or {}),
                 "config": config_to_dict(cfg),
                 "variants": {v.name: dataclasses.asdict(v) for v in variants},
                 "data": what,
@@ -631,13 +664,14 @@ def run(cfg: GanConfig, log: Callable[[str], None] = print) -> GanResult:
         run_cells(cells, train_chunk, max(1, cfg.checkpoint_every), jobs, bars)
     except KeyboardInterrupt:
         bars.close()
-        log(f"\ninterrupted; continue with: bnlab gan --resume --out {run_dir}")
+        log(f"\ninterrupted; continue with: bnlab {experiment} --resume --out {run_dir}")
         raise
     bars.close()
     records = [r for r in read_jsonl(metrics) if "event" not in r]
     failed = {c.key: c.failed for c in cells if c.failed}
     result = GanResult(run_dir, records, failed, time.perf_counter() - started)
-    finish(run_dir, result, variants, seeds, log)
+    if experiment == "gan":
+        finish(run_dir, result, variants, seeds, log)
     return result
 
 
