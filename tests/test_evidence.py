@@ -1,0 +1,98 @@
+"""Claims and statistics: verdicts follow the rule written beside them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from bnlab.experiments.gan_report import claims
+from bnlab.stats import mean_ci, paired, verdict
+
+
+def test_mean_ci_is_the_t_interval():
+    x = [1.0, 2.0, 4.0, 3.5]
+    est = mean_ci(x)
+    lo, hi = sps.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=sps.sem(x))
+    assert (est.lo, est.hi) == pytest.approx((lo, hi))
+    assert est.n == 4
+    one = mean_ci([3.0])
+    assert one.mean == 3.0 and math.isnan(one.lo) and one.n == 1
+
+
+def test_paired_uses_differences_and_reports_effect_size():
+    a, b = [10.0, 12.0, 11.0], [8.0, 9.5, 9.0]
+    p = paired(a, b)
+    d = np.subtract(a, b)
+    assert p.diff.mean == pytest.approx(d.mean())
+    assert p.p_value == pytest.approx(sps.ttest_rel(a, b).pvalue)
+    assert p.effect_size == pytest.approx(d.mean() / d.std(ddof=1))
+    with pytest.raises(ValueError, match="matched seeds"):
+        paired([1.0], [1.0, 2.0])
+
+
+def test_verdict_rule():
+    pos = mean_ci([1.0, 1.2, 0.9])
+    neg = mean_ci([-1.0, -1.2, -0.9])
+    straddle = mean_ci([-1.0, 1.2, 0.1])
+    assert verdict(pos, "positive") == "holds"
+    assert verdict(neg, "positive") == "does not hold"
+    assert verdict(straddle, "positive") == "inconclusive"
+    assert verdict(neg, "negative") == "holds"
+    assert verdict(mean_ci([5.0]), "positive") == "inconclusive"  # one seed: no interval
+
+
+def _records(seeds, fd, extra=None):
+    rng = np.random.default_rng(1)
+    out = []
+    for s in seeds:
+        for v, base in fd.items():
+            for epoch in (1, 2, 3, 4):
+                r = {
+                    "seed": s,
+                    "variant": v,
+                    "epoch": epoch,
+                    "d_loss": 1.0 + 0.1 * (v == "init-bn"),
+                    "g_loss": 1.0 - 0.1 * (v == "init-bn"),
+                    "d_x": 0.6,
+                    "d_g_z": 0.4,
+                    "g_acc": 0.3,
+                }
+                if epoch == 4:
+                    r.update(
+                        fd=base * (1 + 0.05 * rng.normal()), stray_dots=0.01, classes_covered=10.0
+                    )
+                    if extra:
+                        r.update(extra(v))
+                out.append(r)
+    return out
+
+
+def test_claims_decide_with_seeds_and_stay_inconclusive_with_one():
+    fd = {"init": 20.0, "init-bn": 10.0, "init-bn-tidy": 10.0, "init-bn-nomode": 200.0}
+    rows = {c.id: c for c in claims(_records([0, 1, 2], fd))}
+    assert rows["C1 [G in eval mode]"].verdict == "holds"
+    assert rows["C4 [G in eval mode]"].verdict == "holds"
+    assert rows["C3a"].verdict == "holds" and rows["C3b"].verdict == "holds"
+    assert "p=" in rows["C4 [G in eval mode]"].value
+    assert all("95% CI" in c.rule for c in rows.values())
+    single = claims(_records([0], fd))
+    assert single and all(c.verdict == "inconclusive" for c in single)
+
+
+def test_claims_report_the_blogs_train_mode_view_when_scored():
+    fd = {"init": 20.0, "init-bn": 10.0, "init-bn-nomode": 200.0}
+    recs = _records(
+        [0, 1, 2],
+        fd,
+        extra=lambda v: {
+            "fd_train": 50.0 if v == "init-bn" else 20.0,
+            "stray_dots_train": 0.01,
+            "classes_covered_train": 10.0,
+        },
+    )
+    rows = {c.id: c for c in claims(recs)}
+    assert rows["C4 [G in train mode, as the blog's images]"].verdict == "does not hold"
+    assert rows["C4 [G in eval mode]"].verdict == "holds"
