@@ -697,10 +697,8 @@ def finish(
 ) -> None:
     """Figures, report.html, summary.json and the summary table of a finished run."""
     from bnlab.report import build_report
-    from bnlab.report.plots import plot_losses
 
-    plot_losses(result.records, run_dir, [v.name for v in variants])
-    report = build_report([run_dir])
+    report = build_report([run_dir])  # also loss_d.png, loss_g.png and the other figures
     log("")
     log(summary_table(result.records, [v.name for v in variants], seeds))
     for key, msg in result.failed.items():

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from bnlab.report.html import Claim, Figure, Section, Table
-from bnlab.report.plots import plot_metric
+from bnlab.report.plots import plot_losses, plot_metric
 from bnlab.runs import atomic_write_json, read_jsonl
 from bnlab.stats import Estimate, mean_ci, paired, verdict
 
@@ -360,9 +360,10 @@ def report(run_dir: Path) -> list[Section]:
     real = run_dir / "real.png"
     if real.exists():
         figs.append(Figure("Real digits", real.read_bytes(), "the first 100 training images", 260))
+    losses = plot_losses(records, run_dir, variants)  # loss_d.png, loss_g.png
     for name, title in (("loss_d.png", "D loss per epoch"), ("loss_g.png", "G loss per epoch")):
-        if (run_dir / name).exists():
-            figs.append(Figure(title, (run_dir / name).read_bytes(), "the blog's two plots", 480))
+        if name in losses:
+            figs.append(Figure(title, losses[name], "the blog's two plots", 480))
     for key, (title, ylabel, _) in METRICS.items():
         for suffix, mode in (("", "eval"), ("_train", "train")):
             if any(key + suffix in r for r in records):
