@@ -25,6 +25,30 @@ EXPERIMENTS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "the blog's MNIST GAN notebooks side by side (the main job)",
     ),
+    "activations": (
+        "bnlab.experiments.activations",
+        "Config",
+        "run",
+        "per-layer activation histograms by init, with and without BN (C5, the CS231n figure)",
+    ),
+    "ioffe2015": (
+        "bnlab.experiments.ioffe2015",
+        "Config",
+        "run",
+        "Ioffe & Szegedy 2015 Figure 1: sigmoid MLP with/without BN, accuracy and percentiles",
+    ),
+    "regularization": (
+        "bnlab.experiments.regularization",
+        "Config",
+        "run",
+        "claim C6: train-test gap with/without BN over seeds, and one digit's batch dependence",
+    ),
+    "running-stats": (
+        "bnlab.experiments.running_stats",
+        "Config",
+        "run",
+        "eval-mode BN statistics: EMA vs cumulative average vs precise recomputation",
+    ),
     "gan-ablation": (
         "bnlab.experiments.ablation",
         "AblationConfig",
