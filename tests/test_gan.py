@@ -283,3 +283,30 @@ def test_torch_bn_option_swaps_in_torch_layers(mnist_root):
     t = GanTrainer(BLOG_VARIANTS["init-bn"], cfg, 0, images, torch.device("cpu"))
     assert any(type(m) is nn.BatchNorm1d for m in t.G)
     assert isinstance(Variant("x"), Variant)
+
+
+def test_metrics_are_scored_in_both_g_modes(mnist_root, tmp_path, monkeypatch):
+    from bnlab.metrics import ClassifierConfig, GanEvaluator
+
+    monkeypatch.setenv("BNLAB_CACHE", str(tmp_path / "cache"))
+    cfg = _cfg(
+        mnist_root,
+        tmp_path,
+        variants=("init", "init-bn"),
+        metrics=True,
+        sample_mode="both",
+        metric_samples=400,
+    )
+    tiny = ClassifierConfig(steps=20, batch_size=32, holdout_size=300, width=8, feature_dim=16)
+    evaluator = GanEvaluator.load(
+        "mnist", data_dir=mnist_root, device="cpu", config=tiny, log=_quiet
+    )
+    monkeypatch.setitem(gan._EVALUATORS, ("mnist", str(mnist_root), "auto"), evaluator)
+    result = run(cfg, log=_quiet)
+    keys = {"fd", "classes_covered", "kl_uniform", "confidence", "stray_dots"}
+    for r in result.records:  # every epoch is a sample epoch here (sample_every=1)
+        assert keys | {k + "_train" for k in keys} <= set(r)
+        assert r["fd"] > 0 and 0 <= r["classes_covered"] <= 10
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert "fd" in summary["variants"]["init-bn"] and "fd_train" in summary["variants"]["init"]
+    assert any(c["id"].startswith("C4") for c in summary["claims"])
