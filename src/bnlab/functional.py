@@ -107,20 +107,11 @@ def update_running_stats(
 ) -> None:
     """new = (1 - momentum) * old + momentum * batch, with the unbiased batch variance
     (``count / (count - 1)`` times the biased ``var`` that normalized the batch). In place,
-    without autograd history."""
-    with torch.no_grad():
-        _update_running(running_mean, running_var, mean, var, count, momentum)
-
-
-def _update_running(
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    mean: Tensor,
-    var: Tensor,
-    count: int,
-    momentum: float,
-) -> None:
-    # Called inside autograd.Function.forward, where grad is off already: no no_grad() cost.
+    never with autograd history."""
+    if torch.is_grad_enabled():  # from user code; inside Function.forward grad is off already
+        with torch.no_grad():
+            update_running_stats(running_mean, running_var, mean, var, count, momentum)
+        return
     if running_mean is not None:
         running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
     if running_var is not None:
@@ -153,7 +144,7 @@ def _forward_kernel(
         mean = xv.sum(layout.dims).mul_(inv_m)
         out = torch.sub(xv, pc(mean))  # the only full-size allocation: scratch, then y
         var = out.square_().sum(layout.dims).mul_(inv_m)  # second pass: mean squared deviation
-        _update_running(running_mean, running_var, mean, var, layout.count, momentum)
+        update_running_stats(running_mean, running_var, mean, var, layout.count, momentum)
         inv_std = var.add_(eps).rsqrt_()
     else:
         assert running_mean is not None and running_var is not None

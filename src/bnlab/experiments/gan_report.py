@@ -86,22 +86,33 @@ def _compare(a: dict[int, float], b: dict[int, float]) -> tuple[Estimate, float,
 def _claim(
     cid: str,
     statement: str,
-    quantity: str,
-    a: dict[int, float],
-    b: dict[int, float],
+    records: list[dict[str, Any]],
+    variants: tuple[str, str],
+    key: str,
     expected: Literal["positive", "negative"],
-    what: str,
     extra: str = "",
 ) -> Claim | None:
+    """Paired difference variants[0] - variants[1] of ``key`` over seeds: final value for image
+    metrics, mean of the last quarter of epochs for losses."""
+    late = key in LOSSES
+    reduce = _late_mean if late else _final
+    a, b = (reduce(records, v, key) for v in variants)
     if not a or not b:
         return None
     diff, p, dz, n = _compare(a, b)
     if n == 0:
         return None
+    what = f"{variants[0]} - {variants[1]}"
+    label = LOSSES.get(key, key.replace("_train", "").replace("_", " "))
+    quantity = f"{label}, {'mean of the last 25% of epochs' if late else 'final'}, {what}"
+
+    def fmt(d: dict[int, float]) -> str:
+        return mean_ci(list(d.values())).fmt()
+
     value = f"diff {diff.fmt()}"
     if n >= 2:
         value += f"; p={p:.3g}, d_z={dz:.2f}"
-    value += f"; {n} seed{'s' if n > 1 else ''}"
+    value += f"; {n} seed{'s' if n > 1 else ''}; {fmt(a)} vs {fmt(b)}"
     if extra:
         value += f"; {extra}"
     sign = "> 0" if expected == "positive" else "< 0"
@@ -136,111 +147,60 @@ def _modes_present(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def claims(records: list[dict[str, Any]]) -> list[Claim]:
     """C1-C4 of the blog, each a paired comparison across seeds (one row per G mode scored)."""
-    variants = {r["variant"] for r in records}
+    present = {r["variant"] for r in records}
     modes = _modes_present(records)
     out: list[Claim | None] = []
-
-    def fmt(d: dict[int, float]) -> str:
-        return mean_ci(list(d.values())).fmt()
-
-    if BROKEN in variants and BASELINE in variants:
-        d_late = (
-            f"D loss {fmt(_late_mean(records, BROKEN, 'd_loss'))} vs "
-            f"{fmt(_late_mean(records, BASELINE, 'd_loss'))}"
-        )
+    if {BROKEN, BASELINE} <= present:
+        pair = (BROKEN, BASELINE)
+        d_loss = _claim("", "", records, pair, "d_loss", "positive")
+        extra = f"D loss {d_loss.value.split('; ')[-1]}" if d_loss else ""
         for sfx, label in modes:
-            a, b = _final(records, BROKEN, "fd" + sfx), _final(records, BASELINE, "fd" + sfx)
             out.append(
-                _claim(
-                    f"C1 [{label}]",
-                    C1_TEXT,
-                    f"final FD, {BROKEN} - {BASELINE}",
-                    a,
-                    b,
-                    "positive",
-                    f"{BROKEN} - {BASELINE}",
-                    f"FD {fmt(a)} vs {fmt(b)}; {d_late}",
-                )
+                _claim(f"C1 [{label}]", C1_TEXT, records, pair, "fd" + sfx, "positive", extra)
             )
-        if not modes:
-            a, b = _late_mean(records, BROKEN, "d_x"), _late_mean(records, BASELINE, "d_x")
-            out.append(
-                _claim(
-                    "C1",
-                    C1_TEXT,
-                    f"late mean D(x), {BROKEN} - {BASELINE} (no image metrics)",
-                    a,
-                    b,
-                    "negative",
-                    f"{BROKEN} - {BASELINE}",
-                    d_late,
-                )
-            )
+        if not modes:  # no image metrics: D(x) of a D that cannot tell real from fake
+            out.append(_claim("C1", C1_TEXT, records, pair, "d_x", "negative", extra))
     for bn in BN_MODELS:
-        if bn not in variants or BASELINE not in variants:
+        if not {bn, BASELINE} <= present:
             continue
+        pair = (bn, BASELINE)
         tag = "" if bn == "init-bn" else ", tidy switching"
         for sfx, label in modes:
-            a, b = (
-                _final(records, bn, "stray_dots" + sfx),
-                _final(records, BASELINE, "stray_dots" + sfx),
-            )
-            cov = (
-                f"classes covered {fmt(_final(records, bn, 'classes_covered' + sfx))} vs "
-                f"{fmt(_final(records, BASELINE, 'classes_covered' + sfx))}"
-            )
+            cov = _claim("", "", records, pair, "classes_covered" + sfx, "positive")
             out.append(
                 _claim(
                     f"C2 [{label}{tag}]",
                     C2_TEXT,
-                    f"final stray-dot score, {bn} - {BASELINE}",
-                    a,
-                    b,
+                    records,
+                    pair,
+                    "stray_dots" + sfx,
                     "negative",
-                    f"{bn} - {BASELINE}",
-                    cov,
+                    f"classes covered {cov.value.split('; ')[-1]}" if cov else "",
                 )
             )
-        a, b = _late_mean(records, bn, "d_loss"), _late_mean(records, BASELINE, "d_loss")
+        suffix = f" [{tag[2:]}]" if tag else ""
         out.append(
             _claim(
-                f"C3a{' [' + tag[2:] + ']' if tag else ''}",
+                "C3a" + suffix,
                 "The BN model has a higher discriminator loss.",
-                f"D loss, mean of the last 25% of epochs, {bn} - {BASELINE}",
-                a,
-                b,
+                records,
+                pair,
+                "d_loss",
                 "positive",
-                f"{bn} - {BASELINE}",
-                f"{fmt(a)} vs {fmt(b)}",
             )
         )
-        a, b = _late_mean(records, bn, "g_loss"), _late_mean(records, BASELINE, "g_loss")
         out.append(
             _claim(
-                f"C3b{' [' + tag[2:] + ']' if tag else ''}",
+                "C3b" + suffix,
                 "The BN model has a lower generator loss.",
-                f"G loss, mean of the last 25% of epochs, {bn} - {BASELINE}",
-                a,
-                b,
+                records,
+                pair,
+                "g_loss",
                 "negative",
-                f"{bn} - {BASELINE}",
-                f"{fmt(a)} vs {fmt(b)}",
             )
         )
         for sfx, label in modes:
-            a, b = _final(records, bn, "fd" + sfx), _final(records, BASELINE, "fd" + sfx)
-            out.append(
-                _claim(
-                    f"C4 [{label}{tag}]",
-                    C4_TEXT,
-                    f"final FD, {bn} - {BASELINE} (lower is better)",
-                    a,
-                    b,
-                    "negative",
-                    f"{bn} - {BASELINE}",
-                    f"FD {fmt(a)} vs {fmt(b)}",
-                )
-            )
+            out.append(_claim(f"C4 [{label}{tag}]", C4_TEXT, records, pair, "fd" + sfx, "negative"))
     return [c for c in out if c is not None]
 
 
