@@ -1,13 +1,23 @@
-"""Shared fixtures: where the real data is (skip cleanly when it is absent)."""
+"""Shared fixtures: where the real data is (skip cleanly when it is absent), one torch thread,
+and the checks every experiment's run directory must pass."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
+import torch
+
+from bnlab.experiments.common import torch_threads
+from bnlab.report.html import Section
 
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def data_root() -> Path:
@@ -23,3 +33,52 @@ def mnist_root() -> Path:
     if not all((root / "mnist" / f).is_file() for f in MNIST_TEST_FILES):
         pytest.skip(f"MNIST not found in {root / 'mnist'} (set BNLAB_TEST_DATA to a data root)")
     return root
+
+
+@pytest.fixture
+def seeded_one_thread() -> Iterator[None]:
+    """Seeded, and one torch thread as in the experiments' run(): tiny GEMMs crawl on a shared
+    2-core box. Use with ``pytestmark = pytest.mark.usefixtures("seeded_one_thread")``."""
+    torch.manual_seed(0)
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def check_run_files() -> Callable[[Path, str, Iterable[str]], dict[str, Any]]:
+    """A check of the run-directory contract: config.json (written first: "experiment" and
+    "config" lead), metrics.jsonl, report.html and the given figures as PNGs. Returns the
+    contents of config.json."""
+
+    def check(run_dir: Path, experiment: str, figures: Iterable[str]) -> dict[str, Any]:
+        names = {p.name for p in run_dir.iterdir()}
+        assert {"config.json", "metrics.jsonl", "report.html"} <= names
+        for f in figures:
+            assert (run_dir / f).read_bytes()[:8] == PNG_MAGIC, f
+        meta = json.loads((run_dir / "config.json").read_text())
+        assert list(meta)[:2] == ["experiment", "config"] and meta["experiment"] == experiment
+        return meta
+
+    return check
+
+
+@pytest.fixture
+def report_from_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[ModuleType, str, Path, str], list[Section]]:
+    """``report(run_dir)`` of an experiment module with its training function made to fail
+    and ``figure`` deleted first: the report must come from the files alone and draw the lost
+    figure again from metrics.jsonl. Returns the sections."""
+
+    def rebuild(module: ModuleType, train: str, run_dir: Path, figure: str) -> list[Section]:
+        def no_training(*_a: object, **_k: object) -> None:
+            raise AssertionError(f"{module.__name__}.report() must not train")
+
+        monkeypatch.setattr(module, train, no_training)
+        (run_dir / figure).unlink()
+        sections = module.report(run_dir)
+        assert all(isinstance(s, Section) for s in sections)
+        assert (run_dir / figure).read_bytes()[:8] == PNG_MAGIC
+        return sections
+
+    return rebuild

@@ -1,34 +1,25 @@
 """Tests of `bnlab activations`: the statistics, the nets, and a tiny end-to-end run.
 
 The statistics are checked against NumPy / SciPy computed independently. The end-to-end test
-trains a few tiny nets on the real MNIST digits in ``../shared/data/mnist`` (or
-``$BNLAB_TEST_DATA/mnist``) and skips with the reason when those files are absent.
+trains a few tiny nets on the real MNIST digits (the ``mnist_root`` fixture) and skips with
+the reason when those files are absent.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats as sps
 
+import bnlab.nn as bnn
 from bnlab.experiments import activations as act
 from bnlab.runs import read_jsonl
 
 STAT_FIELDS = ("mean", "std", "p15", "p50", "p85", "skew", "kurtosis", "ks", "ks_shape", "hist")
-
-
-def _data_root() -> Path:
-    root = os.environ.get("BNLAB_TEST_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    names = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if not all(any((base / "mnist" / f"{n}{z}").is_file() for z in ("", ".gz")) for n in names):
-        pytest.skip(f"MNIST test split not found in {base / 'mnist'} (set BNLAB_TEST_DATA)")
-    return base
 
 
 def test_layer_stats_match_numpy_and_scipy() -> None:
@@ -66,27 +57,21 @@ def test_layer_stats_of_a_dead_layer_are_defined_where_they_can_be() -> None:
 
 
 def test_plain_and_bn_nets_start_from_the_same_linear_weights() -> None:
-    plain = act.build_mlp(3, 8, "tanh", "xavier", bn=False, seed=5)
-    bn = act.build_mlp(3, 8, "tanh", "xavier", bn=True, seed=5)
+    cfg = act.Config(depth=3, width=8, seed=5)
+    plain = act.build_net(cfg, "tanh", "xavier", bn=False)
+    bn = act.build_net(cfg, "tanh", "xavier", bn=True)
     lin = [[m.weight for m in net if isinstance(m, torch.nn.Linear)] for net in (plain, bn)]
-    assert len(lin[0]) == 4
+    assert [tuple(w.shape) for w in lin[0]] == [(8, 784), (8, 8), (8, 8), (10, 8)]
     for a, b in zip(*lin, strict=True):
-        torch.testing.assert_close(a, b)
-    bn_layers = [m for m in bn if isinstance(m, act.bnn.BatchNorm1d)]
-    assert len(bn_layers) == 3
-    assert type(bn[1]).__name__ == "BatchNorm1d" and isinstance(bn[2], torch.nn.Tanh)
-
-
-def test_init_scales_follow_their_definitions() -> None:
-    for init, expected in (("small", 0.01), ("unit", 1.0), ("he", (2 / 300) ** 0.5)):
-        net = act.build_mlp(2, 300, "relu", init, bn=False, seed=0)
-        w = net[2].weight.detach()  # 300 -> 300, the second hidden Linear
-        assert float(w.std()) == pytest.approx(expected, rel=0.02)
-        assert float(net[2].bias.detach().abs().max()) == 0.0
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [type(m) for m in bn[:3]] == [torch.nn.Linear, bnn.BatchNorm1d, torch.nn.Tanh]
+    assert sum(isinstance(m, bnn.BatchNorm1d) for m in bn) == 3
+    other = act.build_net(cfg, "relu", "xavier", bn=False)  # its own stream per activation
+    assert not torch.equal(other[0].weight, plain[0].weight)
 
 
 def test_recording_normalizes_bn_layers_and_leaves_running_stats_untouched() -> None:
-    net = act.build_mlp(4, 32, "relu", "unit", bn=True, seed=0)
+    net = act.build_net(act.Config(depth=4, width=32, seed=0), "relu", "unit", bn=True)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x = torch.randn(256, 784, generator=torch.Generator().manual_seed(2))
     rows = act.record_layers(net, x, "relu")
@@ -132,7 +117,9 @@ def test_bad_config_is_a_one_line_value_error(tmp_path: Path) -> None:
         act.run(act.Config(depth=0, out=tmp_path / "r"), log=lambda _m: None)
 
 
-def test_tiny_run_writes_every_file_and_a_report_built_from_them(tmp_path: Path) -> None:
+def test_tiny_run_writes_every_file_and_a_report_built_from_them(
+    tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_files: Any
+) -> None:
     cfg = act.Config(
         depth=3,
         width=16,
@@ -140,7 +127,7 @@ def test_tiny_run_writes_every_file_and_a_report_built_from_them(tmp_path: Path)
         steps=12,
         batch_size=50,
         eval_size=100,
-        data=_data_root(),
+        data=mnist_root,
         out=tmp_path / "run",
     )
     lines: list[str] = []
@@ -148,8 +135,9 @@ def test_tiny_run_writes_every_file_and_a_report_built_from_them(tmp_path: Path)
     run_dir = result.run_dir
     assert run_dir == tmp_path / "run"
 
-    meta = json.loads((run_dir / "config.json").read_text())
-    assert meta["experiment"] == "activations" and meta["config"]["depth"] == 3
+    pngs = {p.name for p in run_dir.glob("*.png")}
+    meta = check_run_files(run_dir, "activations", pngs)
+    assert meta["config"]["depth"] == 3
     assert meta["train_size"] == 9_900 or meta["train_size"] == 60_000
 
     nets = [f"{a}-{i}-{n}" for a in ("tanh", "relu") for i in ("he",) for n in ("plain", "bn")]
@@ -167,21 +155,15 @@ def test_tiny_run_writes_every_file_and_a_report_built_from_them(tmp_path: Path)
     losses = [r for r in records if r["type"] == "loss" and r["setting"] == nets[0]]
     assert [r["step"] for r in losses] == [10, 12]
 
-    pngs = {p.name for p in run_dir.glob("*.png")}
     expected = {act.hist_figure_name(s) for s in nets} | set(act.SUMMARY_FIGURES)
     assert expected | {"training-loss.png"} == pngs
-    for name in pngs:
-        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (run_dir / "report.html").read_text()
     assert "C5" in html and html.count("<img") == len(pngs)
 
-    # The report comes from the files alone, and redraws a figure that went missing.
-    (run_dir / "depth-std.png").unlink()
-    sections = act.report(run_dir)
+    sections = report_from_files(act, "train", run_dir, "depth-std.png")
     assert [s.anchor for s in sections] == ["c5", "histograms", "training"]
     assert [c.id for c in sections[0].claims] == ["C5", "C5 (shape only)"]
     assert len(sections[0].figures) == 3 and len(sections[1].figures) == len(nets)
-    assert (run_dir / "depth-std.png").exists()
     assert len(lines) >= 2 and lines[-1].startswith("activations: KS to N(0,1)")
     assert "\n" not in lines[-1]
 

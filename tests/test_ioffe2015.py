@@ -1,11 +1,9 @@
 """Tests of `bnlab ioffe2015`: the paper's network, the evaluation, the verdict rules, and a
-tiny end-to-end run on the real MNIST digits in ``../shared/data/mnist`` (or
-``$BNLAB_TEST_DATA/mnist``; skipped with the reason when absent)."""
+tiny end-to-end run on the real MNIST digits (the ``mnist_root`` fixture; skipped with the
+reason when absent)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +14,6 @@ from torch import nn
 from bnlab.experiments import ioffe2015 as io
 from bnlab.nn import BatchNorm1d
 from bnlab.runs import read_jsonl
-
-
-def _data_root() -> Path:
-    root = os.environ.get("BNLAB_TEST_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    names = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if not all(any((base / "mnist" / f"{n}{z}").is_file() for z in ("", ".gz")) for n in names):
-        pytest.skip(f"MNIST test split not found in {base / 'mnist'} (set BNLAB_TEST_DATA)")
-    return base
 
 
 def test_net_is_the_papers_mlp_with_bn_before_each_sigmoid() -> None:
@@ -107,14 +96,16 @@ def test_bad_config_is_a_one_line_value_error(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
-def test_tiny_run_writes_every_file_and_a_report_built_from_them(tmp_path: Path) -> None:
-    cfg = io.Config(steps=90, eval_every=40, test_size=200, data=_data_root(), out=tmp_path / "run")
+def test_tiny_run_writes_every_file_and_a_report_built_from_them(
+    tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_files: Any
+) -> None:
+    cfg = io.Config(steps=90, eval_every=40, test_size=200, data=mnist_root, out=tmp_path / "run")
     lines: list[str] = []
     result = io.run(cfg, log=lines.append)
     run_dir = result.run_dir
 
-    meta = json.loads((run_dir / "config.json").read_text())
-    assert meta["experiment"] == "ioffe2015" and meta["config"]["steps"] == 90
+    meta = check_run_files(run_dir, "ioffe2015", ["figure1.png"])
+    assert meta["config"]["steps"] == 90
     assert meta["paper_steps"] == 50_000
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [(r["net"], r["step"]) for r in records] == [
@@ -126,13 +117,10 @@ def test_tiny_run_writes_every_file_and_a_report_built_from_them(tmp_path: Path)
         assert (r["loss"] is None) == (r["step"] == 0)
     assert records == result.records
 
-    assert (run_dir / "figure1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (run_dir / "report.html").read_text()
     assert "Fig. 1(a)" in html and "50,000" in html and html.count("<img") == 1
 
-    (run_dir / "figure1.png").unlink()  # the report redraws it from metrics.jsonl
-    (section,) = io.report(run_dir)
+    (section,) = report_from_files(io, "train_seed", run_dir, "figure1.png")
     assert [c.id for c in section.claims] == ["Fig. 1(a)", "Fig. 1(b, c)"]
     assert len(section.figures) == 1 and len(section.tables) == 2
-    assert (run_dir / "figure1.png").exists()
     assert lines[-1].startswith("ioffe2015: accuracy at steps 40/80/90") and "\n" not in lines[-1]

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
+from bnlab.data import to_unit_range
 from bnlab.experiments import regularization as reg
-from bnlab.report.html import Section
+from bnlab.experiments.common import train_test
+from bnlab.models.mlp import mlp
+from bnlab.stats import Estimate, format_ci, paired
 
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    """Seeded, and one torch thread as in run(): tiny GEMMs crawl on a shared 2-core box."""
-    torch.manual_seed(0)
-    with reg.single_thread():
-        yield
-
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
 TINY = dict(
     seeds=(0, 1),
@@ -36,51 +31,33 @@ TINY = dict(
 )
 
 
-# ---- model and data ---------------------------------------------------------------------------
-
-
-def test_plain_and_bn_networks_start_from_the_same_linear_weights() -> None:
-    torch.manual_seed(3)
-    plain = reg.build_mlp((8, 8), norm=False)
-    torch.manual_seed(3)
-    bn = reg.build_mlp((8, 8), norm=True)
-    lin_p = [m for m in plain if isinstance(m, torch.nn.Linear)]
-    lin_b = [m for m in bn if isinstance(m, torch.nn.Linear)]
-    assert len(lin_p) == len(lin_b) == 3
-    for a, b in zip(lin_p, lin_b, strict=True):
-        torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
-    assert len(reg.bn_layers(bn)) == 2 and not reg.bn_layers(plain)
-
-
-def test_forward_with_bn_returns_each_bn_layers_input_and_output() -> None:
-    model = reg.build_mlp((6, 5), norm=True, in_features=4, out_features=3)
-    x = torch.randn(10, 4)
-    out, io = reg.forward_with_bn(model, x)
-    torch.testing.assert_close(out, model(x))
-    assert [tuple(i.shape) for i, _ in io] == [(10, 6), (10, 5)]
-    torch.testing.assert_close(io[0][0], model[0](x))
-    torch.testing.assert_close(io[0][1], model[1](model[0](x)))
+# ---- data -------------------------------------------------------------------------------------
 
 
 def test_held_out_digits_are_fixed_and_disjoint_from_the_pool(mnist_root: Path) -> None:
-    root = mnist_root
-    a = reg.load_split("mnist", root, 500)
-    b = reg.load_split("mnist", root, 500)
-    assert a.test_images.shape == (500, 784) and a.test_labels.shape == (500,)
-    assert torch.equal(a.test_images, b.test_images) and torch.equal(a.pool_labels, b.pool_labels)
-    if "only the" in a.what:  # one split, cut in two: no digit in both parts
-        pool = {bytes(r) for r in a.pool_images.numpy()}
-        assert not any(bytes(r) in pool for r in a.test_images.numpy()[:50])
+    a = train_test("mnist", mnist_root, 500, reg.SPLIT_SEED)
+    b = train_test("mnist", mnist_root, 500, reg.SPLIT_SEED)
+    x_pool, y_pool, x_held, y_held, what = a
+    assert x_held.shape == (500, 784) and y_held.shape == (500,)
+    assert x_pool.dtype == torch.float32 and x_pool.shape[1] == 784
+    assert -1.0 <= float(x_pool.min()) < float(x_pool.max()) <= 1.0
+    assert all(torch.equal(u, v) for u, v in zip(a[:4], b[:4], strict=True))
+    if "only the" in what:  # one split, cut in two: no digit in both parts
+        pool = {bytes(r) for r in x_pool.numpy()}
+        assert not any(bytes(r) in pool for r in x_held.numpy()[:50])
+        assert len(y_pool) + 500 == 10_000
     with pytest.raises(ValueError, match="--holdout"):
-        reg.load_split("mnist", root, 0)
+        train_test("mnist", mnist_root, 0, reg.SPLIT_SEED)
+    with pytest.raises(ValueError, match="--eval-size"):
+        train_test("mnist", mnist_root, 10_000, reg.SPLIT_SEED, flag="--eval-size")
 
 
 # ---- the batch-dependence probe ---------------------------------------------------------------
 
 
 def _probe(batch_sizes: tuple[int, ...], n_batches: int) -> list[dict]:
-    model = reg.build_mlp((32, 32), norm=True)
-    pool = torch.randint(0, 256, (600, 784), dtype=torch.uint8)
+    model = mlp((784, 32, 32, 10), "relu", bn=True)
+    pool = to_unit_range(torch.randint(0, 256, (600, 784), dtype=torch.uint8))
     x0 = torch.rand(784) * 2 - 1
     gen = torch.Generator().manual_seed(1)
     return reg.probe_batch_dependence(model, x0, pool, batch_sizes, n_batches, gen)
@@ -101,10 +78,10 @@ def test_train_mode_spread_shrinks_like_one_over_sqrt_batch_size() -> None:
 
 
 def test_probe_leaves_the_model_untouched() -> None:
-    model = reg.build_mlp((8,), norm=True)
+    model = mlp((784, 8, 10), "relu", bn=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     reg.probe_batch_dependence(
-        model, torch.zeros(784), torch.zeros(50, 784, dtype=torch.uint8), (4,), 3,
+        model, torch.zeros(784), torch.zeros(50, 784), (4,), 3,
         torch.Generator().manual_seed(0),
     )  # fmt: skip
     for k, v in model.state_dict().items():
@@ -115,22 +92,28 @@ def test_probe_leaves_the_model_untouched() -> None:
 # ---- statistics -------------------------------------------------------------------------------
 
 
-def test_paired_difference_is_the_paired_t_interval_and_test() -> None:
-    a = [10.0, 12.5, 9.0, 11.0, 13.0]
-    b = [9.0, 11.0, 9.5, 9.0, 12.0]
-    d = reg.paired_difference(a, b)
-    diffs = np.subtract(a, b)
-    lo, hi = stats.t.interval(0.95, len(diffs) - 1, loc=diffs.mean(), scale=stats.sem(diffs))
-    assert d["mean"] == pytest.approx(diffs.mean())
-    assert (d["lo"], d["hi"]) == pytest.approx((lo, hi))
-    assert d["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
-    assert d["n"] == 5
+def test_paired_comparison_drops_seeds_with_a_missing_value() -> None:
+    """A seed that never reached the matched accuracy (nan) drops out of that comparison."""
+    d = paired([1.0, math.nan, 3.0], [0.0, 1.0, 1.0])
+    assert d.n == 2 and d.diff.mean == pytest.approx(1.5)
 
 
-def test_paired_difference_drops_pairs_with_a_missing_value() -> None:
-    d = reg.paired_difference([1.0, math.nan, 3.0], [0.0, 1.0, 1.0])
-    assert d["n"] == 2 and d["mean"] == pytest.approx(1.5)
-    assert math.isnan(reg.mean_ci([2.0])[1])
+def test_paired_comparison_of_differences_equal_up_to_rounding_has_no_spurious_p() -> None:
+    a, b = [0.1 + 0.2, 0.3, 0.3], [0.0, 0.0, 0.0]  # 0.30000000000000004 vs 0.3: rounding
+    assert np.std(np.subtract(a, b)) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no t-test on noise (scipy's cancellation warning)
+        d = paired(a, b)
+    assert (d.p_value, d.effect_size) == (0.0, math.inf)
+    assert d.diff.mean == pytest.approx(0.3)
+    same = paired([1.0, 2.0], [1.0, 2.0])
+    assert (same.p_value, same.effect_size) == (1.0, 0.0)
+
+
+def test_report_intervals_read_mean_unit_then_bounds() -> None:
+    assert format_ci(Estimate(0.6, -6.176, 7.376, 2), "{:+.2f}", " pp") == "+0.60 pp [-6.18, +7.38]"
+    assert format_ci(Estimate(97.5, math.nan, math.nan, 1), "{:.1f}", "%") == "97.5%"
+    assert format_ci(Estimate(math.nan, math.nan, math.nan, 0)) == "-"
 
 
 def test_c6_verdict_follows_its_rule() -> None:
@@ -159,12 +142,12 @@ def test_summary_reads_the_final_gap_over_the_last_epochs_and_the_gap_at_equal_f
     config = {"seeds": [0, 1], "variants": ["plain", "bn"], "match_train_acc": 0.99}
     s = reg.summarize(records, config)
     plain, bn = s["variants"]["plain"], s["variants"]["bn"]
-    assert plain["gap"][0] == pytest.approx(10.5)  # last 5 epochs: train 1.0, test 0.9 / 0.89
-    assert bn["gap"][0] == pytest.approx(8.5)
+    assert plain["gap"].mean == pytest.approx(10.5)  # last 5 epochs: train 1.0, test 0.9 / 0.89
+    assert bn["gap"].mean == pytest.approx(8.5)
     assert plain["per_seed"]["matched_epoch"] == [5.0, 5.0]
     assert bn["per_seed"]["matched_epoch"] == [2.0, 2.0]
     main = next(c for c in s["comparisons"] if c["quantity"] == "final gap")
-    assert (main["a"], main["b"], main["mean"]) == ("plain", "bn", pytest.approx(2.0))
+    assert (main["a"], main["b"], main["paired"].diff.mean) == ("plain", "bn", pytest.approx(2.0))
     assert s["min_final_train_acc"] == pytest.approx(1.0)
 
 
@@ -187,20 +170,15 @@ def test_bad_configs_are_value_errors(tmp_path: Path) -> None:
 
 
 def test_run_writes_every_output_and_a_report_rebuilt_from_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_root: Path
+    tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_files: Any
 ) -> None:
     out = tmp_path / "run"
     lines: list[str] = []
     cfg = reg.Config(**TINY, data=mnist_root, out=out)
     result = reg.run(cfg, log=lines.append)
 
-    names = {p.name for p in out.iterdir()}
     figures = {"gap_acc.png", "gap_loss.png", "accuracy.png", "batch_spread.png"}
-    assert {"config.json", "metrics.jsonl", "report.html"} | figures <= names
-    for f in figures:
-        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
-    meta = json.loads((out / "config.json").read_text())
-    assert list(meta)[:2] == ["experiment", "config"] and meta["experiment"] == "regularization"
+    meta = check_run_files(out, "regularization", figures)
     assert meta["config"]["seeds"] == [0, 1] and meta["config"]["out"] == str(out)
 
     epochs = [r for r in result.records if r["kind"] == "epoch"]
@@ -222,19 +200,11 @@ def test_run_writes_every_output_and_a_report_rebuilt_from_files(
                  "C6 (premise)", "Paired comparisons", "data:image/png;base64"):  # fmt: skip
         assert text in html, text
 
-    # report() reads files only: no training, and a lost figure is drawn again from metrics
-    def no_training(*_a: object, **_k: object) -> None:
-        raise AssertionError("report() must not train")
-
-    monkeypatch.setattr(reg, "train_variant", no_training)
-    (out / "gap_acc.png").unlink()
-    sections = reg.report(out)
-    assert all(isinstance(s, Section) for s in sections)
+    sections = report_from_files(reg, "train_variant", out, "gap_acc.png")
     assert [s.anchor for s in sections] == ["c6", "batch-dependence"]
     assert [c.id for c in sections[0].claims] == ["C6", "C6 (cause)", "C6 (premise)"]
     assert sections[0].claims[2].verdict == "holds"
     assert len(sections[0].figures) == 3 and len(sections[1].figures) == 1
-    assert (out / "gap_acc.png").exists()
 
     with pytest.raises(ValueError, match="already holds a run"):
         reg.run(cfg, log=lambda _m: None)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,21 +15,14 @@ from torch.optim.swa_utils import update_bn
 
 import bnlab.nn as bnn
 from bnlab.experiments import running_stats as rs
-from bnlab.experiments.regularization import build_mlp, forward_with_bn, single_thread
-from bnlab.report.html import Section
+from bnlab.models.mlp import forward_with_bn, mlp
 
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    """Seeded, and one torch thread as in run(): tiny GEMMs crawl on a shared 2-core box."""
-    torch.manual_seed(0)
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
 
 def _trained_model(hidden: tuple[int, ...] = (12, 10), steps: int = 5) -> nn.Sequential:
     """A small BN MLP whose weights and running statistics have moved away from init."""
-    model = build_mlp(hidden, norm=True, in_features=6, out_features=3)
+    model = mlp((6, *hidden, 3), "relu", bn=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(steps):
         x = torch.randn(16, 6) * 2 + 1
@@ -95,7 +87,7 @@ def test_precise_bn_restores_momentum_and_modes_and_keeps_the_weights() -> None:
 
 
 def test_precise_bn_leaves_a_model_without_bn_alone() -> None:
-    model = build_mlp((4,), norm=False, in_features=6, out_features=3)
+    model = mlp((6, 4, 3), "relu")
     assert rs.recompute_bn_stats(model, [torch.randn(8, 6)]) == 0
 
 
@@ -115,7 +107,7 @@ def test_cumulative_shadow_is_the_plain_average_of_batch_statistics() -> None:
 
 
 def test_shadow_with_the_models_momentum_reproduces_its_running_statistics() -> None:
-    model = build_mlp((7, 5), norm=True, in_features=6, out_features=3)
+    model = mlp((6, 7, 5, 3), "relu", bn=True)
     shadow = rs.ShadowStats([7, 5], momentum=0.1)
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
     for _ in range(8):
@@ -193,20 +185,14 @@ def test_bad_configs_are_value_errors(tmp_path: Path) -> None:
 
 
 def test_run_writes_every_output_and_a_report_rebuilt_from_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_root: Path
+    tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_files: Any
 ) -> None:
     out = tmp_path / "run"
     lines: list[str] = []
     result = rs.run(rs.Config(**TINY, data=mnist_root, out=out), log=lines.append)
 
     figures = {"stat_errors.png", "accuracy.png", "trace.png"}
-    assert {"config.json", "metrics.jsonl", "report.html"} | figures <= {
-        p.name for p in out.iterdir()
-    }
-    for f in figures:
-        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
-    meta = json.loads((out / "config.json").read_text())
-    assert list(meta)[:2] == ["experiment", "config"] and meta["experiment"] == "running-stats"
+    meta = check_run_files(out, "running-stats", figures)
     assert meta["train_digits"] == 200
 
     names = ["ema-0.1", "ema-0.01", "cumulative", "precise", "population"]
@@ -227,20 +213,15 @@ def test_run_writes_every_output_and_a_report_rebuilt_from_files(
 
     s = result.summary["estimators"]
     assert list(s) == names
-    assert s["population"]["acc_vs_population"]["mean"] == 0.0
+    assert s["population"]["acc_vs_population"].diff.mean == 0.0
     assert len(lines[-1].splitlines()) == 1 and lines[-1].startswith("held-out accuracy: ")
 
     html = (out / "report.html").read_text()
     for text in ("Eval-mode statistics", "precise", "cumulative", "data:image/png;base64"):
         assert text in html, text
 
-    def no_training(*_a: object, **_k: object) -> None:
-        raise AssertionError("report() must not train")
-
-    monkeypatch.setattr(rs, "train_seed", no_training)
-    (out / "accuracy.png").unlink()
-    sections = rs.report(out)
-    assert len(sections) == 1 and isinstance(sections[0], Section)
+    sections = report_from_files(rs, "train_seed", out, "accuracy.png")
+    assert len(sections) == 1
     table = sections[0].tables[0]
     assert [row[0] for row in table.rows] == names
-    assert len(sections[0].figures) == 3 and (out / "accuracy.png").exists()
+    assert len(sections[0].figures) == 3

@@ -15,9 +15,13 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["Estimate", "Paired", "mean_ci", "paired", "verdict"]
+__all__ = ["Estimate", "Paired", "format_ci", "mean_ci", "paired", "verdict"]
 
 Verdict = Literal["holds", "does not hold", "inconclusive"]
+# Paired differences whose sd is below this share of their mean (or of 1) are taken as
+# constant: float rounding, e.g. 10.5 - 8.5 vs 10.4 - 8.4, leaves an sd near 1e-16 on which a
+# t-test reports an arbitrary p (scipy warns of catastrophic cancellation).
+CONSTANT_REL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,17 @@ class Paired:
     n: int
 
 
+def format_ci(est: Estimate, spec: str = "{:.2f}", unit: str = "") -> str:
+    """``mean{unit} [lo, hi]`` with ``spec`` for each number; the interval is left out where
+    there is none (one value), "-" where there is no mean. E.g. spec "{:+.2f}" for a
+    difference: "+0.60 pp [-6.18, +7.38]"."""
+    if not math.isfinite(est.mean):
+        return "-"
+    if not (math.isfinite(est.lo) and math.isfinite(est.hi)):
+        return f"{spec.format(est.mean)}{unit}"
+    return f"{spec.format(est.mean)}{unit} [{spec.format(est.lo)}, {spec.format(est.hi)}]"
+
+
 def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
     """Mean and the t confidence interval over independent replicates (seeds)."""
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
@@ -58,7 +73,13 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
 
 
 def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Paired:
-    """Paired comparison of a and b (same seeds, same order)."""
+    """Paired comparison of a and b (same seeds, same order).
+
+    Pairs with a missing (non-finite) value are left out. Differences that are all equal, up
+    to rounding (sd <= ``CONSTANT_REL`` x max(1, |mean|)), have no t statistic: p is 0 (1 when
+    the mean is 0 up to the same tolerance) and the effect size infinite (0), rather than a
+    t-test on rounding noise.
+    """
     if len(a) != len(b):
         raise ValueError(f"paired comparison needs matched seeds, got {len(a)} and {len(b)}")
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
@@ -67,9 +88,11 @@ def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Paire
     if len(d) < 2:
         return Paired(est, math.nan, math.nan, len(d))
     sd = float(d.std(ddof=1))
-    if sd == 0.0:
-        p = 0.0 if est.mean != 0 else 1.0
-        dz = math.copysign(math.inf, est.mean) if est.mean != 0 else 0.0
+    tol = CONSTANT_REL * max(1.0, abs(est.mean))
+    if sd <= tol:
+        nonzero = abs(est.mean) > tol
+        p = 0.0 if nonzero else 1.0
+        dz = math.copysign(math.inf, est.mean) if nonzero else 0.0
     else:
         p = float(sps.ttest_1samp(d, 0.0).pvalue)
         dz = est.mean / sd

@@ -32,11 +32,9 @@ What is measured, and why:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,42 +44,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import bnlab.nn as bnn
 from bnlab.config import StrList
-from bnlab.experiments.common import data_dir_arg, derived_generator
-from bnlab.report.html import Claim, Figure, Section, Table, Verdict
-from bnlab.runs import (
-    append_jsonl,
-    atomic_write_json,
-    config_to_dict,
-    new_run_dir,
-    read_jsonl,
-    write_jsonl,
-)
+from bnlab.experiments import common
+from bnlab.experiments.common import derived_generator, derived_seed
+from bnlab.models.mlp import ACTIVATIONS as ACTIVATION_TYPES
+from bnlab.models.mlp import INITS, mlp
+from bnlab.report.html import Claim, Section, Table, Verdict, write_report
+from bnlab.runs import append_jsonl
 
 __all__ = [
     "ActivationsConfig",
     "ActivationsResult",
     "Config",
     "Result",
-    "build_mlp",
+    "build_net",
     "claims",
     "layer_stats",
-    "mnist_train_test",
     "report",
     "run",
 ]
 
 NAME = "activations"
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
-INITS = ("small", "unit", "xavier", "he")
+ACTIVATIONS = ("tanh", "relu")
 INIT_TEXT = {
     "small": "N(0, 0.01²)",
     "unit": "N(0, 1)",
     "xavier": "Xavier (Glorot normal)",
     "he": "He (Kaiming normal, fan_in)",
 }
-SMALL_STD = 0.01  # CS231n's "small random numbers": 0.01 * randn
 QUANTILES = (0.15, 0.50, 0.85)  # the percentiles Ioffe & Szegedy plot in their Figure 1
 HIST_BINS = 40  # enough to see shape in a 1-inch panel, few enough to stay smooth at 500k values
 HIST_TAIL = 0.005  # pre-activation panels span the 0.5th..99.5th percentile (tails would
@@ -150,117 +140,18 @@ class ActivationsResult:
 Result = ActivationsResult
 
 
-# ---- data -------------------------------------------------------------------------------------
-
-
-def mnist_train_test(
-    data: Path | None, holdout: int, seed: int, log: Callable[[str], None] | None = print
-) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
-    """MNIST as float (N, 784) in [-1, 1] with labels: a training part and ``holdout`` digits.
-
-    With both splits present, the held-out digits are ``holdout`` test digits (a seeded
-    permutation) and training uses the whole train split. With one split only (this
-    machine's data: the 10,000 test digits), a seeded permutation of it is cut into
-    ``holdout`` held-out digits and the rest for training.
-
-    Returns:
-        (x_train (N, 784), y_train (N,), x_held (holdout, 784), y_held (holdout,), description)
-    """
-    from bnlab.data import available_splits, load_dataset, to_unit_range
-
-    quiet = log if log is not None else (lambda _msg: None)
-    data_dir = data_dir_arg(data)
-    present = available_splits("mnist", data_dir)
-    pick = derived_generator(seed, "holdout")
-    if present == ["train", "test"]:
-        train = load_dataset("mnist", "train", data_dir=data_dir, log=quiet)
-        test = load_dataset("mnist", "test", data_dir=data_dir, log=quiet)
-        if holdout > len(test):
-            raise ValueError(f"held-out size {holdout} exceeds the {len(test):,} test digits")
-        held = torch.randperm(len(test), generator=pick)[:holdout]
-        x_tr, y_tr = train.images, train.labels
-        x_he, y_he = test.images[held], test.labels[held]
-        what = f"MNIST: train split ({len(train):,}) for training, {holdout:,} test digits held out"
-    else:
-        ds = load_dataset("mnist", "any", data_dir=data_dir, log=quiet)
-        if holdout >= len(ds):
-            raise ValueError(
-                f"held-out size {holdout} leaves no training digits of the {len(ds):,} in the "
-                f"{ds.split} split; use a smaller held-out size"
-            )
-        perm = torch.randperm(len(ds), generator=pick)
-        held, rest = perm[:holdout], perm[holdout:]
-        x_tr, y_tr = ds.images[rest], ds.labels[rest]
-        x_he, y_he = ds.images[held], ds.labels[held]
-        what = (
-            f"MNIST {ds.split} split only ({len(ds):,} digits from {ds.source}), cut by a "
-            f"seeded permutation: {len(rest):,} for training, {holdout:,} held out"
-        )
-
-    def flat(images: Tensor) -> Tensor:
-        return to_unit_range(images.reshape(images.shape[0], -1))  # (N, 28, 28) -> (N, 784)
-
-    return flat(x_tr), y_tr, flat(x_he), y_he, what
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads (0 = leave as is), restoring the previous count."""
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # ---- the network ------------------------------------------------------------------------------
 
 
-def _init_linear(layer: nn.Linear, scheme: str, generator: torch.Generator) -> None:
-    """Weights by ``scheme``, bias 0 (so the weight scale alone sets each layer's scale)."""
-    fan_out, fan_in = layer.weight.shape
-    if scheme == "small":
-        std = SMALL_STD
-    elif scheme == "unit":
-        std = 1.0
-    elif scheme == "xavier":
-        std = math.sqrt(2.0 / (fan_in + fan_out))  # Glorot & Bengio 2010, normal variant
-    elif scheme == "he":
-        std = math.sqrt(2.0 / fan_in)  # He et al. 2015, fan_in mode, ReLU gain
-    else:
-        raise ValueError(f"unknown init {scheme!r}; choose from {', '.join(INITS)}")
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
-        layer.bias.zero_()
-
-
-def build_mlp(
-    depth: int, width: int, activation: str, init: str, bn: bool, seed: int
-) -> nn.Sequential:
-    """784 -> depth x [Linear(width) (-> BN) -> act] -> Linear(10), logits out.
+def build_net(cfg: ActivationsConfig, activation: str, init: str, bn: bool) -> nn.Sequential:
+    """784 -> depth x [Linear(width) (-> BN) -> act] -> Linear(10), logits out; biases 0.
 
     The Linear weights depend on (seed, init, activation) only, not on ``bn``: a BN net and
     its plain twin start from the same weights.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose from tanh, relu")
-    gen = derived_generator(seed, "init", init, activation)
-    layers: list[nn.Module] = []
-    fan_in = 784
-    for _ in range(depth):
-        linear = nn.Linear(fan_in, width)
-        _init_linear(linear, init, gen)
-        layers.append(linear)
-        if bn:
-            layers.append(bnn.BatchNorm1d(width))
-        layers.append(ACTIVATIONS[activation]())
-        fan_in = width
-    head = nn.Linear(fan_in, 10)
-    _init_linear(head, init, gen)
-    layers.append(head)
-    return nn.Sequential(*layers)
+    gen = derived_generator(cfg.seed, "init", init, activation)
+    sizes = (common.PIXELS, *[cfg.width] * cfg.depth, common.CLASSES)
+    return mlp(sizes, activation, bn, init, gen)
 
 
 def setting_name(activation: str, init: str, norm: str) -> str:
@@ -360,7 +251,7 @@ def record_layers(model: nn.Module, x: Tensor, activation: str) -> list[dict[str
     original's running statistics are left untouched).
     """
     twin = copy.deepcopy(model).train()
-    twin_acts = [m for m in twin.modules() if isinstance(m, ACTIVATIONS[activation])]
+    twin_acts = [m for m in twin.modules() if isinstance(m, ACTIVATION_TYPES[activation])]
     seen: list[tuple[Tensor, Tensor]] = []
 
     def hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -387,31 +278,9 @@ def record_layers(model: nn.Module, x: Tensor, activation: str) -> list[dict[str
     return rows
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Held-out accuracy in eval mode (BN with running statistics), restoring the mode."""
-    was = model.training
-    model.eval()
-    acc = float((model(x).argmax(1) == y).float().mean())
-    model.train(was)
-    return acc
-
-
 # ---- training ---------------------------------------------------------------------------------
 
 LOSS_EVERY = 10  # steps per point of the loss curve (the mean of those steps' losses)
-
-
-def batch_order(n: int, batch_size: int, steps: int, seed: int) -> Tensor:
-    """(steps, batch_size) indices: seeded epochs back to back, the same for every net."""
-    from bnlab.data import batch_indices
-
-    rows: list[Tensor] = []
-    epoch = 0
-    while sum(r.shape[0] for r in rows) < steps:
-        rows.append(batch_indices(n, batch_size, derived_generator(seed, "order", epoch)))
-        epoch += 1
-    return torch.cat(rows)[:steps] if rows else torch.empty(0, batch_size, dtype=torch.long)
 
 
 def train(
@@ -476,41 +345,33 @@ def _check(cfg: ActivationsConfig) -> None:
 
 def run(cfg: ActivationsConfig, log: Callable[[str], None] = print) -> ActivationsResult:
     """Train and measure every (activation, init, norm) net; write the run directory."""
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     _check(cfg)
-    run_dir = Path(cfg.out) if cfg.out is not None else new_run_dir("runs", NAME)
-    if (run_dir / "config.json").exists():
-        raise ValueError(f"{run_dir} already holds a run; pick another --out")
-    with torch_threads(cfg.threads):
-        x_tr, y_tr, x_ev, y_ev, what = mnist_train_test(cfg.data, cfg.eval_size, cfg.seed, log)
+    with common.torch_threads(cfg.threads):
+        x_tr, y_tr, x_ev, y_ev, what = common.train_test(
+            "mnist", cfg.data, cfg.eval_size, derived_seed(cfg.seed, "holdout"), log, "--eval-size"
+        )
         if x_tr.shape[0] < cfg.batch_size:
             raise ValueError(
                 f"{x_tr.shape[0]} training digits is less than one batch of {cfg.batch_size}"
             )
         settings = [(a, i, n) for a in cfg.activations for i in cfg.inits for n in cfg.norms]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            run_dir / "config.json",
-            {
-                "experiment": NAME,
-                "config": config_to_dict(cfg),
-                "settings": [setting_name(*s) for s in settings],
-                "data": what,
-                "train_size": x_tr.shape[0],
-                "torch": torch.__version__,
-            },
+        run_dir, metrics = common.start_run(
+            cfg.out,
+            NAME,
+            cfg,
+            settings=[setting_name(*s) for s in settings],
+            data=what,
+            train_size=x_tr.shape[0],
         )
-        metrics = run_dir / "metrics.jsonl"
-        write_jsonl(metrics, [])  # atomic, like every file of the run
         log(
             f"{len(settings)} nets ({cfg.depth} x {cfg.width}), {cfg.steps} Adam steps each, "
             f"on {what}; run dir {run_dir}"
         )
-        order = batch_order(x_tr.shape[0], cfg.batch_size, cfg.steps, cfg.seed)  # (steps, B)
+        # (steps, B): the same batches for every net
+        order = common.batch_order(x_tr.shape[0], cfg.batch_size, cfg.steps, cfg.seed)
         records: list[dict[str, Any]] = []
-        bar = tqdm(total=len(settings) * cfg.steps, unit="step", dynamic_ncols=True, leave=True)
+        bar = common.progress(len(settings) * cfg.steps)
         try:
             for activation, init, norm in settings:
                 name = setting_name(activation, init, norm)
@@ -522,8 +383,6 @@ def run(cfg: ActivationsConfig, log: Callable[[str], None] = print) -> Activatio
             bar.close()
         _draw_figures(run_dir, records, cfg.depth, cfg.steps, redraw=True)
     found = claims(records, cfg.depth)
-    from bnlab.report.html import write_report
-
     write_report(
         run_dir / "report.html", report(run_dir), "bnlab activations: seeing covariate shift"
     )
@@ -548,11 +407,11 @@ def _one_setting(
     t0 = time.perf_counter()
     tag = {"setting": setting_name(activation, init, norm), "activation": activation}
     tag.update(init=init, norm=norm)
-    model = build_mlp(cfg.depth, cfg.width, activation, init, norm == "bn", cfg.seed)
+    model = build_net(cfg, activation, init, norm == "bn")
     out: list[dict[str, Any]] = []
     for row in record_layers(model, x_ev, activation):
         out.append({"type": "layer", **tag, "stage": "init", **row})
-    acc_init = accuracy(model, x_ev, y_ev)
+    acc_init, _ = common.accuracy_and_loss(model, x_ev, y_ev)
 
     def on_step(count: int, loss: float) -> None:
         bar.set_postfix_str(f"loss {loss:.3g}", refresh=False)
@@ -569,7 +428,7 @@ def _one_setting(
             "type": "net",
             **tag,
             "accuracy_init": acc_init,
-            "accuracy_trained": accuracy(model, x_ev, y_ev),
+            "accuracy_trained": common.accuracy_and_loss(model, x_ev, y_ev)[0],
             "loss_first": _finite(curve[0][1]) if curve else None,
             "loss_last": _finite(curve[-1][1]) if curve else None,
             "diverged": diverged,
@@ -965,18 +824,11 @@ def _tables(records: list[dict[str, Any]], depth: int) -> list[Table]:
     return [claim_table, depth_table]
 
 
-def _figure(run_dir: Path, name: str, title: str, caption: str = "") -> Figure | None:
-    path = run_dir / name
-    return Figure(title, path.read_bytes(), caption) if path.exists() else None
-
-
 def report(run_dir: str | Path) -> list[Section]:
     """The report's sections, from the run directory's files (redraws missing figures)."""
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text())
+    run_dir, meta, records = common.read_run(run_dir)
     cfg = meta["config"]
     depth, steps = int(cfg["depth"]), int(cfg["steps"])
-    records = read_jsonl(run_dir / "metrics.jsonl")
     _draw_figures(run_dir, records, depth, steps, redraw=False)
     k = last_layers(depth)
     intro = (
@@ -1005,14 +857,12 @@ def report(run_dir: str | Path) -> list[Section]:
         anchor="c5",
     )
     for name, (_, _, _, title) in SUMMARY_FIGURES.items():
-        fig = _figure(
+        summary.figures += common.figure(
             run_dir,
             name,
             title,
             "Colour = init, solid = plain, dashed = BN. Left: at init; right: after training.",
         )
-        if fig is not None:
-            summary.figures.append(fig)
     hists = Section(
         "Per-layer histograms (the CS231n figure's layout)",
         "One figure per net. Rows: pre-activations and activations at init, then after "
@@ -1023,17 +873,13 @@ def report(run_dir: str | Path) -> list[Section]:
         anchor="histograms",
     )
     for s in _settings(records):
-        fig = _figure(run_dir, hist_figure_name(s), s)
-        if fig is not None:
-            hists.figures.append(fig)
+        hists.figures += common.figure(run_dir, hist_figure_name(s), s)
     training = Section(
         "Training",
         "Did each net learn? Loss curves of all nets; held-out accuracy is in the table above.",
         anchor="training",
     )
-    fig = _figure(run_dir, "training-loss.png", "Training loss")
-    if fig is not None:
-        training.figures.append(fig)
+    training.figures += common.figure(run_dir, "training-loss.png", "Training loss")
     return [summary, hists, training]
 
 

@@ -1,14 +1,44 @@
-"""Small pieces every experiment uses: derived seeds, devices, the dataset as a tensor."""
+"""Small pieces every experiment uses: derived seeds, devices, threads, the data split,
+batch orders, evaluation and the run directory."""
 
 from __future__ import annotations
 
+import json
+import sys
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-__all__ = ["derived_generator", "derived_seed", "resolve_device"]
+from bnlab.data import available_splits, batch_indices, load_dataset, to_unit_range
+from bnlab.report.html import Figure
+from bnlab.runs import atomic_write_json, config_to_dict, new_run_dir, read_jsonl, write_jsonl
+
+__all__ = [
+    "CLASSES",
+    "PIXELS",
+    "accuracy_and_loss",
+    "batch_order",
+    "derived_generator",
+    "derived_seed",
+    "figure",
+    "progress",
+    "read_run",
+    "resolve_device",
+    "start_run",
+    "torch_threads",
+    "train_test",
+]
+
+PIXELS = 28 * 28  # a flattened MNIST / Fashion-MNIST image: the classifiers' input
+CLASSES = 10
+Log = Callable[[str], None]
 
 
 def derived_seed(seed: int, *parts: int | str) -> int:
@@ -38,3 +68,154 @@ def resolve_device(device: str) -> torch.device:
 
 def data_dir_arg(data: Path | None) -> Path | None:
     return None if data is None or str(data) == "" else Path(data)
+
+
+@contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run the block (or, as a decorator, each call) with ``n`` torch CPU threads (0 = leave
+    as is), then restore the count.
+
+    The classifier experiments run with 1: their matmuls are small (a (50, 784) x (784, 100)
+    GEMM), a second thread buys little, and on a shared 2-core machine oversubscribed threads
+    made a run several times slower.
+    """
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_test(
+    dataset: str,
+    data: Path | None,
+    holdout: int,
+    split_seed: int,
+    log: Log | None = None,
+    flag: str = "--holdout",
+) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
+    """Images as float (N, 784) in [-1, 1] with labels: a training part and ``holdout`` digits.
+
+    With both splits present locally, training gets the whole train split and the held-out
+    digits are ``holdout`` test digits picked by a permutation seeded with ``split_seed``. With
+    one split only (e.g. MNIST's 10,000 test digits), a permutation seeded with ``split_seed``
+    is cut: its first ``holdout`` digits are held out, the rest is for training.
+
+    Args:
+        dataset: "mnist" or "fashion-mnist".
+        data: directory with the IDX files (None or "" = the default lookup, see bnlab.data).
+        flag: the option that set ``holdout``, named in the error when it does not fit.
+
+    Returns:
+        (x_train (N, 784), y_train (N,), x_held (holdout, 784), y_held (holdout,), one line
+        saying where each part came from, with sizes)
+    """
+    data_dir = data_dir_arg(data)
+    quiet: Log = log if log is not None else (lambda _msg: None)
+    ds = load_dataset(dataset, split="any", data_dir=data_dir, log=quiet)
+    images = to_unit_range(ds.images.reshape(len(ds), -1))  # (N, 28, 28) uint8 -> (N, 784)
+    pick = torch.Generator().manual_seed(split_seed)
+    if ds.split == "train" and "test" in available_splits(dataset, data_dir):
+        test = load_dataset(dataset, split="test", data_dir=data_dir, log=quiet)
+        if not 0 < holdout <= len(test):
+            raise ValueError(f"{flag} must be in 1..{len(test)} (the test split), got {holdout}")
+        held = torch.randperm(len(test), generator=pick)[:holdout]
+        x_held = to_unit_range(test.images.reshape(len(test), -1)[held])
+        what = (
+            f"{dataset}: train split ({len(ds):,} digits) for training, {holdout:,} digits "
+            f"of the test split held out, from {ds.source}"
+        )
+        return images, ds.labels, x_held, test.labels[held], what
+    if not 0 < holdout < len(ds) - 1:
+        raise ValueError(
+            f"{flag} must be in 1..{len(ds) - 2} (the {ds.split} split has {len(ds):,} "
+            f"digits and the rest is for training), got {holdout}"
+        )
+    perm = torch.randperm(len(ds), generator=pick)
+    held, rest = perm[:holdout], perm[holdout:]
+    what = (
+        f"{dataset}: only the {ds.split} split ({len(ds):,} digits, {ds.source}); a seeded "
+        f"permutation holds out {holdout:,} and leaves {len(rest):,} for training"
+    )
+    return images[rest], ds.labels[rest], images[held], ds.labels[held], what
+
+
+def batch_order(n: int, batch_size: int, steps: int, seed: int) -> Tensor:
+    """(steps, batch_size) indices: seeded epochs back to back, the same for every net.
+
+    Epoch e is ``batch_indices(n, batch_size, derived_generator(seed, "order", e))``, the
+    order the epoch-based experiments draw, cut after ``steps`` batches.
+    """
+    rows: list[Tensor] = []
+    epoch = 0
+    while sum(r.shape[0] for r in rows) < steps:
+        rows.append(batch_indices(n, batch_size, derived_generator(seed, "order", epoch)))
+        epoch += 1
+    return torch.cat(rows)[:steps] if rows else torch.empty(0, batch_size, dtype=torch.long)
+
+
+@torch.no_grad()
+def accuracy_and_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy in eval mode (BN with running statistics); the model's
+    mode is restored. The whole set goes through in one forward: in eval mode no example
+    depends on another."""
+    was_training = model.training
+    model.eval()
+    logits = model(x)  # (N, classes)
+    model.train(was_training)
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return acc, F.cross_entropy(logits, y).item()
+
+
+def progress(total: int, desc: str = "") -> Any:
+    """A tqdm bar over ``total`` training steps, on stderr."""
+    from tqdm.auto import tqdm  # here: tqdm.auto is slow to import, and only runs need it
+
+    return tqdm(
+        total=total,
+        desc=desc or None,
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+
+
+def start_run(out: Path | None, experiment: str, cfg: Any, **meta: Any) -> tuple[Path, Path]:
+    """Create the run directory, write config.json first, then an empty metrics.jsonl.
+
+    The directory is ``out``, else runs/<experiment>-<date>-<time>; config.json holds
+    ``{"experiment", "config", **meta, "torch"}``.
+
+    Returns:
+        (run directory, its metrics.jsonl)
+
+    Raises:
+        ValueError: the directory already holds a run.
+    """
+    run_dir = Path(out) if out is not None else new_run_dir("runs", experiment)
+    if (run_dir / "config.json").exists():
+        raise ValueError(f"{run_dir} already holds a run; pick another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"experiment": experiment, "config": config_to_dict(cfg)}
+    atomic_write_json(run_dir / "config.json", {**config, **meta, "torch": torch.__version__})
+    metrics = run_dir / "metrics.jsonl"
+    write_jsonl(metrics, [])  # atomic, like every file of the run
+    return run_dir, metrics
+
+
+def read_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """(run directory, config.json's contents, the records of metrics.jsonl): what a report
+    is built from."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "config.json").read_text())
+    return run_dir, meta, read_jsonl(run_dir / "metrics.jsonl")
+
+
+def figure(run_dir: Path, name: str, title: str, caption: str = "") -> list[Figure]:
+    """The run directory's PNG ``name`` as a report figure: [] when the file is absent, so a
+    report adds what exists (``section.figures += figure(...)``)."""
+    path = run_dir / name
+    return [Figure(title, path.read_bytes(), caption)] if path.exists() else []

@@ -23,7 +23,6 @@ untouched.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,19 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import bnlab.nn as bnn
 from bnlab.config import IntList
-from bnlab.experiments.activations import batch_order, mnist_train_test, torch_threads
-from bnlab.experiments.common import derived_generator
-from bnlab.report.html import Claim, Figure, Section, Table, Verdict
-from bnlab.runs import (
-    append_jsonl,
-    atomic_write_json,
-    config_to_dict,
-    new_run_dir,
-    read_jsonl,
-    write_jsonl,
-)
+from bnlab.experiments import common
+from bnlab.experiments.common import derived_generator, derived_seed
+from bnlab.models.mlp import mlp
+from bnlab.report.html import Claim, Section, Table, Verdict, write_report
+from bnlab.runs import append_jsonl
 
 __all__ = [
     "Config",
@@ -65,7 +57,6 @@ NETS = ("baseline", "bn")
 PAPER_STEPS = 50_000  # Figure 1's x axis
 QUANTILES = (0.15, 0.50, 0.85)  # the percentiles of Figure 1 (b, c)
 CHECKPOINTS = (0.1, 0.5, 1.0)  # shares of the run where accuracies are compared
-NUM_CLASSES = 10
 NET_LABELS = {"baseline": "Without BN", "bn": "With BN"}
 NET_COLORS = {"baseline": "tab:blue", "bn": "tab:red"}
 
@@ -146,22 +137,8 @@ def build_net(cfg: Ioffe2015Config, bn: bool, seed: int) -> nn.Sequential:
     Linear weights ~ N(0, init_std²), biases 0, drawn from one seeded stream: the BN net and the
     baseline of a seed start from identical Linear weights.
     """
-    gen = derived_generator(seed, "init")
-    layers: list[nn.Module] = []
-    fan_in = 784
-    for k in range(cfg.layers + 1):
-        width = cfg.hidden if k < cfg.layers else NUM_CLASSES  # the last Linear gives logits
-        linear = nn.Linear(fan_in, width)
-        with torch.no_grad():
-            linear.weight.copy_(torch.randn(width, fan_in, generator=gen) * cfg.init_std)
-            linear.bias.zero_()
-        layers.append(linear)
-        if k < cfg.layers:
-            if bn:
-                layers.append(bnn.BatchNorm1d(cfg.hidden))
-            layers.append(nn.Sigmoid())
-        fan_in = width
-    return nn.Sequential(*layers)
+    sizes = (common.PIXELS, *[cfg.hidden] * cfg.layers, common.CLASSES)
+    return mlp(sizes, "sigmoid", bn, cfg.init_std, derived_generator(seed, "init"))
 
 
 def last_sigmoid_input(model: nn.Sequential) -> nn.Sequential:
@@ -176,10 +153,7 @@ def evaluate(model: nn.Sequential, x: Tensor, y: Tensor, unit: int) -> dict[str,
     The percentiles are over the held-out digits, on a copy in train mode (BN with those
     digits' batch statistics; the original's running statistics are untouched).
     """
-    was = model.training
-    model.eval()
-    acc = float((model(x).argmax(1) == y).float().mean())
-    model.train(was)
+    acc, _ = common.accuracy_and_loss(model, x, y)
     twin = copy.deepcopy(model).train()
     pre = last_sigmoid_input(twin)(x).double()  # (N, hidden)
     q = torch.tensor(QUANTILES, dtype=torch.float64)
@@ -234,7 +208,7 @@ def train_seed(
     x_tr, y_tr, x_te, y_te = data
     nets = {name: build_net(cfg, name == "bn", seed) for name in NETS}
     opts = {name: torch.optim.SGD(m.parameters(), lr=cfg.lr) for name, m in nets.items()}
-    order = batch_order(x_tr.shape[0], cfg.batch_size, cfg.steps, seed)  # (steps, B)
+    order = common.batch_order(x_tr.shape[0], cfg.batch_size, cfg.steps, seed)  # (steps, B)
     loss_sum = {name: torch.zeros(()) for name in NETS}
     todo = eval_steps(cfg.steps, cfg.eval_every)
     done = 0
@@ -270,59 +244,46 @@ def train_seed(
         done = target
 
 
+def _split(
+    cfg: Ioffe2015Config, seed: int, log: Callable[[str], None] | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
+    """The seed's training digits and ``test_size`` held-out digits: each seed its own cut."""
+    holdout_seed = derived_seed(seed, "holdout")
+    return common.train_test("mnist", cfg.data, cfg.test_size, holdout_seed, log, "--test-size")
+
+
 def run(cfg: Ioffe2015Config, log: Callable[[str], None] = print) -> Ioffe2015Result:
     """Train both nets for every seed, write the run directory, return the records."""
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     _check(cfg)
-    run_dir = Path(cfg.out) if cfg.out is not None else new_run_dir("runs", NAME)
-    if (run_dir / "config.json").exists():
-        raise ValueError(f"{run_dir} already holds a run; pick another --out")
     seeds = cfg.seed_list
     records: list[dict[str, Any]] = []
-    metrics = run_dir / "metrics.jsonl"
-
-    def on_eval(rows: list[dict[str, Any]]) -> None:
-        append_jsonl(metrics, rows)
-        records.extend(rows)
-
-    with torch_threads(cfg.threads):
-        first = mnist_train_test(cfg.data, cfg.test_size, seeds[0], log)
+    with common.torch_threads(cfg.threads):
+        first = _split(cfg, seeds[0], log)
         what = first[4]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            run_dir / "config.json",
-            {
-                "experiment": NAME,
-                "config": config_to_dict(cfg),
-                "data": what,
-                "train_size": first[0].shape[0],
-                "paper_steps": PAPER_STEPS,
-                "torch": torch.__version__,
-            },
+        run_dir, metrics = common.start_run(
+            cfg.out,
+            NAME,
+            cfg,
+            data=what,
+            train_size=first[0].shape[0],
+            paper_steps=PAPER_STEPS,
         )
-        write_jsonl(metrics, [])  # atomic, like every file of the run
+
+        def on_eval(rows: list[dict[str, Any]]) -> None:
+            append_jsonl(metrics, rows)
+            records.extend(rows)
+
         log(
             f"{len(seeds)} seed(s) x 2 nets ({cfg.layers} x {cfg.hidden} sigmoid), {cfg.steps:,} "
             f"SGD steps (the paper: {PAPER_STEPS:,}), on {what}; run dir {run_dir}"
         )
         for k, seed in enumerate(seeds):
-            x_tr, y_tr, x_te, y_te, _ = (
-                first if k == 0 else mnist_train_test(cfg.data, cfg.test_size, seed, None)
-            )
-            with tqdm(
-                total=cfg.steps,
-                desc=f"seed {seed}",
-                unit="step",
-                dynamic_ncols=True,
-                mininterval=0.5,
-            ) as bar:
+            x_tr, y_tr, x_te, y_te, _ = first if k == 0 else _split(cfg, seed, None)
+            with common.progress(cfg.steps, f"seed {seed}") as bar:
                 train_seed(cfg, seed, (x_tr, y_tr, x_te, y_te), on_eval, bar)
         _draw_figure(run_dir, records, cfg.unit, redraw=True)
     found = claims(records)
-    from bnlab.report.html import write_report
-
     write_report(
         run_dir / "report.html", report(run_dir), "bnlab ioffe2015: Ioffe & Szegedy 2015, Figure 1"
     )
@@ -563,10 +524,8 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
 
 def report(run_dir: str | Path) -> list[Section]:
     """The report's sections, from the run directory's files (redraws a missing figure)."""
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text())
+    run_dir, meta, records = common.read_run(run_dir)
     cfg = meta["config"]
-    records = read_jsonl(run_dir / "metrics.jsonl")
     _draw_figure(run_dir, records, int(cfg["unit"]), redraw=False)
     steps = int(cfg["steps"])
     short = f"This run trains {steps:,} steps, the paper {PAPER_STEPS:,}" + (
@@ -599,16 +558,13 @@ def report(run_dir: str | Path) -> list[Section]:
         tables=_tables(records) if records else [],
         anchor="figure1",
     )
-    path = run_dir / FIGURE
-    if path.exists():
-        section.figures.append(
-            Figure(
-                "Figure 1 reproduced",
-                path.read_bytes(),
-                "(a) held-out accuracy vs steps; (b, c) 15th, 50th, 85th percentiles of one "
-                "sigmoid input of the last hidden layer, without and with BN, same y scale.",
-            )
-        )
+    section.figures += common.figure(
+        run_dir,
+        FIGURE,
+        "Figure 1 reproduced",
+        "(a) held-out accuracy vs steps; (b, c) 15th, 50th, 85th percentiles of one sigmoid "
+        "input of the last hidden layer, without and with BN, same y scale.",
+    )
     return [section]
 
 

@@ -43,12 +43,9 @@ References:
 from __future__ import annotations
 
 import copy
-import json
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -59,35 +56,27 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor, nn
 
-import bnlab.nn as bnn
 from bnlab.config import IntList, StrList
-from bnlab.data import available_splits, batch_indices, load_dataset, to_unit_range
-from bnlab.experiments.common import data_dir_arg, derived_generator, derived_seed
-from bnlab.report.html import Claim, Figure, Section, Table, Verdict
-from bnlab.runs import append_jsonl, atomic_write_json, config_to_dict, new_run_dir, read_jsonl
+from bnlab.data import batch_indices
+from bnlab.experiments import common
+from bnlab.experiments.common import derived_generator, derived_seed
+from bnlab.models.mlp import forward_with_bn, mlp
+from bnlab.report.html import Claim, Section, Table, Verdict, write_report
+from bnlab.runs import append_jsonl, config_to_dict, read_jsonl
+from bnlab.stats import Estimate, Paired, format_ci, mean_ci, paired
 
 __all__ = [
     "Config",
-    "DataSplit",
     "Result",
-    "bn_layers",
-    "build_mlp",
-    "evaluate",
-    "forward_with_bn",
-    "load_split",
-    "mean_ci",
-    "paired_difference",
     "probe_batch_dependence",
     "report",
     "run",
-    "single_thread",
     "summarize",
+    "train_variant",
 ]
 
 EXPERIMENT = "regularization"
 VARIANTS = ("plain", "bn", "bn-full")
-NUM_CLASSES = 10
-INPUT_FEATURES = 28 * 28
 # Fixed, not --seed: every seed (and the running-stats experiment) holds out the same digits,
 # so the held-out accuracy of different seeds and variants is measured on one set.
 SPLIT_SEED = 1502_03167  # the BN paper's arXiv number
@@ -112,17 +101,7 @@ COMPARISONS = (
     ("plain", "bn-full", "normalization without batch noise"),
 )
 
-# Torch threads while an experiment runs. These MLPs are small (a (50, 784) x (784, 100) GEMM):
-# a second thread buys little, and on a shared 2-core machine it made a run 5x slower.
-TORCH_THREADS = 1
-
 Log = Callable[[str], None]
-BN_TYPES: tuple[type[nn.Module], ...] = (
-    bnn.BatchNorm1d,
-    bnn.BatchNorm2d,
-    bnn.BatchNorm3d,
-    nn.modules.batchnorm._BatchNorm,
-)
 
 
 @dataclass(frozen=True)
@@ -179,130 +158,6 @@ class Result:
     seconds: float
 
 
-# ---- model ------------------------------------------------------------------------------------
-
-
-def build_mlp(
-    hidden: tuple[int, ...],
-    norm: bool,
-    activation: str = "relu",
-    momentum: float | None = 0.1,
-    in_features: int = INPUT_FEATURES,
-    out_features: int = NUM_CLASSES,
-) -> nn.Sequential:
-    """Linear - [BN] - act per hidden layer, then a Linear to the logits.
-
-    BN (bnlab.nn.BatchNorm1d) sits right after each hidden Linear, before the activation, as
-    in the blog and the paper. The Linear biases are kept before BN (where BN's mean
-    subtraction cancels them) so that plain and BN networks built after the same
-    ``torch.manual_seed`` get identical Linear weights.
-    """
-    act: type[nn.Module] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}[activation]
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden:
-        layers.append(nn.Linear(width, h))
-        if norm:
-            layers.append(bnn.BatchNorm1d(h, momentum=momentum))
-        layers.append(act())
-        width = h
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
-
-
-def bn_layers(model: nn.Module) -> list[nn.Module]:
-    """The batch-norm layers of ``model`` (bnlab's or torch's), in forward order."""
-    return [m for m in model.modules() if isinstance(m, BN_TYPES)]
-
-
-def forward_with_bn(model: nn.Sequential, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-    """``model(x)`` and, for each BN layer, its (input, output): (N, C) each."""
-    io = []
-    for layer in model:
-        y = layer(x)
-        if isinstance(layer, BN_TYPES):
-            io.append((x, y))
-        x = y
-    return x, io
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy in eval mode (the model's mode is restored).
-
-    The whole set goes through in one forward: in eval mode no example depends on another.
-    """
-    was_training = model.training
-    model.eval()
-    logits = model(x)  # (N, 10)
-    model.train(was_training)
-    acc = (logits.argmax(1) == y).float().mean().item()
-    return acc, F.cross_entropy(logits, y).item()
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run the block with TORCH_THREADS torch threads; the caller's setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(TORCH_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-# ---- data -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class DataSplit:
-    """A training pool and a held-out set, as uint8 images (N, 784) and int64 labels (N,)."""
-
-    pool_images: Tensor
-    pool_labels: Tensor
-    test_images: Tensor
-    test_labels: Tensor
-    what: str  # one line: where each part came from, with sizes
-
-
-def load_split(dataset: str, data: Path | None, holdout: int, log: Log | None = None) -> DataSplit:
-    """The training pool and ``holdout`` held-out digits.
-
-    With both splits present locally, the pool is the train split and the held-out digits are
-    ``holdout`` digits of the test split. With one split only (e.g. MNIST's test split, 10,000
-    digits), a fixed permutation (``SPLIT_SEED``) of it is cut: its first ``holdout`` digits
-    are held out, the rest is the pool.
-    """
-    data_dir = data_dir_arg(data)
-    quiet: Log = log if log is not None else (lambda _msg: None)
-    ds = load_dataset(dataset, split="any", data_dir=data_dir, log=quiet)
-    images = ds.images.reshape(len(ds), -1)  # (N, 784) uint8
-    gen = torch.Generator().manual_seed(SPLIT_SEED)
-    if ds.split == "train" and "test" in available_splits(dataset, data_dir):
-        test = load_dataset(dataset, split="test", data_dir=data_dir, log=quiet)
-        if not 0 < holdout <= len(test):
-            raise ValueError(f"--holdout must be in 1..{len(test)} (the test split), got {holdout}")
-        keep = torch.randperm(len(test), generator=gen)[:holdout]
-        test_images = test.images.reshape(len(test), -1)[keep]
-        what = (
-            f"{dataset}: training pool = train split ({len(ds):,} digits), held out = "
-            f"{holdout:,} digits of the test split, from {ds.source}"
-        )
-        return DataSplit(images, ds.labels, test_images, test.labels[keep], what)
-    if not 0 < holdout < len(ds) - 1:
-        raise ValueError(
-            f"--holdout must be in 1..{len(ds) - 2} (the {ds.split} split has {len(ds):,} "
-            f"digits and the rest is the training pool), got {holdout}"
-        )
-    perm = torch.randperm(len(ds), generator=gen)
-    held, pool = perm[:holdout], perm[holdout:]
-    what = (
-        f"{dataset}: only the {ds.split} split ({len(ds):,} digits, {ds.source}); a fixed "
-        f"permutation holds out {holdout:,} and leaves a training pool of {len(pool):,}"
-    )
-    return DataSplit(images[pool], ds.labels[pool], images[held], ds.labels[held], what)
-
-
 # ---- training ---------------------------------------------------------------------------------
 
 
@@ -323,7 +178,7 @@ def train_variant(
         x_train: (n, 784) float in [-1, 1]; y_train: (n,). x_test, y_test: the held-out set.
     """
     torch.manual_seed(derived_seed(seed, "init"))  # same Linear weights for every variant
-    model = build_mlp(tuple(cfg.hidden), norm=variant != "plain", activation=cfg.activation)
+    model = mlp((common.PIXELS, *cfg.hidden, common.CLASSES), cfg.activation, bn=variant != "plain")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     n = x_train.shape[0]
     for epoch in range(cfg.epochs):
@@ -339,8 +194,8 @@ def train_variant(
             opt.step()
             batch_loss += loss.detach()
             on_step()
-        train_acc, train_loss = evaluate(model, x_train, y_train)
-        test_acc, test_loss = evaluate(model, x_test, y_test)
+        train_acc, train_loss = common.accuracy_and_loss(model, x_train, y_train)
+        test_acc, test_loss = common.accuracy_and_loss(model, x_test, y_test)
         if not math.isfinite(train_loss):
             raise ValueError(
                 f"{variant} (seed {seed}): the loss became non-finite in epoch {epoch + 1}; "
@@ -408,7 +263,8 @@ def probe_batch_dependence(
     fraction of batches in which x0's predicted class differs from its eval-mode prediction.
 
     Args:
-        x0: (784,) float, the fixed example. pool: (P, 784) uint8, where the others come from.
+        x0: (784,) the fixed example. pool: (P, 784), where the others come from; both float
+            in [-1, 1].
     """
     train_model = copy.deepcopy(model).train()
     eval_model = copy.deepcopy(model).eval()
@@ -419,7 +275,7 @@ def probe_batch_dependence(
         bn1: dict[str, list[Tensor]] = {"train": [], "eval": []}  # each: K x (C,)
         for _ in range(n_batches):
             others = pool[torch.randperm(pool.shape[0], generator=generator)[: b - 1]]
-            batch = torch.cat([x0[None], to_unit_range(others)])  # (B, 784)
+            batch = torch.cat([x0[None], others])  # (B, 784)
             for mode, net in (("train", train_model), ("eval", eval_model)):
                 out, io = forward_with_bn(net, batch)
                 logits[mode].append(out[0])
@@ -447,33 +303,6 @@ def probe_batch_dependence(
 
 
 # ---- statistics -------------------------------------------------------------------------------
-
-
-def mean_ci(values: list[float] | np.ndarray) -> tuple[float, float, float]:
-    """Mean and its Student-t confidence interval (``CI_LEVEL``); NaN bounds below 2 values."""
-    v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(v.mean())
-    if v.size < 2:
-        return mean, math.nan, math.nan
-    sem = float(stats.sem(v))
-    if sem == 0.0:
-        return mean, mean, mean
-    lo, hi = stats.t.interval(CI_LEVEL, v.size - 1, loc=mean, scale=sem)
-    return mean, float(lo), float(hi)
-
-
-def paired_difference(a: list[float], b: list[float]) -> dict[str, float]:
-    """a - b over paired values (same seed): mean, CI, paired t-test p, count."""
-    pairs = [(x, y) for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
-    diffs = [x - y for x, y in pairs]
-    mean, lo, hi = mean_ci(diffs)
-    p = math.nan
-    # identical differences (up to rounding) have no t statistic; scipy would warn and guess
-    if len(pairs) >= 2 and np.std(diffs) > 1e-9 * max(1.0, abs(mean)):
-        p = float(stats.ttest_rel([x for x, _ in pairs], [y for _, y in pairs]).pvalue)
-    return {"mean": mean, "lo": lo, "hi": hi, "p": p, "n": len(pairs)}
 
 
 def _final(rows: list[dict[str, Any]], key: str) -> float:
@@ -508,8 +337,9 @@ def _fit_slope(bs: list[float], ys: list[float]) -> dict[str, float]:
 def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
     """Per-variant final and matched gaps over seeds, paired comparisons, the probe's slope.
 
-    Returns a dict with ``variants`` (name -> per-seed lists and their mean/CI),
-    ``comparisons`` (list of paired differences), ``probe`` (records and slopes) and
+    Returns a dict with ``variants`` (name -> ``per_seed`` lists and their
+    :class:`~bnlab.stats.Estimate` per quantity), ``comparisons`` (a, b, meaning, quantity and
+    the :class:`~bnlab.stats.Paired` difference a - b), ``probe`` (records and slopes) and
     ``min_final_train_acc``.
     """
     seeds = list(config["seeds"])
@@ -545,15 +375,17 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
             cols["matched_epoch"].append(float(hit["epoch"]) if hit else math.nan)
         per[v] = {
             "per_seed": cols,
-            **{k: mean_ci(vals) for k, vals in cols.items()},
+            **{k: mean_ci(vals, CI_LEVEL) for k, vals in cols.items()},
             "reached_match": sum(math.isfinite(x) for x in cols["matched_epoch"]),
         }
     comparisons = []
     for a, b, meaning in COMPARISONS:
         if a in per and b in per:
             for quantity, key in (("final gap", "gap"), ("gap at equal train acc", "matched_gap")):
-                d = paired_difference(per[a]["per_seed"][key], per[b]["per_seed"][key])
-                comparisons.append({"a": a, "b": b, "meaning": meaning, "quantity": quantity, **d})
+                d = paired(per[a]["per_seed"][key], per[b]["per_seed"][key], CI_LEVEL)
+                comparisons.append(
+                    {"a": a, "b": b, "meaning": meaning, "quantity": quantity, "paired": d}
+                )
     probe = sorted((r for r in records if r.get("kind") == "probe"), key=lambda r: r["batch_size"])
     bs = [float(r["batch_size"]) for r in probe]
     train_accs = [x for v in variants for x in per[v]["per_seed"]["train_acc"]]
@@ -683,26 +515,27 @@ def make_figures(run_dir: Path, records: list[dict[str, Any]], config: dict[str,
 # ---- report -----------------------------------------------------------------------------------
 
 
-def _ci(m: tuple[float, float, float], fmt: str = "{:.2f}", unit: str = "") -> str:
-    mean, lo, hi = m
-    if not math.isfinite(mean):
+def _pct(e: Estimate) -> Estimate:
+    return Estimate(100 * e.mean, 100 * e.lo, 100 * e.hi, e.n)
+
+
+def _diff_text(d: Paired) -> str:
+    if not math.isfinite(d.diff.mean):
         return "-"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{fmt.format(mean)}{unit}"
-    return f"{fmt.format(mean)}{unit} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    p = f", p = {d.p_value:.3g}" if math.isfinite(d.p_value) else ""
+    return f"{format_ci(d.diff, '{:+.2f}', ' pp')} (95% CI, {d.n} seeds{p})"
 
 
-def _diff_text(d: dict[str, Any]) -> str:
-    if not math.isfinite(d["mean"]):
-        return "-"
-    ci = f" [{d['lo']:+.2f}, {d['hi']:+.2f}]" if math.isfinite(d["lo"]) else ""
-    p = f", p = {d['p']:.3g}" if math.isfinite(d["p"]) else ""
-    return f"{d['mean']:+.2f} pp{ci} (95% CI, {d['n']} seeds{p})"
-
-
-def _figure(run_dir: Path, name: str, title: str, caption: str) -> list[Figure]:
-    path = run_dir / name
-    return [Figure(title, path.read_bytes(), caption)] if path.exists() else []
+def _comparison(s: dict[str, Any], a: str, b: str, quantity: str) -> Paired | None:
+    """The paired comparison a - b of ``quantity`` in the summary ``s``, if it was made."""
+    return next(
+        (
+            c["paired"]
+            for c in s["comparisons"]
+            if (c["a"], c["b"], c["quantity"]) == (a, b, quantity)
+        ),
+        None,
+    )
 
 
 def report(run_dir: str | Path) -> list[Section]:
@@ -710,10 +543,8 @@ def report(run_dir: str | Path) -> list[Section]:
 
     Figures missing from the run directory are drawn again from metrics.jsonl.
     """
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text())
+    run_dir, meta, records = common.read_run(run_dir)
     config = meta["config"]
-    records = read_jsonl(run_dir / "metrics.jsonl")
     if any(not (run_dir / n).exists() for n in ("gap_acc.png", "accuracy.png")):
         make_figures(run_dir, records, config)
     s = summarize(records, config)
@@ -730,12 +561,6 @@ def _c6_section(run_dir: Path, meta: dict[str, Any], s: dict[str, Any]) -> Secti
     n_seeds = len(s["seeds"])
     match_pct = 100 * float(config["match_train_acc"])
 
-    def comparison(a: str, b: str, quantity: str) -> dict[str, Any] | None:
-        return next(
-            (c for c in s["comparisons"] if (c["a"], c["b"], c["quantity"]) == (a, b, quantity)),
-            None,
-        )
-
     lowest = {v: min(per[v]["per_seed"]["train_acc"], default=math.nan) for v in per}
     unfit = ", ".join(f"{v} {100 * a:.1f}%" for v, a in lowest.items() if not a >= FIT_ACC)
     fit_note = (
@@ -750,7 +575,7 @@ def _c6_section(run_dir: Path, meta: dict[str, Any], s: dict[str, Any]) -> Secti
         f"in eval mode, where its running statistics stand in for the batch's."
     )
     claims = []
-    main = comparison("plain", "bn", "final gap")
+    main = _comparison(s, "plain", "bn", "final gap")
     if main is not None:
         claims.append(
             Claim(
@@ -759,12 +584,12 @@ def _c6_section(run_dir: Path, meta: dict[str, Any], s: dict[str, Any]) -> Secti
                 f"reduction of the final train - held-out accuracy gap by BN (plain - bn), "
                 f"paired over seeds, {config['train_size']:,} training digits",
                 _diff_text(main),
-                c6_verdict(main["lo"], main["hi"]),
+                c6_verdict(main.diff.lo, main.diff.hi),
                 f"holds if the 95% CI lies above 0; does not hold if it lies below "
                 f"{MIN_EFFECT_PP} pp (no reduction of practical size); else inconclusive",
             )
         )
-    noise = comparison("bn-full", "bn", "final gap")
+    noise = _comparison(s, "bn-full", "bn", "final gap")
     if noise is not None:
         claims.append(
             Claim(
@@ -774,7 +599,7 @@ def _c6_section(run_dir: Path, meta: dict[str, Any], s: dict[str, Any]) -> Secti
                 "gap reduction due to mini-batch statistics: bn-full (statistics of the whole "
                 "training subset) - bn, paired over seeds",
                 _diff_text(noise),
-                c6_verdict(noise["lo"], noise["hi"]),
+                c6_verdict(noise.diff.lo, noise.diff.hi),
                 "the same rule as C6",
             )
         )
@@ -805,12 +630,12 @@ def _c6_section(run_dir: Path, meta: dict[str, Any], s: dict[str, Any]) -> Secti
         rows.append(
             [
                 v,
-                _ci(tuple(100 * x for x in p["train_acc"]), "{:.1f}", "%"),
-                _ci(tuple(100 * x for x in p["test_acc"]), "{:.2f}", "%"),
-                _ci(p["gap"], "{:.2f}", " pp"),
-                _ci(p["loss_gap"], "{:.3f}"),
-                f"{_ci(p['matched_epoch'], '{:.1f}')} ({p['reached_match']}/{n_seeds})",
-                _ci(p["matched_gap"], "{:.2f}", " pp"),
+                format_ci(_pct(p["train_acc"]), "{:.1f}", "%"),
+                format_ci(_pct(p["test_acc"]), "{:.2f}", "%"),
+                format_ci(p["gap"], "{:.2f}", " pp"),
+                format_ci(p["loss_gap"], "{:.3f}"),
+                f"{format_ci(p['matched_epoch'], '{:.1f}')} ({p['reached_match']}/{n_seeds})",
+                format_ci(p["matched_gap"], "{:.2f}", " pp"),
             ]
         )
     per_variant = Table(
@@ -834,7 +659,7 @@ def _c6_section(run_dir: Path, meta: dict[str, Any], s: dict[str, Any]) -> Secti
         "Paired comparisons (same seed = same subset, init and batch order)",
         ["a - b", "what it isolates", "quantity", "difference (a - b)"],
         [
-            [f"{c['a']} - {c['b']}", c["meaning"], c["quantity"], _diff_text(c)]
+            [f"{c['a']} - {c['b']}", c["meaning"], c["quantity"], _diff_text(c["paired"])]
             for c in s["comparisons"]
         ],
         "positive = b has the smaller gap; paired Student t interval and paired t-test.",
@@ -864,14 +689,16 @@ def _c6_section(run_dir: Path, meta: dict[str, Any], s: dict[str, Any]) -> Secti
         lead,
         claims=claims,
         tables=[per_variant, paired],
-        figures=_figure(
+        figures=common.figure(
             run_dir,
             "gap_acc.png",
             "Accuracy gap",
             "train - held-out accuracy per epoch; line = mean, band = min..max over seeds.",
         )
-        + _figure(run_dir, "gap_loss.png", "Loss gap", "held-out - train cross-entropy.")
-        + _figure(run_dir, "accuracy.png", "Accuracy", "solid: training subset; dashed: held-out."),
+        + common.figure(run_dir, "gap_loss.png", "Loss gap", "held-out - train cross-entropy.")
+        + common.figure(
+            run_dir, "accuracy.png", "Accuracy", "solid: training subset; dashed: held-out."
+        ),
         anchor="c6",
     )
 
@@ -926,7 +753,7 @@ def _probe_section(run_dir: Path, s: dict[str, Any]) -> Section:
         "Batch dependence: one digit in many batches",
         intro,
         tables=[ptable],
-        figures=_figure(
+        figures=common.figure(
             run_dir,
             "batch_spread.png",
             "Spread vs batch size",
@@ -973,59 +800,34 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"--probe-batches must be at least 2 (a spread), got {cfg.probe_batches}")
 
 
+@common.torch_threads(1)
 def run(cfg: Config, log: Log = print) -> Result:
     """Train every (seed, variant), probe the batch dependence, write the run directory."""
-    with single_thread():
-        return _run(cfg, log)
-
-
-def _run(cfg: Config, log: Log) -> Result:
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     _check(cfg)
-    split = load_split(cfg.dataset, cfg.data, cfg.holdout, log)
-    pool_n = split.pool_images.shape[0]
+    # the pool: (P, 784) in [-1, 1], the same for every seed; each seed draws its subset
+    x_pool, y_pool, x_test, y_test, what = common.train_test(
+        cfg.dataset, cfg.data, cfg.holdout, SPLIT_SEED, log
+    )
+    pool_n = x_pool.shape[0]
     if cfg.train_size > pool_n:
         raise ValueError(f"--train-size {cfg.train_size} exceeds the training pool ({pool_n:,})")
     if cfg.probe_batch_sizes and max(cfg.probe_batch_sizes) > pool_n + 1:
         raise ValueError(f"--probe-batch-sizes: at most {pool_n + 1} (the pool and the digit)")
-    run_dir = Path(cfg.out) if cfg.out is not None else new_run_dir("runs", EXPERIMENT)
-    if (run_dir / "config.json").exists():
-        raise ValueError(f"{run_dir} already holds a run; pick another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        run_dir / "config.json",
-        {
-            "experiment": EXPERIMENT,
-            "config": config_to_dict(cfg),
-            "data": split.what,
-            "torch": torch.__version__,
-        },
-    )
-    metrics = run_dir / "metrics.jsonl"
-    metrics.write_text("")
-    x_test = to_unit_range(split.test_images)  # (holdout, 784)
+    run_dir, metrics = common.start_run(cfg.out, EXPERIMENT, cfg, data=what)
     steps = cfg.epochs * (cfg.train_size // cfg.batch_size)
-    log(split.what)
+    log(what)
     log(
         f"training {', '.join(cfg.variants)} x {len(cfg.seeds)} seed(s) on {cfg.train_size:,} "
         f"digits for {cfg.epochs} epochs; run dir {run_dir}"
     )
-    bar = tqdm(
-        total=steps * len(cfg.variants) * len(cfg.seeds),
-        unit="step",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
+    bar = common.progress(steps * len(cfg.variants) * len(cfg.seeds))
     probe_model = None
     try:
         for seed in cfg.seeds:
             subset = torch.randperm(pool_n, generator=derived_generator(seed, "subset"))
             subset = subset[: cfg.train_size]
-            x_train = to_unit_range(split.pool_images[subset])  # (n, 784)
-            y_train = split.pool_labels[subset]
+            x_train, y_train = x_pool[subset], y_pool[subset]  # (n, 784), (n,)
             for variant in cfg.variants:
                 bar.set_description(f"seed {seed} {variant}")
 
@@ -1040,7 +842,7 @@ def _run(cfg: Config, log: Log) -> Result:
                     x_train,
                     y_train,
                     x_test,
-                    split.test_labels,
+                    y_test,
                     lambda: bar.update(1),
                     on_epoch,
                 )
@@ -1056,7 +858,7 @@ def _run(cfg: Config, log: Log) -> Result:
         probe = probe_batch_dependence(
             probe_model,
             x_test[0],
-            split.pool_images,
+            x_pool,
             tuple(cfg.probe_batch_sizes),
             cfg.probe_batches,
             derived_generator(cfg.seeds[0], "probe"),
@@ -1066,8 +868,6 @@ def _run(cfg: Config, log: Log) -> Result:
     config = config_to_dict(cfg)
     make_figures(run_dir, records, config)
     summary = summarize(records, config)
-    from bnlab.report.html import write_report
-
     write_report(
         run_dir / "report.html",
         report(run_dir),
@@ -1082,26 +882,16 @@ def _run(cfg: Config, log: Log) -> Result:
 def result_line(summary: dict[str, Any], seconds: float, run_dir: Path) -> str:
     """The one line printed at the end of a run."""
     per = summary["variants"]
-    gaps = ", ".join(f"{v} {per[v]['gap'][0]:.2f}" for v in per)
-    main = next(
-        c
-        for c in summary["comparisons"]
-        if (c["a"], c["b"], c["quantity"]) == ("plain", "bn", "final gap")
-    )
+    gaps = ", ".join(f"{v} {per[v]['gap'].mean:.2f}" for v in per)
+    main = _comparison(summary, "plain", "bn", "final gap")
+    assert main is not None, "plain and bn are required variants"
     text = (
-        f"C6 {c6_verdict(main['lo'], main['hi'])}: final train-test gap (pp) {gaps}; "
+        f"C6 {c6_verdict(main.diff.lo, main.diff.hi)}: final train-test gap (pp) {gaps}; "
         f"plain - bn {_diff_text(main)}"
     )
-    noise = next(
-        (
-            c
-            for c in summary["comparisons"]
-            if (c["a"], c["b"], c["quantity"]) == ("bn-full", "bn", "final gap")
-        ),
-        None,
-    )
+    noise = _comparison(summary, "bn-full", "bn", "final gap")
     if noise is not None:
-        text += f"; bn-full - bn {noise['mean']:+.2f} pp"
+        text += f"; bn-full - bn {noise.diff.mean:+.2f} pp"
     if summary["probe"]:
         text += f"; spread ~ B^{summary['logit_slope']['slope']:.2f}"
     return f"{text} ({seconds / 60:.1f} min, {run_dir / 'report.html'})"

@@ -35,9 +35,7 @@ References:
 from __future__ import annotations
 
 import copy
-import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -51,19 +49,14 @@ from torch import Tensor, nn
 
 import bnlab.nn as bnn
 from bnlab.config import FloatList, IntList
-from bnlab.data import batch_indices, to_unit_range
+from bnlab.data import batch_indices
+from bnlab.experiments import common
 from bnlab.experiments.common import derived_generator, derived_seed
-from bnlab.experiments.regularization import (
-    bn_layers,
-    build_mlp,
-    forward_with_bn,
-    load_split,
-    mean_ci,
-    paired_difference,
-    single_thread,
-)
-from bnlab.report.html import Figure, Section, Table
-from bnlab.runs import append_jsonl, atomic_write_json, config_to_dict, new_run_dir, read_jsonl
+from bnlab.experiments.regularization import SPLIT_SEED
+from bnlab.models.mlp import bn_layers, forward_with_bn, mlp
+from bnlab.report.html import Figure, Section, Table, write_report
+from bnlab.runs import append_jsonl, config_to_dict, read_jsonl
+from bnlab.stats import format_ci, mean_ci, paired
 
 __all__ = [
     "Config",
@@ -347,7 +340,9 @@ def train_seed(
         x_train: (n, 784) float in [-1, 1], y_train (n,); x_test, y_test the held-out set.
     """
     torch.manual_seed(derived_seed(seed, "init"))
-    model = build_mlp(tuple(cfg.hidden), True, cfg.activation, momentum=cfg.momentum)
+    model = mlp(
+        (common.PIXELS, *cfg.hidden, common.CLASSES), cfg.activation, bn=True, momentum=cfg.momentum
+    )
     widths = list(cfg.hidden)
     shadows = {_ema_name(m): ShadowStats(widths, m) for m in cfg.shadow_momenta}
     shadows[CUMULATIVE] = ShadowStats(widths, None)
@@ -401,8 +396,9 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
     """Last-epoch numbers per estimator over seeds.
 
     Returns ``{"estimators": {name: {...}}, "seeds": [...], "epoch": last}`` where each
-    estimator has ``test_acc`` (mean, lo, hi), ``acc_vs_population`` (paired difference in
-    percentage points), ``mean_err`` and ``var_err`` (per layer, mean over seeds).
+    estimator has ``test_acc`` (an :class:`~bnlab.stats.Estimate`, percent),
+    ``acc_vs_population`` (a :class:`~bnlab.stats.Paired` difference in percentage points),
+    ``mean_err`` and ``var_err`` (per layer, mean over seeds).
     """
     seeds = list(config["seeds"])
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -418,7 +414,7 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
         acc = [100 * r["test_acc"] for r in rows]
         out[name] = {
             "test_acc": mean_ci(acc),
-            "acc_vs_population": paired_difference(acc, pop) if len(pop) == len(acc) else None,
+            "acc_vs_population": paired(acc, pop) if len(pop) == len(acc) else None,
             "mean_err": np.mean([r["mean_err"] for r in rows], axis=0).tolist(),
             "var_err": np.mean([r["var_err"] for r in rows], axis=0).tolist(),
         }
@@ -540,10 +536,8 @@ def report(run_dir: str | Path) -> list[Section]:
 
     Figures missing from the run directory are drawn again from metrics.jsonl.
     """
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text())
+    run_dir, meta, records = common.read_run(run_dir)
     config = meta["config"]
-    records = read_jsonl(run_dir / "metrics.jsonl")
     if any(not (run_dir / n).exists() for n in ("stat_errors.png", "accuracy.png")):
         make_figures(run_dir, records, config)
     s = summarize(records, config)
@@ -553,15 +547,17 @@ def report(run_dir: str | Path) -> list[Section]:
         if name not in est:
             continue
         e = est[name]
-        mean, lo, hi = e["test_acc"]
-        acc = f"{mean:.2f}%" + (f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else "")
         d = e["acc_vs_population"]
-        if name == POPULATION or d is None or not math.isfinite(d["mean"]):
-            delta = "-"
-        else:
-            ci = f" [{d['lo']:+.2f}, {d['hi']:+.2f}]" if math.isfinite(d["lo"]) else ""
-            delta = f"{d['mean']:+.2f}{ci}"
-        rows.append([name, acc, delta, _layers(e["mean_err"]), _layers(e["var_err"], True)])
+        delta = "-" if name == POPULATION or d is None else format_ci(d.diff, "{:+.2f}")
+        rows.append(
+            [
+                name,
+                format_ci(e["test_acc"], "{:.2f}", "%"),
+                delta,
+                _layers(e["mean_err"]),
+                _layers(e["var_err"], True),
+            ]
+        )
     n_layers = len(config["hidden"])
     table = Table(
         f"Estimators after {s['epoch']} epochs (mean over {len(s['seeds'])} seeds)",
@@ -586,9 +582,9 @@ def report(run_dir: str | Path) -> list[Section]:
             f"{100 * np.mean(est[ema]['var_err']):.2f}% ({ema}), "
             f"{100 * np.mean(est[CUMULATIVE]['var_err']):.2f}% (cumulative), "
             f"{100 * np.mean(est[PRECISE]['var_err']):.2f}% (precise); held-out accuracy "
-            f"{est[ema]['test_acc'][0]:.2f}%, {est[CUMULATIVE]['test_acc'][0]:.2f}%, "
-            f"{est[PRECISE]['test_acc'][0]:.2f}% (population {est[POPULATION]['test_acc'][0]:.2f}"
-            "%)."
+            f"{est[ema]['test_acc'].mean:.2f}%, {est[CUMULATIVE]['test_acc'].mean:.2f}%, "
+            f"{est[PRECISE]['test_acc'].mean:.2f}% "
+            f"(population {est[POPULATION]['test_acc'].mean:.2f}%)."
         )
     trend = ""
     var_curves = _curves(records, "var_err", lambda v: float(np.mean(v)))
@@ -623,7 +619,7 @@ def report(run_dir: str | Path) -> list[Section]:
         "variances; deeper layers keep a small error because during its pass the earlier BN "
         "layers normalize with batch statistics, not population ones." + finding + trend
     )
-    figures = []
+    figures: list[Figure] = []
     for name, title, caption in (
         (
             "stat_errors.png",
@@ -639,9 +635,7 @@ def report(run_dir: str | Path) -> list[Section]:
             "weighted towards early weights.",
         ),
     ):
-        path = run_dir / name
-        if path.exists():
-            figures.append(Figure(title, path.read_bytes(), caption))
+        figures += common.figure(run_dir, name, title, caption)
     return [
         Section(
             "Eval-mode statistics: EMA, cumulative average, precise",
@@ -679,61 +673,36 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"--train-size must be >= 0 (0 = the whole pool), got {cfg.train_size}")
 
 
+@common.torch_threads(1)
 def run(cfg: Config, log: Log = print) -> Result:
     """Train a BN MLP per seed, compare the estimators every epoch, write the run directory."""
-    with single_thread():
-        return _run(cfg, log)
-
-
-def _run(cfg: Config, log: Log) -> Result:
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     _check(cfg)
-    split = load_split(cfg.dataset, cfg.data, cfg.holdout, log)
-    pool_n = split.pool_images.shape[0]
+    # the pool: (P, 784) in [-1, 1]; the same held-out digits as the regularization experiment
+    x_pool, y_pool, x_test, y_test, what = common.train_test(
+        cfg.dataset, cfg.data, cfg.holdout, SPLIT_SEED, log
+    )
+    pool_n = x_pool.shape[0]
     n = cfg.train_size or pool_n
     if n > pool_n:
         raise ValueError(f"--train-size {n} exceeds the training pool ({pool_n:,})")
     if n < max(cfg.batch_size, cfg.precise_batch_size):
         raise ValueError(f"{n} training digits are fewer than one batch")
-    run_dir = Path(cfg.out) if cfg.out is not None else new_run_dir("runs", EXPERIMENT)
-    if (run_dir / "config.json").exists():
-        raise ValueError(f"{run_dir} already holds a run; pick another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        run_dir / "config.json",
-        {
-            "experiment": EXPERIMENT,
-            "config": config_to_dict(cfg),
-            "data": split.what,
-            "train_digits": n,
-            "torch": torch.__version__,
-        },
-    )
-    metrics = run_dir / "metrics.jsonl"
-    metrics.write_text("")
-    x_test = to_unit_range(split.test_images)  # (holdout, 784)
-    log(split.what)
+    run_dir, metrics = common.start_run(cfg.out, EXPERIMENT, cfg, data=what, train_digits=n)
+    log(what)
     log(
         f"training a BN MLP on {n:,} digits, {cfg.epochs} epochs x {len(cfg.seeds)} seed(s); "
         f"run dir {run_dir}"
     )
     steps = cfg.epochs * (n // cfg.batch_size)
-    bar = tqdm(
-        total=steps * len(cfg.seeds),
-        unit="step",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
+    bar = common.progress(steps * len(cfg.seeds))
     try:
         for k, seed in enumerate(cfg.seeds):
             bar.set_description(f"seed {seed}")
             rows = torch.randperm(pool_n, generator=derived_generator(seed, "subset"))[:n]
             if n == pool_n:
                 rows = torch.arange(pool_n)  # the whole pool, in its own order
-            x_train = to_unit_range(split.pool_images[rows])  # (n, 784)
+            x_train = x_pool[rows]  # (n, 784)
 
             def emit(records: list[dict[str, Any]]) -> None:
                 append_jsonl(metrics, records)
@@ -742,9 +711,9 @@ def _run(cfg: Config, log: Log) -> Result:
                 seed,
                 cfg,
                 x_train,
-                split.pool_labels[rows],
+                y_pool[rows],
                 x_test,
-                split.test_labels,
+                y_test,
                 emit,
                 trace=k == 0,
                 on_step=lambda: bar.update(1),
@@ -755,8 +724,6 @@ def _run(cfg: Config, log: Log) -> Result:
     config = config_to_dict(cfg)
     make_figures(run_dir, records, config)
     summary = summarize(records, config)
-    from bnlab.report.html import write_report
-
     write_report(
         run_dir / "report.html",
         report(run_dir),
@@ -771,7 +738,7 @@ def _run(cfg: Config, log: Log) -> Result:
 def result_line(summary: dict[str, Any], seconds: float, run_dir: Path) -> str:
     """The one line printed at the end of a run."""
     est = summary["estimators"]
-    accs = ", ".join(f"{k} {v['test_acc'][0]:.2f}%" for k, v in est.items())
+    accs = ", ".join(f"{k} {v['test_acc'].mean:.2f}%" for k, v in est.items())
     errs = ", ".join(
         f"{k} {100 * np.mean(v['var_err']):.1f}%" for k, v in est.items() if k != POPULATION
     )
