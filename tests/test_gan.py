@@ -310,3 +310,15 @@ def test_metrics_are_scored_in_both_g_modes(mnist_root, tmp_path, monkeypatch):
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert "fd" in summary["variants"]["init-bn"] and "fd_train" in summary["variants"]["init"]
     assert any(c["id"].startswith("C4") for c in summary["claims"])
+
+
+def test_tensorboard_logs_scalars_and_sample_grids(mnist_root, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run(_cfg(mnist_root, tmp_path, variants=("init",), tensorboard=True), log=_quiet)
+    acc = EventAccumulator(str(result.run_dir / "tensorboard"))
+    acc.Reload()
+    assert {"s777/init/d_loss", "s777/init/g_loss", "s777/init/d_x"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("s777/init/d_loss")] == [1, 2]
+    assert "s777/init/samples-eval" in acc.Tags()["images"]

@@ -112,6 +112,9 @@ class GanConfig:
     """parallel training processes; 0 = one per CPU core, at most one per (seed, variant)"""
     resume: bool = False
     """continue an interrupted run in --out (or the newest runs/gan-*)"""
+    tensorboard: bool = False
+    """also log losses, metrics and sample grids to RUN_DIR/tensorboard (needs the tensorboard
+    package: pip install 'bnlab[tensorboard]')"""
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -473,6 +476,7 @@ class _Bars(Progress):
         from tqdm.auto import tqdm
 
         self.metrics = metrics
+        self.sinks: list[Callable[[list[dict[str, Any]]], None]] = []
         self.steps_per_epoch = steps_per_epoch
         self.total = {c.key: c.total for c in cells}
         self.seen = {c.key: c.done * steps_per_epoch for c in cells}
@@ -525,6 +529,8 @@ class _Bars(Progress):
 
     def chunk_done(self, cell: Cell, result: dict[str, Any]) -> None:
         append_jsonl(self.metrics, result.get("records", []))
+        for sink in self.sinks:
+            sink(result.get("records", []))
         bar = self._advance(cell.key, cell.done * self.steps_per_epoch)
         if cell.remaining == 0:
             self.done += 1
@@ -543,6 +549,40 @@ class _Bars(Progress):
         for bar in [*self.bars.values(), self.shared]:
             if bar is not None:
                 bar.close()
+
+
+class _TensorBoard:
+    """Scalars per (seed, variant) and the sample grids of the first seed, as chunks finish."""
+
+    def __init__(self, run_dir: Path, primary_seed: int) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ValueError(
+                "--tensorboard needs the tensorboard package: pip install 'bnlab[tensorboard]'"
+            ) from exc
+        self.run_dir, self.primary = run_dir, primary_seed
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, records: list[dict[str, Any]]) -> None:
+        import numpy as np
+        from PIL import Image
+
+        for r in records:
+            tag, epoch = f"s{r['seed']}/{r['variant']}", r["epoch"]
+            for key, value in r.items():
+                if isinstance(value, float) and key not in ("seconds",):
+                    self.writer.add_scalar(f"{tag}/{key}", value, epoch)
+            primary = r["seed"] == self.primary
+            for view in ("eval", "train"):
+                png = sample_path(self.run_dir, r["variant"], epoch, r["seed"], primary, view)
+                if png.exists():
+                    image = np.asarray(Image.open(png).convert("L"))
+                    self.writer.add_image(f"{tag}/samples-{view}", image, epoch, dataformats="HW")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _resolve_run_dir(cfg: GanConfig, prefix: str = "gan") -> tuple[GanConfig, Path]:
@@ -660,6 +700,9 @@ def run(
     for v in variants:
         log("  " + v.describe())
     bars = _Bars(cells, steps, metrics)
+    board = _TensorBoard(run_dir, seeds[0]) if cfg.tensorboard else None
+    if board is not None:
+        bars.sinks.append(board.log)
     try:
         run_cells(cells, train_chunk, max(1, cfg.checkpoint_every), jobs, bars)
     except KeyboardInterrupt:
@@ -667,6 +710,8 @@ def run(
         log(f"\ninterrupted; continue with: bnlab {experiment} --resume --out {run_dir}")
         raise
     bars.close()
+    if board is not None:
+        board.close()
     records = [r for r in read_jsonl(metrics) if "event" not in r]
     failed = {c.key: c.failed for c in cells if c.failed}
     result = GanResult(run_dir, records, failed, time.perf_counter() - started)
