@@ -96,3 +96,14 @@ def test_claims_report_the_blogs_train_mode_view_when_scored():
     rows = {c.id: c for c in claims(recs)}
     assert rows["C4 [G in train mode, as the blog's images]"].verdict == "does not hold"
     assert rows["C4 [G in eval mode]"].verdict == "holds"
+
+
+def test_fewer_stray_dots_do_not_save_a_model_that_draws_no_digits():
+    fd = {"init": 20.0, "init-bn-tidy": 900.0}
+
+    def broken(v):  # pure noise: few isolated pixels, one class
+        return {"stray_dots": 0.001, "classes_covered": 1.0} if v == "init-bn-tidy" else {}
+
+    rows = {c.id: c for c in claims(_records([0, 1, 2], fd, extra=broken))}
+    c2 = rows["C2 [G in eval mode, tidy switching]"]
+    assert c2.verdict == "does not hold" and "cover >= 9 of 10 classes" in c2.rule
