@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +17,7 @@ from torch import Tensor, nn
 from bnlab.data import available_splits, batch_indices, load_dataset, to_unit_range
 from bnlab.report.html import Figure
 from bnlab.runs import atomic_write_json, config_to_dict, new_run_dir, read_jsonl, write_jsonl
+from bnlab.seeding import derived_generator, derived_seed
 
 __all__ = [
     "CLASSES",
@@ -39,22 +38,6 @@ __all__ = [
 PIXELS = 28 * 28  # a flattened MNIST / Fashion-MNIST image: the classifiers' input
 CLASSES = 10
 Log = Callable[[str], None]
-
-
-def derived_seed(seed: int, *parts: int | str) -> int:
-    """A 63-bit seed determined by ``seed`` and ``parts`` (e.g. an epoch and a purpose).
-
-    Each stream (data order of epoch 7, z of epoch 7, the fixed sample z, ...) gets its own
-    seed, so a run resumed at epoch 7 draws exactly what an uninterrupted run draws there,
-    without replaying the random numbers of epochs 1-6.
-    """
-    words = [int(p) if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts]
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, *words]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
-
-
-def derived_generator(seed: int, *parts: int | str) -> torch.Generator:
-    return torch.Generator().manual_seed(derived_seed(seed, *parts))
 
 
 def resolve_device(device: str) -> torch.device:

@@ -35,9 +35,9 @@ from tqdm import tqdm
 
 from bnlab.data import Dataset, available_splits, batch_indices, load_dataset, to_unit_range
 from bnlab.data.datasets import _cache_dir, _canonical_name
-from bnlab.experiments.common import derived_generator, derived_seed
 from bnlab.nn import BatchNorm1d, BatchNorm2d
 from bnlab.runs import config_to_dict, load_checkpoint, save_checkpoint
+from bnlab.seeding import derived_generator, derived_seed
 
 __all__ = [
     "ClassifierConfig",
