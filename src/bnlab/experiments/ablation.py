@@ -454,8 +454,10 @@ def _conclusion(
     for m in modes_fixed:
         if math.isfinite(m["lo"]):
             verdict = (
-                "still matters"
-                if (m["lo"] > 1 or m["hi"] < 1)
+                "makes it worse"
+                if m["lo"] > 1
+                else "helps"
+                if m["hi"] < 1
                 else "makes no measurable difference"
             )
             parts.append(
