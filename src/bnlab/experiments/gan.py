@@ -57,8 +57,8 @@ class GanConfig:
     """Reproduce the blog's MNIST GAN notebooks side by side: all variants, same batches and z.
 
     Defaults are the blog's: five variants, seed 777, 200 epochs over whatever MNIST split is
-    present. On a 2-core CPU that is about 6 minutes on the 10k test split and about 40 on the
-    full 60k train split; --epochs shortens it.
+    present. On a 2-core CPU that takes about 10 minutes on the 10k test split and about an
+    hour on the full 60k train split; --epochs shortens it.
     """
 
     variants: StrList = DEFAULT_VARIANTS
@@ -689,7 +689,7 @@ def run(
         real = images[:100].float().div(127.5).sub(1)
         save_grid(run_dir / "real.png", real)
     if cfg.metrics:  # train (or load) the metric classifier once, before the workers need it
-        log(get_evaluator(cfg, log).describe())
+        get_evaluator(cfg, log)  # logs what it loaded or trained
     jobs = cfg.jobs or min(cpu_count(), len(cells))
     if device.type == "cuda":
         jobs = 1  # one GPU: processes would only queue on it
