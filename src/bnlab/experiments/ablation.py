@@ -190,6 +190,8 @@ def run(cfg: AblationConfig, log: Callable[[str], None] = print) -> gan.GanResul
             f"gan-ablation: largest effect on FD: {top['factor']} (x{top['ratio']:.2f} "
             f"[{top['lo']:.2f}, {top['hi']:.2f}]); {minutes:.1f} min; open {path}"
         )
+    else:
+        log(f"gan-ablation: no factorial cells, no effects; {minutes:.1f} min; open {path}")
     return result
 
 
@@ -525,6 +527,11 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _mean_text(by_seed: dict[int, float]) -> str:
+    vals = [v for v in by_seed.values() if math.isfinite(v)]
+    return f"{np.mean(vals):.1f}" if vals else "-"
+
+
 def _fmt_ratio(e: dict[str, Any]) -> str:
     if not math.isfinite(e["lo"]):
         return f"x{e['ratio']:.2f}"
@@ -563,7 +570,7 @@ def report(run_dir: Path) -> list[Section]:
     sections = []
     for key, mode in (("fd", "eval"), ("fd_train", "train")):
         res = analysis["responses"][key]
-        if not res["terms"]:
+        if not any(math.isfinite(v) for v in res["cell_means"].values()):
             continue
         main_rows = [
             [
@@ -580,54 +587,69 @@ def report(run_dir: Path) -> list[Section]:
                 (t for t in res["terms"] if " x " in t["term"]), key=lambda t: -abs(t["log_effect"])
             )
         ]
+        _, coverage = _cells_and_scores(run_dir, key.replace("fd", "classes_covered"))
         cell_rows = sorted(
-            ([n, f"{v:.3g}"] for n, v in res["cell_means"].items() if math.isfinite(v)),
+            (
+                [n, f"{v:.3g}", _mean_text(coverage.get(n, {}))]
+                for n, v in res["cell_means"].items()
+                if math.isfinite(v)
+            ),
             key=lambda r: float(r[1]),
         )
-        png = _effects_figure(
-            res["ranking"],
-            f"Main effects on FD (G in {mode} mode)",
-            run_dir / f"ablation_effects_{key}.png",
+        figures = []
+        if res["ranking"]:
+            png = _effects_figure(
+                res["ranking"],
+                f"Main effects on FD (G in {mode} mode)",
+                run_dir / f"ablation_effects_{key}.png",
+            )
+            figures.append(Figure("Main effects", png, width=560))
+        conclusion = (
+            res["conclusion"]
+            if res["terms"]
+            else (
+                "This run has no factorial cells (--cells notebooks): only the cell table below; "
+                "effects need the factorial design."
+            )
         )
         intro = (
             f"Response: Frechet distance after {acfg['epochs']} epochs, G sampled in {mode} "
             f"mode, seeds {acfg['seeds']}. Effects are FD ratios with 95% CIs from a least-"
             "squares fit of log FD on main effects and two-way interactions (higher-order "
             "interactions pooled as error). Cell names: f<logit_bn><g_out_bn><d_in_bn><joint>"
-            f"-<modes>.\n\n{res['conclusion']}"
+            f"-<modes>.\n\n{conclusion}"
         )
+        tables = [
+            Table(
+                "Factors ranked by their effect on FD",
+                ["factor", "FD ratio [95% CI]", "p"],
+                main_rows,
+            ),
+            Table(
+                "Paths between the notebooks (cell means over seeds)",
+                ["start", "single change", "FD", "ratio"],
+                res["paths"],
+            ),
+            Table(
+                "Notebook 2's BN placement repaired, no mode switching (cell means)",
+                ["BN removed from", "cell", "FD", "ratio"],
+                res["repairs"],
+            ),
+            Table(
+                "Two-way interactions", ["interaction", "ratio of ratios [95% CI]", "p"], inter_rows
+            ),
+            Table(
+                "All cells, best first (geometric mean FD over seeds)",
+                ["cell", "FD", "classes covered (of 10)"],
+                cell_rows,
+            ),
+        ]
         sections.append(
             Section(
                 f"Ablation: why did the BN GAN fail? (G in {mode} mode)",
                 intro,
-                tables=[
-                    Table(
-                        "Factors ranked by their effect on FD",
-                        ["factor", "FD ratio [95% CI]", "p"],
-                        main_rows,
-                    ),
-                    Table(
-                        "Paths between the notebooks (cell means over seeds)",
-                        ["start", "single change", "FD", "ratio"],
-                        res["paths"],
-                    ),
-                    Table(
-                        "Notebook 2's BN placement repaired, no mode switching (cell means)",
-                        ["BN removed from", "cell", "FD", "ratio"],
-                        res["repairs"],
-                    ),
-                    Table(
-                        "Two-way interactions",
-                        ["interaction", "ratio of ratios [95% CI]", "p"],
-                        inter_rows,
-                    ),
-                    Table(
-                        "All cells, best first (geometric mean FD over seeds)",
-                        ["cell", "FD"],
-                        cell_rows,
-                    ),
-                ],
-                figures=[Figure("Main effects", png, width=560)],
+                tables=[t for t in tables if t.rows],
+                figures=figures,
                 anchor=f"ablation-{key}",
             )
         )
