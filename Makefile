@@ -30,6 +30,7 @@ test: lint
 
 bench: setup
 	$(PY) bench/bench_bn.py
+	BNLAB_DATA="$(DATA)" $(PY) bench/bench_gan.py --epochs 20
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
