@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +17,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data import available_splits, batch_indices, load_dataset, to_unit_range
-from bnlab.report.html import Figure
+from bnlab.report.html import Figure, Section, write_report
 from bnlab.runs import atomic_write_json, config_to_dict, new_run_dir, read_jsonl, write_jsonl
 from bnlab.seeding import derived_generator, derived_seed
 
 __all__ = [
     "CLASSES",
     "PIXELS",
+    "RunResult",
     "accuracy_and_loss",
     "batch_order",
     "derived_generator",
     "derived_seed",
     "figure",
+    "finish_run",
     "progress",
     "read_run",
     "resolve_device",
@@ -187,6 +191,39 @@ def start_run(out: Path | None, experiment: str, cfg: Any, **meta: Any) -> tuple
     metrics = run_dir / "metrics.jsonl"
     write_jsonl(metrics, [])  # atomic, like every file of the run
     return run_dir, metrics
+
+
+@dataclass
+class RunResult:
+    """What a classifier experiment's run() returns."""
+
+    run_dir: Path
+    records: list[dict[str, Any]]  # every line of metrics.jsonl
+    summary: dict[str, Any]  # the experiment's summarize()
+    seconds: float
+
+
+def finish_run(
+    run_dir: Path,
+    cfg: Any,
+    title: str,
+    started: float,
+    log: Log,
+    make_figures: Callable[[Path, list[dict[str, Any]], dict[str, Any]], Any],
+    summarize: Callable[[list[dict[str, Any]], dict[str, Any]], dict[str, Any]],
+    report: Callable[[Path], list[Section]],
+    result_line: Callable[[dict[str, Any], float, Path], str],
+) -> RunResult:
+    """The end every run shares: read back metrics.jsonl, draw the figures, summarize, write
+    report.html (from the files only, as ``bnlab report`` would), log the one-line result."""
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    config = config_to_dict(cfg)
+    make_figures(run_dir, records, config)
+    summary = summarize(records, config)
+    write_report(run_dir / "report.html", report(run_dir), title, str(run_dir))
+    seconds = time.perf_counter() - started
+    log(result_line(summary, seconds, run_dir))
+    return RunResult(run_dir, records, summary, seconds)
 
 
 def read_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:

@@ -61,8 +61,8 @@ from bnlab.data import batch_indices
 from bnlab.experiments import common
 from bnlab.experiments.common import derived_generator, derived_seed
 from bnlab.models.mlp import forward_with_bn, mlp
-from bnlab.report.html import Claim, Section, Table, Verdict, write_report
-from bnlab.runs import append_jsonl, config_to_dict, read_jsonl
+from bnlab.report.html import Claim, Section, Table, Verdict
+from bnlab.runs import append_jsonl
 from bnlab.stats import Estimate, Paired, format_ci, mean_ci, paired
 
 __all__ = [
@@ -150,12 +150,7 @@ class Config:
     """run directory (default: runs/regularization-<date>-<time>)"""
 
 
-@dataclass
-class Result:
-    run_dir: Path
-    records: list[dict[str, Any]]  # every line of metrics.jsonl
-    summary: dict[str, Any]  # see summarize()
-    seconds: float
+Result = common.RunResult  # run_dir, records, summary (see summarize()), seconds
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -864,19 +859,17 @@ def run(cfg: Config, log: Log = print) -> Result:
             derived_generator(cfg.seeds[0], "probe"),
         )
         append_jsonl(metrics, probe)
-    records = read_jsonl(metrics)
-    config = config_to_dict(cfg)
-    make_figures(run_dir, records, config)
-    summary = summarize(records, config)
-    write_report(
-        run_dir / "report.html",
-        report(run_dir),
+    return common.finish_run(
+        run_dir,
+        cfg,
         "bnlab regularization: does BN regularize? (claim C6)",
-        str(run_dir),
+        started,
+        log,
+        make_figures,
+        summarize,
+        report,
+        result_line,
     )
-    seconds = time.perf_counter() - started
-    log(result_line(summary, seconds, run_dir))
-    return Result(run_dir, records, summary, seconds)
 
 
 def result_line(summary: dict[str, Any], seconds: float, run_dir: Path) -> str:

@@ -54,8 +54,8 @@ from bnlab.experiments import common
 from bnlab.experiments.common import derived_generator, derived_seed
 from bnlab.experiments.regularization import SPLIT_SEED
 from bnlab.models.mlp import bn_layers, forward_with_bn, mlp
-from bnlab.report.html import Figure, Section, Table, write_report
-from bnlab.runs import append_jsonl, config_to_dict, read_jsonl
+from bnlab.report.html import Figure, Section, Table
+from bnlab.runs import append_jsonl
 from bnlab.stats import format_ci, mean_ci, paired
 
 __all__ = [
@@ -127,12 +127,7 @@ class Config:
     """run directory (default: runs/running-stats-<date>-<time>)"""
 
 
-@dataclass
-class Result:
-    run_dir: Path
-    records: list[dict[str, Any]]  # every line of metrics.jsonl
-    summary: dict[str, Any]  # see summarize()
-    seconds: float
+Result = common.RunResult  # run_dir, records, summary (see summarize()), seconds
 
 
 # ---- the estimators ---------------------------------------------------------------------------
@@ -720,19 +715,17 @@ def run(cfg: Config, log: Log = print) -> Result:
             )
     finally:
         bar.close()
-    records = read_jsonl(metrics)
-    config = config_to_dict(cfg)
-    make_figures(run_dir, records, config)
-    summary = summarize(records, config)
-    write_report(
-        run_dir / "report.html",
-        report(run_dir),
+    return common.finish_run(
+        run_dir,
+        cfg,
         "bnlab running-stats: which statistics should eval mode use?",
-        str(run_dir),
+        started,
+        log,
+        make_figures,
+        summarize,
+        report,
+        result_line,
     )
-    seconds = time.perf_counter() - started
-    log(result_line(summary, seconds, run_dir))
-    return Result(run_dir, records, summary, seconds)
 
 
 def result_line(summary: dict[str, Any], seconds: float, run_dir: Path) -> str:
