@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bnlab.data import to_unit_range
 from bnlab.experiments.gan import DEFAULT_VARIANTS, GanConfig, GanTrainer, load_images, run
 from bnlab.models.gan import Variant, build_discriminator, build_generator, parse_variant
 
@@ -131,7 +132,7 @@ def bnlab_losses(variant: Variant, cfg: GanConfig, images: torch.Tensor, steps: 
             trainer.G.train()
             trainer.D.train()
         for i in range(min(trainer.steps_per_epoch, steps - len(out))):
-            real = images[order[i]].float().div(127.5).sub(1)
+            real = to_unit_range(images[order[i]])
             d, g, *_ = trainer.step(real, z[i, 0], z[i, 1])
             out.append([float(d), float(g)])
         epoch += 1

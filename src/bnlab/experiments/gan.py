@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 import bnlab.nn as bnn
 from bnlab.config import IntList, StrList
+from bnlab.data import batch_indices, load_dataset, to_unit_range
 from bnlab.experiments.common import data_dir_arg, derived_generator, resolve_device
 from bnlab.experiments.pool import Cell, Progress, cpu_count, emit, run_cells
 from bnlab.images import save_grid
@@ -205,8 +206,6 @@ class GanTrainer:
 
     def epoch_inputs(self, epoch: int) -> tuple[Tensor, Tensor]:
         """(steps, B) batch indices and (steps, 2, B, latent) z of an epoch (0-based)."""
-        from bnlab.data import batch_indices
-
         cfg = self.cfg
         order = batch_indices(
             self.images.shape[0],
@@ -267,8 +266,6 @@ class GanTrainer:
         self, epoch: int, on_step: Callable[[int, float, float], None] | None = None
     ) -> dict[str, Any]:
         """Train epoch ``epoch`` (0-based); returns the epoch's means and timings."""
-        from bnlab.data import to_unit_range
-
         start = time.perf_counter()
         if self.variant.modes in ("notebook3", "none"):  # both nets train() at epoch start
             self.G.train()
@@ -334,8 +331,6 @@ def load_images(
     cfg: GanConfig, device: torch.device, log: Callable[[str], None] | None = None
 ) -> tuple[Tensor, str]:
     """The training images as (N, 784) uint8 on ``device``, and a one-line description."""
-    from bnlab.data import load_dataset
-
     key = (cfg.dataset, cfg.split, str(cfg.data), cfg.subset, str(device))
     ds = load_dataset(
         cfg.dataset,
@@ -686,7 +681,7 @@ def run(
             },
         )
         write_jsonl(metrics, [])
-        real = images[:100].float().div(127.5).sub(1)
+        real = to_unit_range(images[:100])
         save_grid(run_dir / "real.png", real)
     if cfg.metrics:  # train (or load) the metric classifier once, before the workers need it
         get_evaluator(cfg, log)  # logs what it loaded or trained
