@@ -30,6 +30,7 @@ test: lint
 
 bench: setup
 	$(PY) bench/bench_bn.py
+	$(PY) bench/bench_adam.py
 	BNLAB_DATA="$(DATA)" $(PY) bench/bench_gan.py --epochs 20
 
 clean:
