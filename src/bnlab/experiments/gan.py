@@ -324,7 +324,8 @@ class GanTrainer:
 
 # ---- the worker side: train a chunk of epochs of one cell ------------------------------------
 
-_DATA_CACHE: dict[tuple[Any, ...], Tensor] = {}
+# Per process: a worker trains many chunks; it looks up and copies the data once.
+_DATA_CACHE: dict[tuple[Any, ...], tuple[Tensor, str]] = {}
 
 
 def load_images(
@@ -332,21 +333,20 @@ def load_images(
 ) -> tuple[Tensor, str]:
     """The training images as (N, 784) uint8 on ``device``, and a one-line description."""
     key = (cfg.dataset, cfg.split, str(cfg.data), cfg.subset, str(device))
-    ds = load_dataset(
-        cfg.dataset,
-        split=cfg.split,
-        data_dir=data_dir_arg(cfg.data),
-        log=log if log is not None else (lambda _msg: None),
-    )
-    images = _DATA_CACHE.get(key)
-    if images is None:
+    if key not in _DATA_CACHE:
+        ds = load_dataset(
+            cfg.dataset,
+            split=cfg.split,
+            data_dir=data_dir_arg(cfg.data),
+            log=log if log is not None else (lambda _msg: None),
+        )
         images = ds.images.reshape(len(ds), -1)
         if cfg.subset:
             images = images[: cfg.subset]
         images = images.contiguous().to(device)
-        _DATA_CACHE[key] = images
-    what = f"{cfg.dataset} {ds.split} split, {images.shape[0]:,} images from {ds.source}"
-    return images, what
+        what = f"{cfg.dataset} {ds.split} split, {images.shape[0]:,} images from {ds.source}"
+        _DATA_CACHE[key] = (images, what)
+    return _DATA_CACHE[key]
 
 
 _EVALUATORS: dict[tuple[Any, ...], Any] = {}
