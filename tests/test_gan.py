@@ -322,3 +322,37 @@ def test_tensorboard_logs_scalars_and_sample_grids(mnist_root, tmp_path):
     assert {"s777/init/d_loss", "s777/init/g_loss", "s777/init/d_x"} <= set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("s777/init/d_loss")] == [1, 2]
     assert "s777/init/samples-eval" in acc.Tags()["images"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"variants": ("init", "x=init")}, None),
+        ({"variants": ("init", "init")}, "variant names must be unique"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"subset": 50}, "fewer images than one batch of 100"),
+    ],
+)
+def test_bad_run_settings_are_clear_errors(mnist_root, tmp_path, changes, match):
+    cfg = _cfg(mnist_root, tmp_path, **{"epochs": 1, **changes})
+    if match is None:
+        run(cfg, log=_quiet)  # the control: a valid configuration runs
+        return
+    with pytest.raises(ValueError, match=match):
+        run(cfg, log=_quiet)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+def test_tensorboard_without_the_package_says_how_to_install_it(mnist_root, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("no tensorboard")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(ValueError, match=r"pip install 'bnlab\[tensorboard\]'"):
+        run(_cfg(mnist_root, tmp_path, variants=("init",), tensorboard=True), log=_quiet)
