@@ -206,3 +206,30 @@ def test_parameter_of_wrong_size_names_it():
 def test_eval_without_running_stats_is_a_clear_error():
     with pytest.raises(ValueError, match="needs running_mean and running_var"):
         batch_norm(torch.randn(5, 3), None, None, training=False)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stages_compose_to_the_reference(shape, channels_last):
+    # stats -> elemt and backward_reduce -> backward_elemt: the cut a distributed BN uses.
+    from bnlab import functional as F
+
+    if channels_last and len(shape) < 4:
+        pytest.skip("channels_last needs 4D or 5D")
+    x, w, b, dy = _case(shape, channels_last=channels_last)
+    mean, m2 = F.batch_norm_stats(x)
+    m = x.numel() // shape[1]
+    inv_std = (m2 / m + 1e-5).rsqrt()
+    y = F.batch_norm_elemt(x, mean, inv_std, w, b)
+    s0, s1 = F.batch_norm_backward_reduce(dy, x, mean, inv_std)
+    dx = F.batch_norm_backward_elemt(dy, x, mean, inv_std, w, s0, s1, m)
+    y_ref, cache = reference.batch_norm_forward(x.numpy(), w.numpy(), b.numpy(), eps=1e-5)
+    dx_ref, dw_ref, db_ref = reference.batch_norm_backward(dy.numpy(), cache)
+    np.testing.assert_allclose(y.numpy(), y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx.numpy(), dx_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(s1.numpy(), dw_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(s0.numpy(), db_ref, rtol=1e-10, atol=1e-12)
+    assert (
+        y.is_contiguous(memory_format=torch.channels_last) == (channels_last and len(shape) == 4)
+        or len(shape) != 4
+    )

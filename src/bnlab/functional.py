@@ -33,7 +33,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm", "batch_stats", "update_running_stats"]
+__all__ = [
+    "batch_norm",
+    "batch_norm_backward_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_elemt",
+    "batch_norm_stats",
+    "batch_stats",
+    "update_running_stats",
+]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -215,6 +223,93 @@ def _backward_kernel(
         dweight = dgamma if dgamma.dtype == weight.dtype else dgamma.to(weight.dtype)
     dbias = s0 if need_db else None
     return dx, dweight, dbias
+
+
+# ---- stages: the same math cut where a distributed BN communicates ------------------------------
+#
+# One process:   stats -> elemt            and   backward_reduce -> backward_elemt
+# Several ranks: stats -> [merge over ranks] -> elemt, and backward_reduce -> [all_reduce] ->
+# backward_elemt. bnlab.nn.SyncBatchNorm inserts the communication; the closed forms stay here.
+
+
+def batch_norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(mean, m2)`` of an (N, C, *) tensor in the statistics dtype, where m2 is
+    the sum of squared deviations from the mean (var = m2 / count). Two passes.
+
+    ``(mean, m2, count)`` triples merge exactly across ranks with Chan et al.'s parallel
+    formula; a channel of an empty input has mean 0 and m2 0.
+    """
+    layout = _Layout(x)
+    xv = layout.view(x)
+    if xv.dtype != _stat_dtype(x):
+        xv = xv.to(_stat_dtype(x))
+    if layout.count == 0:
+        zeros = torch.zeros(x.shape[1], dtype=xv.dtype, device=x.device)
+        return zeros, zeros.clone()
+    mean = xv.sum(layout.dims).div_(layout.count)
+    m2 = torch.sub(xv, layout.pc(mean)).square_().sum(layout.dims)
+    return mean, m2
+
+
+def batch_norm_elemt(
+    x: Tensor, mean: Tensor, inv_std: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> Tensor:
+    """y = gamma * (x - mean) * inv_std + beta with given (C,) statistics; x's dtype and
+    memory format."""
+    layout = _Layout(x)
+    stat = mean.dtype
+    xv = layout.view(x)
+    if xv.dtype != stat:
+        xv = xv.to(stat)
+    scale = inv_std if weight is None else weight.to(stat) * inv_std
+    if bias is None:
+        shift = torch.mul(mean, scale).neg_()
+    else:
+        shift = torch.addcmul(bias.to(stat), mean, scale, value=-1)
+    y = layout.unview(torch.addcmul(layout.pc(shift), xv, layout.pc(scale)))
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def batch_norm_backward_reduce(
+    dy: Tensor, x: Tensor, mean: Tensor, inv_std: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(sum dy, sum dy * x_hat)`` with x_hat = (x - mean) * inv_std: dbeta and
+    dgamma of one process, and what ranks all_reduce before ``batch_norm_backward_elemt``."""
+    layout = _Layout(x)
+    stat = mean.dtype
+    xv, dyv = layout.view(x), layout.view(dy)
+    if xv.dtype != stat:
+        xv, dyv = xv.to(stat), dyv.to(stat)
+    s0 = dyv.sum(layout.dims)
+    s1 = torch.sub(xv, layout.pc(mean)).mul_(dyv).sum(layout.dims).mul_(inv_std)
+    return s0, s1
+
+
+def batch_norm_backward_elemt(
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    inv_std: Tensor,
+    weight: Tensor | None,
+    sum_dy: Tensor,
+    sum_dy_xhat: Tensor,
+    count: int,
+) -> Tensor:
+    """dx = gamma * inv_std / m * (m * dy - sum(dy) - x_hat * sum(dy * x_hat)), with the sums
+    and m = ``count`` over every value of a channel (all ranks' together)."""
+    layout = _Layout(x)
+    stat = mean.dtype
+    xv, dyv = layout.view(x), layout.view(dy)
+    if xv.dtype != stat:
+        xv, dyv = xv.to(stat), dyv.to(stat)
+    a = inv_std if weight is None else weight.to(stat) * inv_std
+    neg_inv_m = -1.0 / max(count, 1)
+    b = (a * sum_dy_xhat).mul_(inv_std).mul_(neg_inv_m)  # -a * inv_std * S1' / m, S1' = dgamma
+    c = torch.addcmul(torch.mul(a, sum_dy).mul_(neg_inv_m), b, mean, value=-1)
+    pc = layout.pc
+    dxv = torch.addcmul(pc(c), xv, pc(b)).addcmul_(dyv, pc(a))
+    dx = layout.unview(dxv)
+    return dx if dx.dtype == x.dtype else dx.to(x.dtype)
 
 
 def _differentiable_backward(
