@@ -110,12 +110,12 @@ def run_main(name: str, argv: list[str]) -> int:
     import tyro
 
     from bnlab.experiments import EXPERIMENTS
-    from bnlab.experiments.protocol import RunFailed, run_experiment
+    from bnlab.experiments.protocol import RunFailed, given_fields, run_experiment
 
     exp = EXPERIMENTS[name]
     cfg = tyro.cli(exp.config, args=argv, prog=f"bnlab {name}")
     try:
-        run_experiment(exp, cfg)
+        run_experiment(exp, cfg, given=given_fields(exp.config, argv))
     except KeyboardInterrupt:
         return 130
     except RunFailed as exc:
