@@ -24,13 +24,16 @@ from bnlab.seeding import derived_generator, derived_seed
 __all__ = [
     "CLASSES",
     "PIXELS",
+    "Digits",
     "RunResult",
+    "Split",
     "accuracy_and_loss",
     "batch_order",
     "derived_generator",
     "derived_seed",
     "figure",
     "finish_run",
+    "load_digits",
     "progress",
     "read_run",
     "resolve_device",
@@ -75,6 +78,97 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@dataclass(eq=False)
+class Split:
+    """One cut of :class:`Digits` into training and held-out digits, as indices (no copies)."""
+
+    train: Tensor  # (N,) indices into Digits.train_images
+    held: Tensor  # (holdout,) indices into Digits.held_images
+    description: str  # where each part came from, with sizes
+
+
+@dataclass(eq=False)
+class Digits:
+    """A dataset's labelled digits for the classifier experiments, loaded once as uint8.
+
+    ``train_*`` is the train split, or the only split present; ``held_*`` is the test split
+    when both are present, else the same tensors as ``train_*``. :meth:`split` cuts them by
+    index, so one load serves the splits of several seeds and ships to workers once.
+    """
+
+    dataset: str
+    train_images: Tensor  # (N, 784) uint8
+    train_labels: Tensor  # (N,) int64
+    held_images: Tensor  # (M, 784) uint8
+    held_labels: Tensor  # (M,) int64
+    split_name: str  # the split of train_images: "train" or "test"
+    source: Path
+    two_splits: bool  # held_* is the test split (else the held-out digits come from train_*)
+
+    def split(self, holdout: int, split_seed: int, flag: str = "--holdout") -> Split:
+        """``holdout`` held-out digits picked by a permutation seeded with ``split_seed``.
+
+        With both splits, training gets the whole train split and the held-out digits come
+        from the test split. With one split (e.g. MNIST's 10,000 test digits), the permutation
+        is cut: its first ``holdout`` digits are held out, the rest is for training.
+
+        Raises:
+            ValueError: ``holdout`` does not fit, naming ``flag`` (the option that set it).
+        """
+        pick = torch.Generator().manual_seed(split_seed)
+        n, name = len(self.train_labels), self.dataset
+        if self.two_splits:
+            m = len(self.held_labels)
+            if not 0 < holdout <= m:
+                raise ValueError(f"{flag} must be in 1..{m} (the test split), got {holdout}")
+            held = torch.randperm(m, generator=pick)[:holdout]
+            what = (
+                f"{name}: train split ({n:,} digits) for training, {holdout:,} digits "
+                f"of the test split held out, from {self.source}"
+            )
+            return Split(torch.arange(n), held, what)
+        if not 0 < holdout < n - 1:
+            raise ValueError(
+                f"{flag} must be in 1..{n - 2} (the {self.split_name} split has {n:,} "
+                f"digits and the rest is for training), got {holdout}"
+            )
+        perm = torch.randperm(n, generator=pick)
+        held, rest = perm[:holdout], perm[holdout:]
+        what = (
+            f"{name}: only the {self.split_name} split ({n:,} digits, {self.source}); a seeded "
+            f"permutation holds out {holdout:,} and leaves {len(rest):,} for training"
+        )
+        return Split(rest, held, what)
+
+    def training(self, split: Split) -> tuple[Tensor, Tensor]:
+        """(x (N, 784) float32 in [-1, 1], y (N,)) of the split's training digits."""
+        return to_unit_range(self.train_images[split.train]), self.train_labels[split.train]
+
+    def held_out(self, split: Split) -> tuple[Tensor, Tensor]:
+        """(x (holdout, 784) float32 in [-1, 1], y (holdout,)) of the held-out digits."""
+        return to_unit_range(self.held_images[split.held]), self.held_labels[split.held]
+
+
+def load_digits(dataset: str, data: Path | None, log: Log | None = None) -> Digits:
+    """The train split (or the only split present) and, when present locally, the test split.
+
+    Args:
+        dataset: "mnist" or "fashion-mnist".
+        data: directory with the IDX files (None or "" = the default lookup, see bnlab.data).
+    """
+    data_dir = data_dir_arg(data)
+    quiet: Log = log if log is not None else (lambda _msg: None)
+    ds = load_dataset(dataset, split="any", data_dir=data_dir, log=quiet)
+    images = ds.images.reshape(len(ds), -1)  # (N, 28, 28) -> (N, 784)
+    if ds.split == "train" and "test" in available_splits(dataset, data_dir):
+        test = load_dataset(dataset, split="test", data_dir=data_dir, log=quiet)
+        held_images, held_labels = test.images.reshape(len(test), -1), test.labels
+        return Digits(
+            dataset, images, ds.labels, held_images, held_labels, ds.split, ds.source, True
+        )
+    return Digits(dataset, images, ds.labels, images, ds.labels, ds.split, ds.source, False)
+
+
 def train_test(
     dataset: str,
     data: Path | None,
@@ -83,50 +177,16 @@ def train_test(
     log: Log | None = None,
     flag: str = "--holdout",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
-    """Images as float (N, 784) in [-1, 1] with labels: a training part and ``holdout`` digits.
-
-    With both splits present locally, training gets the whole train split and the held-out
-    digits are ``holdout`` test digits picked by a permutation seeded with ``split_seed``. With
-    one split only (e.g. MNIST's 10,000 test digits), a permutation seeded with ``split_seed``
-    is cut: its first ``holdout`` digits are held out, the rest is for training.
-
-    Args:
-        dataset: "mnist" or "fashion-mnist".
-        data: directory with the IDX files (None or "" = the default lookup, see bnlab.data).
-        flag: the option that set ``holdout``, named in the error when it does not fit.
+    """Images as float (N, 784) in [-1, 1] with labels: a training part and ``holdout`` digits,
+    cut as :meth:`Digits.split` says.
 
     Returns:
         (x_train (N, 784), y_train (N,), x_held (holdout, 784), y_held (holdout,), one line
         saying where each part came from, with sizes)
     """
-    data_dir = data_dir_arg(data)
-    quiet: Log = log if log is not None else (lambda _msg: None)
-    ds = load_dataset(dataset, split="any", data_dir=data_dir, log=quiet)
-    images = to_unit_range(ds.images.reshape(len(ds), -1))  # (N, 28, 28) uint8 -> (N, 784)
-    pick = torch.Generator().manual_seed(split_seed)
-    if ds.split == "train" and "test" in available_splits(dataset, data_dir):
-        test = load_dataset(dataset, split="test", data_dir=data_dir, log=quiet)
-        if not 0 < holdout <= len(test):
-            raise ValueError(f"{flag} must be in 1..{len(test)} (the test split), got {holdout}")
-        held = torch.randperm(len(test), generator=pick)[:holdout]
-        x_held = to_unit_range(test.images.reshape(len(test), -1)[held])
-        what = (
-            f"{dataset}: train split ({len(ds):,} digits) for training, {holdout:,} digits "
-            f"of the test split held out, from {ds.source}"
-        )
-        return images, ds.labels, x_held, test.labels[held], what
-    if not 0 < holdout < len(ds) - 1:
-        raise ValueError(
-            f"{flag} must be in 1..{len(ds) - 2} (the {ds.split} split has {len(ds):,} "
-            f"digits and the rest is for training), got {holdout}"
-        )
-    perm = torch.randperm(len(ds), generator=pick)
-    held, rest = perm[:holdout], perm[holdout:]
-    what = (
-        f"{dataset}: only the {ds.split} split ({len(ds):,} digits, {ds.source}); a seeded "
-        f"permutation holds out {holdout:,} and leaves {len(rest):,} for training"
-    )
-    return images[rest], ds.labels[rest], images[held], ds.labels[held], what
+    digits = load_digits(dataset, data, log)
+    split = digits.split(holdout, split_seed, flag)
+    return (*digits.training(split), *digits.held_out(split), split.description)
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> Tensor:

@@ -9,8 +9,10 @@ after each hidden Linear, before the activation: the blog's and the paper's plac
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +23,7 @@ __all__ = [
     "ACTIVATIONS",
     "BN_TYPES",
     "INITS",
+    "Init",
     "bn_layers",
     "forward_with_bn",
     "init_linear_",
@@ -29,7 +32,8 @@ __all__ = [
 ]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-INITS = ("small", "unit", "xavier", "he")
+Init = Literal["small", "unit", "xavier", "he"]
+INITS: tuple[Init, ...] = typing.get_args(Init)
 SMALL_STD = 0.01  # CS231n's "small random numbers": 0.01 * randn
 BN_TYPES: tuple[type[nn.Module], ...] = (
     bnn.BatchNorm1d,
