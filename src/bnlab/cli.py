@@ -20,12 +20,6 @@ from bnlab.config import IntList
 # Not yet on the experiment protocol: name -> (module, Config class, run function, summary).
 # Each moves into bnlab.experiments.EXPERIMENTS as it is ported; then this list goes.
 LEGACY: dict[str, tuple[str, str, str, str]] = {
-    "activations": (
-        "bnlab.experiments.activations",
-        "Config",
-        "run",
-        "per-layer activation histograms by init, with and without BN (C5, the CS231n figure)",
-    ),
     "ioffe2015": (
         "bnlab.experiments.ioffe2015",
         "Config",
