@@ -20,12 +20,6 @@ from bnlab.config import IntList
 # Not yet on the experiment protocol: name -> (module, Config class, run function, summary).
 # Each moves into bnlab.experiments.EXPERIMENTS as it is ported; then this list goes.
 LEGACY: dict[str, tuple[str, str, str, str]] = {
-    "ioffe2015": (
-        "bnlab.experiments.ioffe2015",
-        "Config",
-        "run",
-        "Ioffe & Szegedy 2015 Figure 1: sigmoid MLP with/without BN, accuracy and percentiles",
-    ),
     "regularization": (
         "bnlab.experiments.regularization",
         "Config",

@@ -16,7 +16,6 @@ __all__ = ["build_report", "experiment_of"]
 
 # Experiments not yet on the protocol: name -> module with report(run_dir). Goes with them.
 LEGACY_REPORTERS = {
-    "ioffe2015": "bnlab.experiments.ioffe2015",
     "regularization": "bnlab.experiments.regularization",
     "running-stats": "bnlab.experiments.running_stats",
 }
