@@ -105,6 +105,30 @@ def _synthetic_data(seeds: tuple[int, ...] = (0,)) -> io.IoffeData:
     return io.IoffeData(digits, {s: digits.split(50, s) for s in seeds})
 
 
+def test_each_seed_holds_out_its_own_digits_apart_from_its_training_digits() -> None:
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (100, 784), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(100) % 10
+    one = Digits("synthetic", images, labels, images, labels, "test", Path("."), False)
+    a, b = one.split(20, 0, "--test-size"), one.split(20, 1, "--test-size")
+    for cut in (a, b):
+        assert len(cut.held) == 20 and len(cut.train) == 80
+        assert set(cut.train.tolist()).isdisjoint(cut.held.tolist())
+        x, y = one.held_out(cut)
+        assert x.dtype == torch.float32 and float(x.min()) >= -1 and float(x.max()) <= 1
+        torch.testing.assert_close(y, labels[cut.held])
+    assert not torch.equal(a.held, b.held) and "holds out 20" in a.description
+    test_images, test_labels = images[:30].flip(1), labels[:30]
+    two = Digits("synthetic", images, labels, test_images, test_labels, "train", Path("."), True)
+    cut = two.split(20, 0, "--test-size")
+    assert torch.equal(cut.train, torch.arange(100)) and int(cut.held.max()) < 30
+    assert torch.equal(two.training(cut)[1], labels) and "of the test split" in cut.description
+    with pytest.raises(ValueError, match=r"--test-size must be in 1\.\.30"):
+        two.split(31, 0, "--test-size")
+    with pytest.raises(ValueError, match=r"--test-size must be in 1\.\.98"):
+        one.split(99, 0, "--test-size")
+
+
 @pytest.mark.usefixtures("seeded_one_thread")
 def test_a_net_trained_in_chunks_equals_the_net_trained_at_once() -> None:
     data = _synthetic_data()

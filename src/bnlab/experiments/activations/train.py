@@ -193,7 +193,8 @@ def train_net(
             window.zero_()
             point = {"type": "loss", **job.tag(), "step": step + 1, "loss": finite_or_none(value)}
             records.append(point)
-            loss_first = value if loss_first is None else loss_first
+            if loss_first is None:
+                loss_first = value
             loss_last = value
             emit(job.key, step + 1, f"loss {value:.3g}")
     if not diverged and end < job.steps:
