@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bnlab.experiments.activations.analysis import analyse, layer_rows, load_run, settings
-from bnlab.experiments.activations.config import LOSS_EVERY
+from bnlab.experiments.activations.config import LOSS_EVERY, setting_name
 from bnlab.report.html import Claim, Section, Table, file_figure
 
 __all__ = ["SUMMARY_FIGURES", "draw_figures", "hist_figure_name", "report"]
@@ -261,8 +261,8 @@ def _tables(summary: dict[str, Any], records: list[dict[str, Any]], depth: int) 
     k = summary["last_layers"]
     rows = []
     for p in summary["pairs"]:
-        plain = summary["nets"].get(f"{p['activation']}-{p['init']}-plain", {})
-        bn = summary["nets"].get(f"{p['activation']}-{p['init']}-bn", {})
+        plain = summary["nets"].get(setting_name(p["activation"], p["init"], "plain"), {})
+        bn = summary["nets"].get(setting_name(p["activation"], p["init"], "bn"), {})
         rows.append(
             [
                 p["activation"],
