@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnlab.experiments import ablation, gan, regularization
+from bnlab.experiments import ablation, gan, regularization, running_stats
 from bnlab.experiments.protocol import Experiment
 
 __all__ = ["EXPERIMENTS"]
@@ -15,5 +15,6 @@ EXPERIMENTS: dict[str, Experiment[Any]] = {
         gan.EXPERIMENT,
         ablation.EXPERIMENT,
         regularization.EXPERIMENT,
+        running_stats.EXPERIMENT,
     )
 }

@@ -18,7 +18,6 @@ __all__ = ["build_report", "experiment_of"]
 LEGACY_REPORTERS = {
     "activations": "bnlab.experiments.activations",
     "ioffe2015": "bnlab.experiments.ioffe2015",
-    "running-stats": "bnlab.experiments.running_stats",
 }
 
 
