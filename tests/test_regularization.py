@@ -24,6 +24,7 @@ from bnlab.experiments.regularization.analysis import (
     summarize,
 )
 from bnlab.models.mlp import mlp
+from bnlab.runs import read_jsonl
 from bnlab.stats import Estimate, format_ci, paired
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")
@@ -207,6 +208,42 @@ def test_a_diverging_network_fails_its_job_with_the_fix() -> None:
 
 
 # ---- the run directory ------------------------------------------------------------------------
+
+
+def test_an_interrupted_run_resumes_to_the_same_records(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnlab.experiments.regularization import train
+
+    tiny = dict(
+        seeds=(0,), variants=("plain", "bn"), train_size=100, holdout=200, epochs=4,
+        batch_size=20, hidden=(8,), probe_batch_sizes=(2, 4), probe_batches=3,
+        checkpoint_every=2, jobs=1, data=mnist_root,
+    )  # fmt: skip
+    full = reg.run(reg.Config(**tiny, out=tmp_path / "full"), log=lambda _m: None)
+    real_epoch, calls = train.train_epoch, {"n": 0}
+
+    def interrupted(*args: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 6:  # in the second round of chunks: both jobs saved epoch 2
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted)
+    cut = reg.Config(**tiny, out=tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        reg.run(cut, log=lambda _m: None)
+    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    partial = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert {r["epoch"] for r in partial} == {1, 2} and len(partial) == 4
+    resumed = reg.run(dataclasses.replace(cut, resume=True), log=lambda _m: None)
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["kind"], r.get("variant", ""), r.get("epoch", 0), r.get("batch_size", 0))
+
+    assert sorted(resumed.records, key=key) == sorted(full.records, key=key)
+    assert len([r for r in full.records if r["kind"] == "probe"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -97,17 +97,16 @@ def load(cfg: Config, log: Log) -> Loaded:
 
 
 def plan(cfg: Config, data: RegData) -> list[RegJob]:
+    """One job per (seed, variant), seed by seed; the first seed's bn job also probes."""
     training = cfg.training()
-    probe = Probe(tuple(cfg.probe_batch_sizes), cfg.probe_batches, cfg.seeds[0])
+    first = cfg.seeds[0]
+    probe = (
+        Probe(cfg.probe_batch_sizes, cfg.probe_batches, first) if cfg.probe_batch_sizes else None
+    )
     return [
-        RegJob(
-            seed,
-            variant,  # type: ignore[arg-type]  # validate() checked it is a VariantName
-            training,
-            probe if (seed == cfg.seeds[0] and variant == "bn" and cfg.probe_batch_sizes) else None,
-        )
+        RegJob(seed, cast(VariantName, v), training, probe if (seed, v) == (first, "bn") else None)
         for seed in cfg.seeds
-        for variant in cfg.variants
+        for v in cfg.variants  # validate() checked each is a VariantName
     ]
 
 
