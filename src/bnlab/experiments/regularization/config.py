@@ -42,8 +42,8 @@ class Config(RunOptions):
     """Does BN regularize (blog claim C6)? Train-test gap with/without BN, and batch noise.
 
     Defaults: 10 seeds x (plain, bn, bn-full) on 1,000 MNIST digits for 40 epochs, plus the
-    batch-dependence probe; about 3-5 minutes on a 2-core CPU (one process per core);
-    --quick runs a 20-second taste.
+    batch-dependence probe; about 1.5-3 minutes on a 2-core CPU (one process per core);
+    --quick runs a 15-second taste.
     """
 
     variants: StrList = VARIANTS

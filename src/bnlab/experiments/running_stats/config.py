@@ -60,8 +60,8 @@ class Config(RunOptions):
     """Eval-mode statistics of BN: EMA vs cumulative average vs precise recomputation.
 
     Defaults: 5 seeds x 10 epochs of a BN MLP on the MNIST training pool (8,000 digits when
-    only the 10k test split is present), estimators compared after every epoch; about 1-2
-    minutes on a 2-core CPU (one process per core); --quick runs a 20-second taste.
+    only the 10k test split is present), estimators compared after every epoch; about a
+    minute on a 2-core CPU (one process per core); --quick runs a 15-second taste.
     """
 
     seeds: IntList = (0, 1, 2, 3, 4)
