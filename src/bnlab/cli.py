@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,13 @@ class ReportArgs:
 
 @dataclass(frozen=True)
 class DoctorArgs:
-    """Inspect a model for batch-norm misuse: structure, and with --input-shape, a forward pass."""
+    """Inspect a model for batch-norm misuse: structure, and with --input-shape, a forward pass.
+
+    Exit status: 0 the doctor ran and found no ERROR (warnings and info may be listed); 1 it ran
+    and found at least one ERROR; 2 it could not run (malformed spec, the file or the factory
+    raised or does not exist, a zero, negative or oversized --input-shape, the model failed on
+    the example input): one line on stderr saying why.
+    """
 
     spec: Positional[str]
     """the model: path/to/file.py:factory (a function returning an nn.Module, or a module)"""
@@ -107,8 +114,17 @@ def doctor_main(argv: list[str]) -> int:
     args = tyro.cli(DoctorArgs, args=argv, prog="bnlab doctor")
     try:
         return doctor.main(args.spec, tuple(args.input_shape) or None)
-    except ValueError as exc:
-        print(f"bnlab doctor: error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # could not run: the user's spec, file, factory, shape or model
+        print(f"bnlab doctor: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug in the doctor itself: keep the traceback, but not status 1
+        traceback.print_exc()
+        print(
+            "bnlab doctor: internal error (please report it with the traceback above)",
+            file=sys.stderr,
+        )
         return 2
 
 
