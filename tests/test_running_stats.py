@@ -40,7 +40,7 @@ def test_precise_bn_matches_torch_swa_update_bn() -> None:
     model = _trained_model()
     batches = [torch.randn(20, 6) * 3 - 1 for _ in range(7)]
     oracle = bnn.to_torch(copy.deepcopy(model))
-    assert isinstance(oracle[1], nn.BatchNorm1d)
+    assert type(oracle[1]) is nn.BatchNorm1d  # a torch layer: the independent oracle
     update_bn(batches, oracle)
     assert rs.recompute_bn_stats(model, batches) == 7
     for ours, theirs in zip(rs.bn_stats(model), rs.bn_stats(oracle), strict=True):
