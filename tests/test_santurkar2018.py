@@ -18,7 +18,7 @@ from torch.func import functional_call
 import bnlab.experiments.santurkar2018 as santurkar2018
 from bnlab.data import available_splits
 from bnlab.experiments.santurkar2018 import Config, run
-from bnlab.experiments.santurkar2018.analysis import c5b, combine
+from bnlab.experiments.santurkar2018.analysis import c5b, combine, part_lr, part_noisy
 from bnlab.experiments.santurkar2018.measure import (
     along_direction,
     expected_scale,
@@ -300,6 +300,40 @@ def test_nets_combine_into_one_verdict():
     assert combine(["does not hold", "inconclusive"]) == "does not hold"
     assert combine(["holds", "does not hold"]) == "inconclusive"
     assert combine([]) == "inconclusive"
+
+
+def _final_record(part, net, variant, seed, acc, lr=0.05, diverged=False):
+    r = {"kind": "final", "part": part, "net": net, "variant": variant, "seed": seed, "lr": lr}
+    r.update({"step": 10, "diverged": diverged} if diverged else {"step": 10, "test_acc": acc})
+    return r
+
+
+def test_lr_range_counts_the_rates_each_variant_trains_at():
+    records = []
+    for seed, jitter in enumerate((0.0, 0.004, -0.004)):
+        for lr, std, bn in ((0.1, 0.85, 0.86), (1.0, None, 0.84), (3.0, None, 0.5)):
+            records.append(_final_record("sweep", "cnn", "bn", seed, bn + jitter, lr))
+            diverged = std is None
+            records.append(_final_record("sweep", "cnn", "standard", seed, std, lr, diverged))
+    out = part_lr(records, ["cnn"], [0.1, 1.0, 3.0])
+    net = out["nets"]["cnn"]
+    assert net["trains_at"] == {"standard": ["0.1"], "bn": ["0.1", "1"]}
+    assert net["test_acc"]["standard"]["1"]["mean"] == pytest.approx(0.10)  # diverged: chance
+    assert net["test_acc"]["standard"]["1"]["diverged"] == [0, 1, 2]
+    assert out["verdict"] == "holds"
+
+
+@pytest.mark.parametrize(("gap", "expected"), [(0.005, "holds"), (0.06, "does not hold")])
+def test_noisy_bn_verdict_uses_the_margin(gap, expected):
+    records = []
+    for seed, jitter in enumerate((0.0, 0.002, -0.002, 0.001)):
+        records.append(_final_record("main", "mlp", "bn", seed, 0.85 + jitter))
+        records.append(_final_record("main", "mlp", "noisy-bn", seed, 0.85 - gap + 2 * jitter))
+        records.append(_final_record("main", "mlp", "standard", seed, 0.80 + jitter))
+    out = part_noisy(records, ["mlp"])
+    assert out["verdict"] == expected
+    # BN - noisy = gap - jitter per seed; the jitters average 0.00025
+    assert out["nets"]["mlp"]["bn_minus_noisy"]["diff"]["mean"] == pytest.approx(gap - 0.00025)
 
 
 @pytest.mark.parametrize(
