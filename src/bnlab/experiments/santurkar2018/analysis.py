@@ -178,8 +178,9 @@ def part_noisy(records: list[dict[str, Any]], nets: list[str]) -> dict[str, Any]
         "nets": per_net,
         "verdict": combine(verdicts),
         "rule": f"per net, the paired 95% CI of final held-out accuracy BN - noisy BN over seeds: "
-        f"holds if it lies below {NOISY_MARGIN:.0%} (noisy BN at most {NOISY_MARGIN * 100:.0f} "
-        f"pp worse), does not hold if it lies above {NOISY_MARGIN * 100:.0f} pp, inconclusive "
+        f"holds if it lies below {NOISY_MARGIN * 100:.0f} pp (noisy BN at most "
+        f"{NOISY_MARGIN * 100:.0f} pp worse), does not hold if it lies above "
+        f"{NOISY_MARGIN * 100:.0f} pp, inconclusive "
         "otherwise; nets combined: holds if one holds and none does not (and vice versa)",
     }
 

@@ -604,8 +604,10 @@ def _c5b(summary: dict[str, Any]) -> Section:
     rows = [
         [
             NET_NAMES[n],
-            e["measure"].replace("_", " "),
-            _fmt(e["bn_minus_standard"]["diff"]),
+            "held-out accuracy" if e["measure"] == "test_acc" else "held-out MSE",
+            _pp(e["bn_minus_standard"])
+            if e["measure"] == "test_acc"
+            else _fmt(e["bn_minus_standard"]["diff"]),
             e["verdict"],
         ]
         for n, e in helps["nets"].items()
