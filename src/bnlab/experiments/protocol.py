@@ -33,7 +33,7 @@ import os
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +172,7 @@ class Experiment(Generic[C]):
     chunk_size: Callable[[C], int] = lambda cfg: 1 << 30  # units per chunk (checkpoints)
     growable: frozenset[str] = frozenset()  # fields a resume may increase (e.g. epochs)
     threads: int | None = 1  # torch threads per worker; None: the cores shared among workers
+    data_parallel: bool = False  # train() works with several ranks (torchrun, DDP)
     observer: Callable[[C, Path], Any] | None = None  # driver-side sink: .records(), .close()
 
 
@@ -251,8 +252,11 @@ def _defaults(cls: type[Any]) -> dict[str, Any]:
     return out
 
 
-def _given(cfg: RunOptions) -> dict[str, Any]:
-    """Fields whose value differs from the default: what the user set on the command line."""
+def _given(cfg: RunOptions, given: Collection[str] | None) -> dict[str, Any]:
+    """The fields the user set: those named in ``given`` (the CLI knows which flags were on
+    the command line), else, for callers from Python, those that differ from the default."""
+    if given is not None:
+        return {name: getattr(cfg, name) for name in given}
     defaults = _defaults(type(cfg))
     return {
         f.name: getattr(cfg, f.name)
@@ -261,12 +265,26 @@ def _given(cfg: RunOptions) -> dict[str, Any]:
     }
 
 
-def apply_quick(exp: Experiment[C], cfg: C) -> C:
-    """``--quick``: the experiment's quick settings for every field left at its default."""
+def given_fields(cls: type[Any], argv: list[str]) -> set[str]:
+    """The Config fields that ``argv`` sets explicitly (``--epochs 5``, ``--no-metrics``)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name not in names and name.startswith("no_") and name[3:] in names:
+            name = name[3:]
+        if name in names:
+            out.add(name)
+    return out
+
+
+def apply_quick(exp: Experiment[C], cfg: C, given: Collection[str] | None = None) -> C:
+    """``--quick``: the experiment's quick settings for every field the user did not set."""
     if not cfg.quick:
         return cfg
-    given = _given(cfg)
-    changes = {k: v for k, v in exp.quick.items() if k not in given}
+    changes = {k: v for k, v in exp.quick.items() if k not in _given(cfg, given)}
     return dataclasses.replace(cfg, **changes)
 
 
@@ -282,12 +300,14 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def merge_resume(exp: Experiment[C], stored: C, given_cfg: C) -> tuple[C, list[str]]:
+def merge_resume(
+    exp: Experiment[C], stored: C, given_cfg: C, given: Collection[str] | None = None
+) -> tuple[C, list[str]]:
     """The configuration of a resumed run: the stored one, with the run-how fields given now
     and the growable fields increased; any other difference is refused, naming the flag."""
     changes: dict[str, Any] = {}
     notes = []
-    for name, value in _given(given_cfg).items():
+    for name, value in _given(given_cfg, given).items():
         old = getattr(stored, name)
         if value == old or name in ("resume", "quick"):
             continue
@@ -325,7 +345,7 @@ class RunFailed(RuntimeError):
 @dataclass
 class RunResult:
     run_dir: Path
-    records: list[dict[str, Any]]  # every record of metrics.jsonl
+    records: list[dict[str, Any]]  # the metric records of metrics.jsonl (events left out)
     summary: dict[str, Any]  # what analyse() returned (summary.json)
     failed: dict[str, str]  # job key -> why
     seconds: float
@@ -342,6 +362,13 @@ def _resolve_dir(exp: Experiment[C], cfg: C) -> Path:
     run_dir = Path(cfg.out) if cfg.out is not None else new_run_dir("runs", exp.name)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir} is a file, not a directory; give a directory path")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {run_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {run_dir}: {existing} is not writable; pick another --out")
     if (run_dir / "config.json").exists():
         raise ValueError(
             f"{run_dir} already holds a run: continue it with --resume, or pick another --out"
@@ -359,9 +386,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` while writing the run: a second process (another run or resume
     into the same directory) is refused with the holder's PID. The lock is an OS file lock,
     released when its process dies, so a stale lock file from a killed run never blocks."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ValueError(
+            f"--out {run_dir}: cannot write there ({exc.strerror or exc}); pick a writable "
+            "directory"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -448,8 +480,13 @@ class Recorder:
 # ---- the driver ---------------------------------------------------------------------------------
 
 
-def run_experiment(exp: Experiment[C], cfg: C, log: Log = print) -> RunResult:
+def run_experiment(
+    exp: Experiment[C], cfg: C, log: Log = print, given: Collection[str] | None = None
+) -> RunResult:
     """Run ``exp`` with ``cfg`` end to end: run directory, jobs, summary.json, report.html.
+
+    ``given`` names the fields the user set explicitly (the CLI passes them); None = those
+    that differ from their defaults. They decide what --quick and --resume may override.
 
     Raises:
         ValueError: bad configuration or run directory (before any work).
@@ -460,7 +497,7 @@ def run_experiment(exp: Experiment[C], cfg: C, log: Log = print) -> RunResult:
 
     started = time.perf_counter()
     if not cfg.resume:  # a resumed run keeps the settings it was started with, --quick's too
-        cfg = apply_quick(exp, cfg)
+        cfg = apply_quick(exp, cfg, given)
     cfg.validate()
     run_dir = _resolve_dir(exp, cfg)
     runner = make_runner(cfg, exp)  # fails early for a missing extra (--runner ray)
@@ -476,7 +513,9 @@ def run_experiment(exp: Experiment[C], cfg: C, log: Log = print) -> RunResult:
                     f"{exp.name!r}; resume it with bnlab {previous.get('experiment')} --resume"
                 )
             stored = config_from_dict(exp.config, previous["config"])
-            cfg, notes = merge_resume(exp, stored, dataclasses.replace(cfg, out=run_dir))
+            cfg, notes = merge_resume(
+                exp, stored, dataclasses.replace(cfg, out=run_dir), given and {*given, "out"}
+            )
             cfg.validate()
         # A new run loads its data before its directory exists: bad data leaves nothing behind.
         loaded = exp.load(cfg, log)
@@ -512,7 +551,8 @@ def run_experiment(exp: Experiment[C], cfg: C, log: Log = print) -> RunResult:
         observer = exp.observer(cfg, run_dir) if exp.observer is not None else None
         recorder = Recorder(run_dir, bars, observer)
         try:
-            runner.run(states, exp.train, loaded.data, max(1, exp.chunk_size(cfg)), recorder)
+            chunk = max(1, exp.chunk_size(cfg))
+            runner.run(states, exp.train, loaded.data, chunk, recorder, config=cfg)
         except KeyboardInterrupt:
             bars.close()
             log(f"\ninterrupted; continue with: bnlab {exp.name} --resume --out {run_dir}")
@@ -527,7 +567,8 @@ def run_experiment(exp: Experiment[C], cfg: C, log: Log = print) -> RunResult:
         atomic_write_json(run_dir / "summary.json", summary)
         write_report(run_dir / "report.html", exp.report(run_dir), exp.title, str(run_dir))
     seconds = time.perf_counter() - started
-    result = RunResult(run_dir, read_jsonl(metrics), summary, failed, seconds)
+    records = [r for r in read_jsonl(metrics) if "event" not in r]
+    result = RunResult(run_dir, records, summary, failed, seconds)
     log(f"{exp.result_line(summary, run_dir)} ({_minutes(seconds)}, {run_dir / 'report.html'})")
     for key, message in failed.items():
         log(f"FAILED {key}: {message}")

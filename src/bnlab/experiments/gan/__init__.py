@@ -49,6 +49,7 @@ EXPERIMENT: Experiment[GanConfig] = Experiment(
     growable=frozenset({"epochs"}),
     threads=None,  # the cores shared among the worker processes
     observer=tensorboard_observer,
+    data_parallel=True,
 )
 
 
