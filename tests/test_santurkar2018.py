@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call
 
 import bnlab.experiments.santurkar2018 as santurkar2018
+import bnlab.nn as bnn
 from bnlab.data import available_splits
 from bnlab.experiments.santurkar2018 import Config, run
 from bnlab.experiments.santurkar2018.analysis import c5b, combine, part_lr, part_noisy
@@ -30,7 +31,6 @@ from bnlab.experiments.santurkar2018.measure import (
 )
 from bnlab.experiments.santurkar2018.nets import NoisyShift, build, layer_names
 from bnlab.experiments.santurkar2018.train import Data, RunJob, synthetic_linear_task, train
-from bnlab.models.mlp import bn_layers
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
@@ -228,15 +228,13 @@ def test_variants_of_a_net_start_from_the_same_weights(net):
     for v in variants[1:]:
         for a, b in zip(weights["standard"], weights[v], strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert not bn_layers(models["standard"])
-    n_bn = len(bn_layers(models["bn"]))
+    assert not list(bnn.batch_norm_layers(models["standard"]))
+    n_bn = len(list(bnn.batch_norm_layers(models["bn"])))
     assert n_bn == len(layer_names(models["bn"])) - 1  # after every layer but the last
     if "noisy-bn" in models:
         seq = list(models["noisy-bn"])
         noisy = [k for k, m in enumerate(seq) if isinstance(m, NoisyShift)]
-        assert len(noisy) == n_bn and all(
-            seq[k - 1] in bn_layers(models["noisy-bn"]) for k in noisy
-        )
+        assert len(noisy) == n_bn and all(bnn.is_batch_norm(seq[k - 1]) for k in noisy)
 
 
 def test_the_deep_linear_net_has_no_noisy_variant():

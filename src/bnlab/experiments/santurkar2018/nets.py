@@ -14,9 +14,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+import bnlab.nn as bnn
 from bnlab.experiments.santurkar2018.measure import expected_scale, inject_noise, noise_parameters
 from bnlab.models.linear import deep_linear
-from bnlab.models.mlp import BN_TYPES, mlp
+from bnlab.models.mlp import mlp
 from bnlab.models.vgg import vgg_small
 
 __all__ = [
@@ -76,10 +77,8 @@ def _with_noise(model: nn.Sequential, noise: tuple[float, float, float]) -> nn.S
     layers: list[nn.Module] = []
     for m in model:
         layers.append(m)
-        if isinstance(m, BN_TYPES):
-            features = m.num_features
-            assert isinstance(features, int)
-            layers.append(NoisyShift(features, *noise))
+        if bnn.is_batch_norm(m):
+            layers.append(NoisyShift(m.num_features, *noise))
     return nn.Sequential(*layers)
 
 
