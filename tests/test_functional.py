@@ -233,3 +233,20 @@ def test_stages_compose_to_the_reference(shape, channels_last):
         y.is_contiguous(memory_format=torch.channels_last) == (channels_last and len(shape) == 4)
         or len(shape) != 4
     )
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (0, 3, 4, 5), (0, 3, 2, 2, 2)])
+def test_stages_accept_an_empty_batch(shape):
+    # A SyncBatchNorm rank may hold zero samples: its stages must give empty outputs and zero
+    # sums, not fail on an ambiguous reshape.
+    from bnlab import functional as F
+
+    x = torch.randn(shape, dtype=torch.float64)
+    mean, m2 = F.batch_norm_stats(x)
+    inv_std = torch.ones(3, dtype=torch.float64)
+    y = F.batch_norm_elemt(x, mean, inv_std, None, None)
+    s0, s1 = F.batch_norm_backward_reduce(x, x, mean, inv_std)
+    dx = F.batch_norm_backward_elemt(x, x, mean, inv_std, None, s0, s1, 10)
+    assert y.shape == dx.shape == x.shape
+    for t in (mean, m2, s0, s1):
+        assert t.tolist() == [0.0, 0.0, 0.0]

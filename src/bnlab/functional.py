@@ -28,6 +28,7 @@ kept to a handful of ops. Faster backends plug in at ``_forward_kernel`` / ``_ba
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -63,10 +64,11 @@ class _Layout:
         if self.ndim == 2:
             return t
         c = self.shape[1]
+        # explicit sizes, not -1: an empty batch (a rank with no samples) has no inferable dim
         if self.channels_last:
             t = t.contiguous(memory_format=_memory_format(self.ndim))
-            return t.movedim(1, -1).reshape(-1, c)  # (M, C), a view
-        return t.contiguous().view(self.shape[0], c, -1)  # (N, C, S)
+            return t.movedim(1, -1).reshape(self.count, c)  # (M, C), a view
+        return t.contiguous().view(self.shape[0], c, math.prod(self.shape[2:]))  # (N, C, S)
 
     def unview(self, t: Tensor) -> Tensor:
         if self.ndim == 2:
