@@ -39,6 +39,7 @@ __all__ = [
     "batch_norm_backward_elemt",
     "batch_norm_backward_reduce",
     "batch_norm_elemt",
+    "batch_norm_merge_stats",
     "batch_norm_stats",
     "batch_stats",
     "update_running_stats",
@@ -230,8 +231,13 @@ def _backward_kernel(
 # ---- stages: the same math cut where a distributed BN communicates ------------------------------
 #
 # One process:   stats -> elemt            and   backward_reduce -> backward_elemt
-# Several ranks: stats -> [merge over ranks] -> elemt, and backward_reduce -> [all_reduce] ->
-# backward_elemt. bnlab.nn.SyncBatchNorm inserts the communication; the closed forms stay here.
+# Several ranks: stats -> [all_gather] -> merge_stats -> elemt, and backward_reduce ->
+# [all_reduce] -> backward_elemt. bnlab.nn.SyncBatchNorm inserts the communication; the closed
+# forms stay here.
+#
+# Contract: called with grad mode on (a backward with create_graph=True), the stages are plain
+# differentiable torch ops. SyncBatchNorm's double backward composes them under autograd, so a
+# compiled kernel behind one of these names must fall back to the torch ops in that case.
 
 
 def batch_norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -251,6 +257,32 @@ def batch_norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     mean = xv.sum(layout.dims).div_(layout.count)
     m2 = torch.sub(xv, layout.pc(mean)).square_().sum(layout.dims)
     return mean, m2
+
+
+def batch_norm_merge_stats(count: Tensor, mean: Tensor, m2: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge per-part ``(count, mean, m2)`` into the ``(mean, m2)`` of all parts together.
+
+    Chan, Golub and LeVeque's parallel formula, all parts at once: with n = sum(n_i),
+
+        mean = sum(n_i * mean_i) / n
+        m2   = sum(m2_i) + sum(n_i * (mean_i - mean)^2)      (within + between parts)
+
+    Exact in real arithmetic for any counts, and stable in floating point: it adds squared
+    deviations of means, never subtracts squares. A part with n_i = 0 has no weight; if every
+    part is empty the result is mean 0, m2 0 (no division by zero).
+
+    Args:
+        count: (P,) values per channel in each part.
+        mean, m2: (P, C) per-part statistics from :func:`batch_norm_stats`.
+
+    Returns:
+        (C,) mean and m2 in the dtype of ``mean``. Differentiable (out-of-place ops).
+    """
+    count = count.to(mean.dtype)
+    weight = count / count.sum().clamp(min=1)  # (P,)
+    merged = (weight[:, None] * mean).sum(0)
+    between = (count[:, None] * (mean - merged).square()).sum(0)
+    return merged, m2.sum(0) + between
 
 
 def batch_norm_elemt(
