@@ -296,3 +296,14 @@ def test_stages_are_twice_differentiable_under_grad_mode():
 
     assert torch.autograd.gradcheck(dx_of, (x, dy, w))
     assert torch.autograd.gradgradcheck(dx_of, (x, dy, w))
+
+
+def test_stats_of_an_empty_batch_stay_in_the_autograd_graph():
+    # An empty rank must build the same graph as the others, or SyncBatchNorm's double backward
+    # would run a collective on some ranks only.
+    from bnlab import functional as F
+
+    x = torch.randn(0, 3, 4, dtype=torch.float64, requires_grad=True)
+    mean, m2 = F.batch_norm_stats(x)
+    assert mean.requires_grad and m2.requires_grad
+    assert mean.tolist() == m2.tolist() == [0.0, 0.0, 0.0]

@@ -245,16 +245,15 @@ def batch_norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     the sum of squared deviations from the mean (var = m2 / count). Two passes.
 
     ``(mean, m2, count)`` triples merge exactly across ranks with Chan et al.'s parallel
-    formula; a channel of an empty input has mean 0 and m2 0.
+    formula; a channel of an empty input has mean 0 and m2 0, computed by the same ops (sums
+    over nothing), so that under autograd an empty rank's graph has the same shape as the
+    others' (SyncBatchNorm's double backward runs the same collectives on every rank).
     """
     layout = _Layout(x)
     xv = layout.view(x)
     if xv.dtype != _stat_dtype(x):
         xv = xv.to(_stat_dtype(x))
-    if layout.count == 0:
-        zeros = torch.zeros(x.shape[1], dtype=xv.dtype, device=x.device)
-        return zeros, zeros.clone()
-    mean = xv.sum(layout.dims).div_(layout.count)
+    mean = xv.sum(layout.dims).div_(max(layout.count, 1))
     m2 = torch.sub(xv, layout.pc(mean)).square_().sum(layout.dims)
     return mean, m2
 
