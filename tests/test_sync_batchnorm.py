@@ -2,9 +2,14 @@
 the whole batch (torch.nn.BatchNorm*d as the oracle, float64).
 
 The distributed tests share one group of 3 gloo processes, started once for this module
-(spawning is the slow part): the workers run every case, write what they computed, and the test
-functions below compare it with the single-process oracle. 2-process cases run in the process
-group of ranks 0 and 1 (so ``process_group`` is exercised too), 3-process cases in the world.
+(starting processes is the slow part): the workers run every case, write what they computed,
+and the test functions below compare it with the single-process oracle. 2-process cases run in
+the process group of ranks 0 and 1 (so ``process_group`` is exercised too), 3-process cases in
+the world.
+
+CI runs gloo on CPU. The same checks run on NCCL with BNLAB_SYNCBN_BACKEND=nccl
+BNLAB_SYNCBN_DEVICE=cuda BNLAB_SYNCBN_WORLD=2 (rank r on GPU r % device count); see
+bench/gpu_syncbn_check.sh.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import bnlab.nn as bnn
 from bnlab.nn import SyncBatchNorm
 from bnlab.nn.sync_batchnorm import DEBUG_ENV
 
-WORLD = 3
+BACKEND = os.environ.get("BNLAB_SYNCBN_BACKEND", "gloo")
+DEVICE = os.environ.get("BNLAB_SYNCBN_DEVICE", "cpu")
+WORLD = int(os.environ.get("BNLAB_SYNCBN_WORLD", "3"))  # 2 or 3; 3-process cases need 3
 JOIN_TIMEOUT_S = 150  # the whole group; a hang fails the tests instead of blocking them
 PG_TIMEOUT_S = 30  # a rank stuck in a collective raises after this
 TOL = {"rtol": 1e-10, "atol": 1e-12}  # float64: only reduction order differs
@@ -109,12 +116,14 @@ def _bounds(case: Case, rank: int) -> tuple[int, int]:
 # ---- what the workers run -----------------------------------------------------------------------
 
 
-def _run_parity(case: Case, rank: int, group: Any) -> dict[str, Any]:
+def _run_parity(case: Case, rank: int, group: Any, dev: torch.device) -> dict[str, Any]:
     lo, hi = _bounds(case, rank)
     c, dtype = case.shape[1], torch.float64
     bn = _affine(SyncBatchNorm(c, momentum=case.momentum, process_group=group, dtype=dtype))
+    bn.to(dev)
     steps = []
     for x, dy in _batches(case):
+        x, dy = x.to(dev), dy.to(dev)
         xr = x[lo:hi].clone(memory_format=torch.preserve_format).requires_grad_()
         y = bn(xr)
         (y * dy[lo:hi]).sum().backward()
@@ -129,7 +138,7 @@ def _run_parity(case: Case, rank: int, group: Any) -> dict[str, Any]:
             }
         )
         bn.zero_grad()
-    x_eval = next(_batches(case))[0][lo:hi]
+    x_eval = next(_batches(case))[0][lo:hi].to(dev)
     return {
         "steps": steps,
         "buffers": {k: v.clone() for k, v in bn.named_buffers()},
@@ -137,10 +146,10 @@ def _run_parity(case: Case, rank: int, group: Any) -> dict[str, Any]:
     }
 
 
-def _run_double_backward(case: Case, rank: int, group: Any) -> dict[str, Any]:
+def _run_double_backward(case: Case, rank: int, group: Any, dev: torch.device) -> dict[str, Any]:
     lo, hi = _bounds(case, rank)
-    bn = _affine(SyncBatchNorm(case.shape[1], process_group=group, dtype=torch.float64))
-    x, a = next(_batches(case))
+    bn = _affine(SyncBatchNorm(case.shape[1], process_group=group, dtype=torch.float64)).to(dev)
+    x, a = (t.to(dev) for t in next(_batches(case)))
     xr = x[lo:hi].clone(memory_format=torch.preserve_format).requires_grad_()
     (gx,) = torch.autograd.grad((bn(xr).tanh() * a[lo:hi]).sum(), xr, create_graph=True)
     penalty = gx.square().sum()  # a gradient penalty; a sum, so the ranks' parts add up
@@ -174,10 +183,10 @@ class _CountCollectives:
             setattr(dist, n, fn)
 
 
-def _run_collective_counts(rank: int, pair: Any, single: Any) -> dict[str, Any]:
+def _run_collective_counts(rank: int, pair: Any, single: Any, dev: torch.device) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(rank)
-    x = torch.randn(12, 4, 3, generator=gen, dtype=torch.float64)
-    bn = SyncBatchNorm(4, process_group=pair, dtype=torch.float64)
+    x = torch.randn(12, 4, 3, generator=gen, dtype=torch.float64).to(dev)
+    bn = SyncBatchNorm(4, process_group=pair, dtype=torch.float64, device=dev)
     xr = x.clone().requires_grad_()
     with _CountCollectives() as fwd:
         y = bn(xr)
@@ -186,7 +195,7 @@ def _run_collective_counts(rank: int, pair: Any, single: Any) -> dict[str, Any]:
     with _CountCollectives() as ev:
         bn.eval()(x)
     # a process group of one: no communication, and bnlab's BatchNorm's numbers
-    solo = SyncBatchNorm(4, process_group=single, dtype=torch.float64)
+    solo = SyncBatchNorm(4, process_group=single, dtype=torch.float64, device=dev)
     xs = x.clone().requires_grad_()
     with _CountCollectives() as one:
         y_solo = solo(xs)
@@ -203,9 +212,9 @@ def _run_collective_counts(rank: int, pair: Any, single: Any) -> dict[str, Any]:
     }
 
 
-def _run_one_value_globally(rank: int, pair: Any) -> dict[str, Any]:
-    bn = SyncBatchNorm(4, process_group=pair)
-    x = torch.randn(1 if rank == 0 else 0, 4)  # one value per channel over both ranks
+def _run_one_value_globally(rank: int, pair: Any, dev: torch.device) -> dict[str, Any]:
+    bn = SyncBatchNorm(4, process_group=pair, device=dev)
+    x = torch.randn(1 if rank == 0 else 0, 4, device=dev)  # one value per channel, both ranks
     try:
         bn(x)
     except ValueError as e:
@@ -213,11 +222,11 @@ def _run_one_value_globally(rank: int, pair: Any) -> dict[str, Any]:
     return {"raised": None}
 
 
-def _run_channel_mismatch_in_debug_mode(rank: int, pair: Any) -> dict[str, Any]:
+def _run_channel_mismatch_in_debug_mode(rank: int, pair: Any, dev: torch.device) -> dict[str, Any]:
     c = 4 + rank  # rank 0: 4 channels, rank 1: 5
     os.environ[DEBUG_ENV] = "1"
     try:
-        SyncBatchNorm(c, process_group=pair)(torch.randn(6, c))
+        SyncBatchNorm(c, process_group=pair, device=dev)(torch.randn(6, c, device=dev))
     except ValueError as e:
         return {"raised": str(e)}
     finally:
@@ -225,9 +234,51 @@ def _run_channel_mismatch_in_debug_mode(rank: int, pair: Any) -> dict[str, Any]:
     return {"raised": None}
 
 
+def _ddp_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    return model.double()
+
+
+def _ddp_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        yield (torch.randn(100, 5, generator=gen, dtype=torch.float64) + 1 for _ in range(2))
+
+
+def _ddp_step(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+    """One SGD step (lr 0.1, by hand: torch.optim's first step imports torch._dynamo, seconds
+    here) with two forwards before one backward, as a GAN's discriminator on real and fake."""
+    model.zero_grad()
+    (model(a).mean() + model(b).square().mean()).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(p.grad, alpha=0.1)
+
+
+def _run_ddp(rank: int, pair: Any, dev: torch.device) -> dict[str, Any]:
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = SyncBatchNorm.convert_sync_batchnorm(_ddp_model().to(dev), process_group=pair)
+    ddp = DistributedDataParallel(model, process_group=pair)  # buffers synced before forwards
+    for a, b in _ddp_batches():
+        _ddp_step(ddp, a[rank * 50 : rank * 50 + 50].to(dev), b[rank * 50 : rank * 50 + 50].to(dev))
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
 def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     try:
-        return fn(*args)
+        return _to_cpu(fn(*args))
     except Exception:  # one failing case fails its own test, not the others
         return {"error": traceback.format_exc()}
 
@@ -236,8 +287,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)  # 3 processes on a small machine
+    dev = torch.device("cpu")
+    if DEVICE == "cuda":
+        dev = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
     dist.init_process_group(
-        "gloo",
+        BACKEND,
         rank=rank,
         world_size=WORLD,
         timeout=datetime.timedelta(seconds=PG_TIMEOUT_S),
@@ -247,14 +302,16 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     groups = {2: pair, 3: dist.group.WORLD}
     results: dict[str, Any] = {}
     for case in CASES:
-        if rank < len(case.split):
-            results[case.name] = _guarded(_run_parity, case, rank, groups[len(case.split)])
+        if rank < len(case.split) <= WORLD:
+            group = groups[len(case.split)]
+            results[case.name] = _guarded(_run_parity, case, rank, group, dev)
     if rank < 2:
-        results["counts"] = _guarded(_run_collective_counts, rank, pair, singles[rank])
-        results["one_value"] = _guarded(_run_one_value_globally, rank, pair)
-        results["mismatch"] = _guarded(_run_channel_mismatch_in_debug_mode, rank, pair)
+        results["counts"] = _guarded(_run_collective_counts, rank, pair, singles[rank], dev)
+        results["one_value"] = _guarded(_run_one_value_globally, rank, pair, dev)
+        results["mismatch"] = _guarded(_run_channel_mismatch_in_debug_mode, rank, pair, dev)
+        results["ddp"] = _guarded(_run_ddp, rank, pair, dev)
         for case in DOUBLE_BACKWARD_CASES:
-            results["dbl-" + case.name] = _guarded(_run_double_backward, case, rank, pair)
+            results["dbl-" + case.name] = _guarded(_run_double_backward, case, rank, pair, dev)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
@@ -269,8 +326,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """What each of the WORLD worker processes computed, by case name."""
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
+    if not (dist.is_available() and dist.is_backend_available(BACKEND)):
+        pytest.skip(f"torch.distributed with {BACKEND} is not available")
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("BNLAB_SYNCBN_DEVICE=cuda but no CUDA device")
     out = tmp_path_factory.mktemp("syncbn")
     method = "spawn"
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -310,6 +369,8 @@ def _result(ranks: list[dict[str, Any]], name: str, rank: int) -> dict[str, Any]
 @pytest.mark.distributed
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_ranks_on_slices_equal_batchnorm_on_the_whole_batch(ranks, case):
+    if len(case.split) > WORLD:
+        pytest.skip(f"{len(case.split)} processes; BNLAB_SYNCBN_WORLD={WORLD}")
     ref = _torch_bn(case)
     for step, (x, dy) in enumerate(_batches(case)):
         xf = x.clone(memory_format=torch.preserve_format).requires_grad_()
@@ -352,6 +413,19 @@ def test_double_backward_equals_batchnorm_on_the_whole_batch(ranks, case):
         torch.testing.assert_close(g["dx"], dx[lo:hi], **TOL)
     torch.testing.assert_close(sum(g["dw"] for g in got), dw, **TOL)
     torch.testing.assert_close(sum(g["db"] for g in got), db, **TOL)
+
+
+@pytest.mark.distributed
+def test_ddp_with_syncbn_on_two_halves_equals_one_process_on_the_batch(ranks):
+    # 3 SGD steps of a model with two forwards per step; 50 + 50 samples, so DDP's average of
+    # the ranks' mean-loss gradients is the gradient of the mean loss over all 100.
+    model = _ddp_model()
+    for a, b in _ddp_batches():
+        _ddp_step(model, a, b)
+    for rank in range(2):
+        got = _result(ranks, "ddp", rank)["state"]
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(got[key], value, **TOL, msg=key)
 
 
 @pytest.mark.distributed
@@ -418,7 +492,8 @@ def test_eval_needs_no_process_group_and_equals_batchnorm():
 
 def test_is_a_torch_batchnorm_with_torchs_constructor():
     assert isinstance(SyncBatchNorm(3), nn.modules.batchnorm._BatchNorm)
-    assert isinstance(SyncBatchNorm(3), nn.SyncBatchNorm)
+    # not torch's SyncBatchNorm: DDP refuses CPU models holding one
+    assert not isinstance(SyncBatchNorm(3), nn.SyncBatchNorm)
     mine = inspect.signature(SyncBatchNorm.__init__).parameters
     ref = inspect.signature(nn.SyncBatchNorm.__init__).parameters
     assert list(mine) == list(ref)

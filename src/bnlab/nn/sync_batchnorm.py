@@ -1,9 +1,12 @@
 """SyncBatchNorm: batch statistics over every rank of a process group, on any backend.
 
-A drop-in for ``torch.nn.SyncBatchNorm`` (same constructor, same parameter and buffer names, a
-subclass of it, so ``isinstance(m, torch.nn.modules.batchnorm._BatchNorm)`` holds) that also
-runs on CPU tensors with the gloo backend, where torch's raises "expected input tensor to be on
-GPU". Collectives run on the input's device, so the same code serves gloo (CPU) and NCCL (GPU).
+A drop-in for ``torch.nn.SyncBatchNorm`` (same constructor, same parameter and buffer names)
+that also runs on CPU tensors with the gloo backend, where torch's raises "expected input tensor
+to be on GPU". Collectives run on the input's device, so the same code serves gloo (CPU) and
+NCCL (GPU). It subclasses torch's ``_BatchNorm`` (as BatchNorm2d and torch's SyncBatchNorm do,
+so ``isinstance(m, torch.nn.modules.batchnorm._BatchNorm)`` holds) but deliberately not
+``torch.nn.SyncBatchNorm``: DistributedDataParallel refuses a CPU model holding one ("SyncBatchNorm
+layers only work with GPU modules").
 
 N ranks holding per-rank batches x_1..x_N compute exactly what one process computes on the
 concatenated batch, whatever the split (uneven, or a rank with zero samples). The math is
@@ -29,27 +32,30 @@ global variance (m2 / (n - 1), n over all ranks), so they are identical on every
 
 Parameter gradients are each rank's own share (sum over its samples): DistributedDataParallel
 all-reduces them, as it does for torch's SyncBatchNorm. Backward with ``create_graph=True``
-(gradient penalties) recomputes the statistics with autograd on and differentiable collectives,
-so gradients of gradients see the other ranks too.
+(gradient penalties) recomputes the statistics with autograd on and torch's differentiable
+collectives, so gradients of gradients see the other ranks too; the first such backward in a
+process imports torch._dynamo (those collectives need it), a one-time cost of seconds.
 
 DDP pitfalls with batch norm, and what this module does about them:
 
 - Every training-mode forward is a collective: all ranks must run the same BN layers the same
-  number of times in the same order (a forward on rank 0 only, e.g. to draw samples, hangs until
-  the process group's timeout). Run such forwards in eval mode, which does not communicate.
-- Every training-mode forward also updates the running statistics: a GAN's discriminator run on
-  a fake batch, or on gradient-penalty interpolates, mixes those batches into the statistics used
-  in eval. Switch the module to eval for forwards that should not count.
-- ``DistributedDataParallel(broadcast_buffers=True)`` (the default) copies rank 0's buffers to
-  every rank before each forward. With this module the running statistics are already equal on
-  every rank, so ``broadcast_buffers=False`` only saves a collective. The in-place broadcast is
-  behind the known "modified by an inplace operation" error of two D forwards before one
-  backward with torch's BN; here backward never reads the buffers (it saves its own statistics).
-- Build the model, ``convert_sync_batchnorm`` it, then wrap it in DDP.
+  number of times, in the same order (a forward on rank 0 alone, e.g. to draw samples, hangs
+  until the process group's timeout). Such forwards belong in eval mode: no communication.
+- Every training-mode forward updates the running statistics: a discriminator's forward on a
+  fake batch or on gradient-penalty interpolates mixes them into the statistics used in eval.
+  Use eval mode for forwards that should not count.
+- DDP syncs buffers from rank 0 before each forward (``broadcast_buffers=True``, in torch 2.13
+  ``forward_sync_buffers``). Here the running statistics are equal on every rank anyway, so
+  turning it off only saves a collective. The in-place buffer copy is what breaks two D forwards
+  before one backward with torch's BN on GPU ("modified by an inplace operation": its backward
+  saved the buffers); this backward saves its own statistics, never the buffers.
+- Convert with ``convert_sync_batchnorm`` before wrapping in DDP. DDP averages the ranks'
+  gradients with equal weights: with uneven per-rank batches, scale each rank's mean loss by
+  (its batch / global batch) * world size to get the gradient of the global mean loss.
 
 Debug mode (``BNLAB_SYNCBN_DEBUG=1``, or ``TORCH_DISTRIBUTED_DEBUG=DETAIL``) adds one small
-all_reduce per training forward that checks every rank passes the same number of channels;
-without it, a mismatch fails inside the collective or hangs.
+all_reduce per training forward so that every rank raises when the ranks' channel counts differ;
+without it gloo aborts the process ("Received data size doesn't match expected size").
 """
 
 from __future__ import annotations
@@ -181,7 +187,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return dx if need_dx else None, dw, db, None, None, None, None, None
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch normalization with statistics over all ranks of a process group; any backend.
 
     Same constructor, parameters, buffers and state_dict as ``torch.nn.SyncBatchNorm`` (and as
@@ -217,16 +223,9 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     ) -> None:
         extra: dict[str, Any] = {} if bias else {"bias": False}  # torch >= 2.6 only
         super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            process_group,
-            device,
-            dtype,
-            **extra,
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, **extra
         )
+        self.process_group = process_group
         # The bnlab BatchNorm*d that revert_sync_batchnorm builds: set by convert_sync_batchnorm
         # from the source layer, else by the first input seen.
         self._revert_cls: type[nn.Module] | None = None
@@ -248,6 +247,9 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                 f"channels in dim 1; it normalizes {self.num_features} (build it with "
                 f"num_features={x.shape[1]})"
             )
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_input(input)
 
     def _ema_factor(self) -> float:
         """This step's weight of the batch statistics in the running ones (counts the batch)."""
@@ -347,7 +349,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         The dimensionality comes from the layer it was converted from, else from the first
         input it saw; a SyncBatchNorm with neither is an error (run one forward first).
         """
-        if isinstance(module, nn.SyncBatchNorm):
+        if isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
             target = getattr(module, "_revert_cls", None)
             if target is None:
                 raise ValueError(
