@@ -127,7 +127,8 @@ def _global_stats(x: Tensor, group: Any, differentiable: bool) -> tuple[Tensor, 
     c = x.shape[1]
     mean, m2 = F.batch_norm_stats(x)  # (C,), statistics dtype
     count = x.numel() // c
-    row = torch.cat([mean.new_full((1,), count), mean, m2]).to(torch.float64)  # (2C + 1,)
+    f64 = torch.float64  # built in float64: a float32 count is inexact beyond 2^24
+    row = torch.cat([mean.new_full((1,), count, dtype=f64), mean.to(f64), m2.to(f64)])  # (2C+1,)
     rows = _all_gather(row, group, differentiable)  # (W, 2C + 1)
     counts = rows[:, 0]
     g_mean, g_m2 = F.batch_norm_merge_stats(counts, rows[:, 1 : c + 1], rows[:, c + 1 :])
