@@ -23,6 +23,7 @@ import math
 import os
 import socket
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,6 +110,8 @@ def _bench_case(
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
+    if sys.platform == "linux":  # gloo's own sockets on loopback too, whatever the hostname is
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(args.threads)
     dist.init_process_group(
         "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)

@@ -19,6 +19,7 @@ import inspect
 import multiprocessing
 import os
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -286,6 +287,8 @@ def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
+    if sys.platform == "linux":  # gloo's own sockets on loopback too, whatever the hostname is
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)  # 3 processes on a small machine
     dev = torch.device("cpu")
     if DEVICE == "cuda":
