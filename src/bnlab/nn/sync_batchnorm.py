@@ -61,7 +61,7 @@ without it gloo aborts the process ("Received data size doesn't match expected s
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 import torch.distributed as dist
@@ -69,10 +69,11 @@ from torch import Tensor, nn
 
 from bnlab import functional as F
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from bnlab.nn.batchnorm import _BatchNorm as _BnlabBatchNorm
 from bnlab.nn.convert import _swap_one
 
 __all__ = ["SyncBatchNorm"]
+
+_M = TypeVar("_M", bound=nn.Module)
 
 DEBUG_ENV = "BNLAB_SYNCBN_DEBUG"
 
@@ -83,10 +84,10 @@ _REVERT_BY_DIM: dict[int, type[nn.Module]] = {
     4: BatchNorm2d,
     5: BatchNorm3d,
 }
-_SOURCE_TO_REVERT: tuple[tuple[tuple[type, ...], type[nn.Module]], ...] = (
-    ((nn.BatchNorm1d, BatchNorm1d), BatchNorm1d),
-    ((nn.BatchNorm2d, BatchNorm2d), BatchNorm2d),
-    ((nn.BatchNorm3d, BatchNorm3d), BatchNorm3d),
+_SOURCE_TO_REVERT: tuple[tuple[type[nn.Module], type[nn.Module]], ...] = (
+    (nn.BatchNorm1d, BatchNorm1d),  # bnlab's BatchNorm1d is a subclass: covered
+    (nn.BatchNorm2d, BatchNorm2d),
+    (nn.BatchNorm3d, BatchNorm3d),
 )
 
 
@@ -314,10 +315,16 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         )
         return out
 
+    @overload
     @classmethod
     def convert_sync_batchnorm(
-        cls, module: nn.Module, process_group: Any | None = None
-    ) -> nn.Module:
+        cls, module: nn.modules.batchnorm._BatchNorm, process_group: Any | None = None
+    ) -> SyncBatchNorm: ...
+    @overload
+    @classmethod
+    def convert_sync_batchnorm(cls, module: _M, process_group: Any | None = None) -> _M: ...
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Any, process_group: Any | None = None) -> Any:
         """Replace every batch-norm layer in ``module`` (in place) with this class.
 
         Converts torch.nn.BatchNorm1d/2d/3d, bnlab.nn.BatchNorm1d/2d/3d and
@@ -326,13 +333,13 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         updates the model) and its train/eval flag. Returns ``module``, or the new layer when
         ``module`` itself is a batch-norm layer. Convert before wrapping the model in DDP.
         """
-        if isinstance(module, (nn.modules.batchnorm._BatchNorm, _BnlabBatchNorm)):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             new = _swap_one(module, cls)
             assert isinstance(new, SyncBatchNorm)
             new.process_group = process_group
             new._revert_cls = getattr(module, "_revert_cls", None)
-            for sources, target in _SOURCE_TO_REVERT:
-                if isinstance(module, sources):
+            for source, target in _SOURCE_TO_REVERT:
+                if isinstance(module, source):
                     new._revert_cls = target
             return new
         for name, child in module.named_children():
@@ -341,8 +348,16 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 setattr(module, name, converted)
         return module
 
+    @overload
     @classmethod
-    def revert_sync_batchnorm(cls, module: nn.Module) -> nn.Module:
+    def revert_sync_batchnorm(
+        cls, module: nn.modules.batchnorm._BatchNorm
+    ) -> nn.modules.batchnorm._BatchNorm: ...
+    @overload
+    @classmethod
+    def revert_sync_batchnorm(cls, module: _M) -> _M: ...
+    @classmethod
+    def revert_sync_batchnorm(cls, module: Any) -> Any:
         """The inverse of :meth:`convert_sync_batchnorm`: replace every SyncBatchNorm in
         ``module`` (in place; torch's too) with bnlab.nn.BatchNorm1d/2d/3d, keeping its
         Parameter and buffer objects and its train/eval flag.
