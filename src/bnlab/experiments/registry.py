@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnlab.experiments import ablation, gan, regularization, running_stats
+from bnlab.experiments import ablation, gan, regularization, running_stats, santurkar2018
 from bnlab.experiments.protocol import Experiment
 
 __all__ = ["EXPERIMENTS"]
@@ -14,6 +14,7 @@ EXPERIMENTS: dict[str, Experiment[Any]] = {
     for e in (
         gan.EXPERIMENT,
         ablation.EXPERIMENT,
+        santurkar2018.EXPERIMENT,
         regularization.EXPERIMENT,
         running_stats.EXPERIMENT,
     )

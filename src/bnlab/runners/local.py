@@ -71,7 +71,13 @@ class LocalRunner:
         return "local runner, in this process" if n == 1 else f"local runner, {n} processes"
 
     def run(
-        self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
+        self,
+        states: list[JobState],
+        train: Train,
+        data: Any,
+        chunk: int,
+        recorder: Any,
+        config: Any = None,
     ) -> None:
         n = self.processes(len(states))
         if n == 1:

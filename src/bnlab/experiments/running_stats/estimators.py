@@ -5,7 +5,8 @@
 - **precise**: :func:`recompute_bn_stats` with the final weights;
 - **population**: :func:`population_stats`, each BN layer's input over the whole training set.
 
-This module is the experiment's one place that finds BN layers (:func:`_bn_layers`).
+BN layers are found by :func:`bnlab.nn.batch_norm_layers` (in :func:`_bn_layers` only) and
+statistics computed by :mod:`bnlab.functional`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 import bnlab.nn as bnn
-from bnlab.models.mlp import bn_layers, forward_with_bn
+from bnlab import functional as bnf
+from bnlab.models.mlp import forward_with_bn
 
 __all__ = [
     "STAT_EPS",
@@ -38,10 +41,9 @@ STAT_EPS = 1e-5
 Stats = list[tuple[Tensor, Tensor]]  # per BN layer: (mean (C,), var (C,))
 
 
-def _bn_layers(model: nn.Module) -> list[Any]:
-    """The BN layers of ``model`` (bnlab's or torch's), in forward order: the only BN
-    detection of this experiment. (Any: both kinds have momentum and reset_running_stats.)"""
-    return bn_layers(model)
+def _bn_layers(model: nn.Module) -> list[_BatchNorm]:
+    """The BN layers of ``model`` (bnlab's or torch's), in definition order."""
+    return [m for _, m in bnn.batch_norm_layers(model)]
 
 
 @torch.no_grad()
@@ -55,10 +57,9 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
     ``no_grad``, then restore each layer's momentum and every module's train/eval flag.
     Parameters are untouched.
 
-    Written here rather than calling ``update_bn`` because that function only finds layers
-    that subclass torch's ``_BatchNorm``; bnlab's layers do not, so it would silently leave
-    them alone. This one handles both kinds (tests check it against ``update_bn`` on torch
-    layers).
+    Written here rather than calling ``update_bn`` because that function restores only the
+    root module's train/eval flag; this one restores every module's (tests check it against
+    ``update_bn``).
 
     Args:
         model: modified in place.
@@ -84,8 +85,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
     finally:
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
-        for m, flag in modes.items():
-            m.train(flag)
+        for module, flag in modes.items():
+            module.train(flag)
     return count
 
 
@@ -104,7 +105,13 @@ def population_stats(model: nn.Sequential, x: Tensor) -> Stats:
     """
     net = copy.deepcopy(model).train()
     _, io = forward_with_bn(net, x)
-    return [(inp.mean(0), inp.var(0, unbiased=True)) for inp, _ in io]  # (C,), (C,)
+    return [_mean_unbiased_var(inp) for inp, _ in io]  # (C,), (C,)
+
+
+def _mean_unbiased_var(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and unbiased variance of (N, C): what running_var estimates."""
+    mean, m2 = bnf.batch_norm_stats(x)
+    return mean, m2 / (x.shape[0] - 1)
 
 
 def bn_stats(model: nn.Module) -> Stats:
