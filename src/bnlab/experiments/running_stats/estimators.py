@@ -5,8 +5,8 @@
 - **precise**: :func:`recompute_bn_stats` with the final weights;
 - **population**: :func:`population_stats`, each BN layer's input over the whole training set.
 
-BN layers are found by :func:`bnlab.nn.batch_norm_layers` (in :func:`_bn_layers` only) and
-statistics computed by :mod:`bnlab.functional`.
+BN layers are found by :func:`bnlab.nn.batch_norm_layers` (in :func:`_bn_layers` only), the
+population statistics computed by :func:`bnlab.functional.batch_norm_stats`.
 """
 
 from __future__ import annotations
