@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from bnlab.data import batch_indices
 from bnlab.experiments import common
-from bnlab.experiments.common import derived_generator, derived_seed
 from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit
 from bnlab.experiments.regularization.config import SPLIT_SEED, Config, Training, VariantName
 from bnlab.experiments.regularization.probe import probe_batch_dependence
 from bnlab.models.mlp import mlp
+from bnlab.seeding import derived_generator, derived_seed
 
 __all__ = ["Probe", "RegData", "RegJob", "load", "plan", "train_chunk", "train_epoch"]
 

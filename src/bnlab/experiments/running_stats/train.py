@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from bnlab.data import batch_indices
 from bnlab.experiments import common
-from bnlab.experiments.common import derived_generator, derived_seed
 from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit
 from bnlab.experiments.regularization.config import SPLIT_SEED
 from bnlab.experiments.running_stats.config import (
@@ -45,6 +44,7 @@ from bnlab.experiments.running_stats.estimators import (
     stat_errors,
 )
 from bnlab.models.mlp import forward_with_bn, mlp
+from bnlab.seeding import derived_generator, derived_seed
 
 __all__ = ["RunningStatsJob", "StatsData", "load", "plan", "train_chunk"]
 
