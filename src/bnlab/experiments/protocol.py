@@ -172,6 +172,8 @@ class Experiment(Generic[C]):
     chunk_size: Callable[[C], int] = lambda cfg: 1 << 30  # units per chunk (checkpoints)
     growable: frozenset[str] = frozenset()  # fields a resume may increase (e.g. epochs)
     threads: int | None = 1  # torch threads per worker; None: the cores shared among workers
+    data_parallel: bool = False  # train() works with several ranks (torchrun, DDP)
+    compare: Callable[[list[Path]], list[Section]] | None = None  # bnlab report RUN RUN ...
     observer: Callable[[C, Path], Any] | None = None  # driver-side sink: .records(), .close()
 
 
@@ -361,6 +363,13 @@ def _resolve_dir(exp: Experiment[C], cfg: C) -> Path:
     run_dir = Path(cfg.out) if cfg.out is not None else new_run_dir("runs", exp.name)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir} is a file, not a directory; give a directory path")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {run_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {run_dir}: {existing} is not writable; pick another --out")
     if (run_dir / "config.json").exists():
         raise ValueError(
             f"{run_dir} already holds a run: continue it with --resume, or pick another --out"
@@ -378,9 +387,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` while writing the run: a second process (another run or resume
     into the same directory) is refused with the holder's PID. The lock is an OS file lock,
     released when its process dies, so a stale lock file from a killed run never blocks."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ValueError(
+            f"--out {run_dir}: cannot write there ({exc.strerror or exc}); pick a writable "
+            "directory"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -538,7 +552,8 @@ def run_experiment(
         observer = exp.observer(cfg, run_dir) if exp.observer is not None else None
         recorder = Recorder(run_dir, bars, observer)
         try:
-            runner.run(states, exp.train, loaded.data, max(1, exp.chunk_size(cfg)), recorder)
+            chunk = max(1, exp.chunk_size(cfg))
+            runner.run(states, exp.train, loaded.data, chunk, recorder, config=cfg)
         except KeyboardInterrupt:
             bars.close()
             log(f"\ninterrupted; continue with: bnlab {exp.name} --resume --out {run_dir}")

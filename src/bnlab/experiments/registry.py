@@ -4,12 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnlab.experiments import ablation, activations, gan, ioffe2015
+from bnlab.experiments import (
+    ablation,
+    activations,
+    gan,
+    ioffe2015,
+    regularization,
+    running_stats,
+    santurkar2018,
+)
 from bnlab.experiments.protocol import Experiment
 
 __all__ = ["EXPERIMENTS"]
 
 EXPERIMENTS: dict[str, Experiment[Any]] = {
     e.name: e
-    for e in (gan.EXPERIMENT, ablation.EXPERIMENT, activations.EXPERIMENT, ioffe2015.EXPERIMENT)
+    for e in (
+        gan.EXPERIMENT,
+        ablation.EXPERIMENT,
+        activations.EXPERIMENT,
+        ioffe2015.EXPERIMENT,
+        santurkar2018.EXPERIMENT,
+        regularization.EXPERIMENT,
+        running_stats.EXPERIMENT,
+    )
 }

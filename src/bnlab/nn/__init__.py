@@ -1,6 +1,18 @@
-"""bnlab's batch-norm modules: drop-in for torch.nn, plus converters."""
+"""bnlab's batch-norm modules (subclasses of torch.nn's, drop-in; SyncBatchNorm on every
+torch.distributed backend), converters, layer lookup."""
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.convert import from_torch, to_torch
+from bnlab.nn.find import batch_norm_layers, is_batch_norm
+from bnlab.nn.sync_batchnorm import SyncBatchNorm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "from_torch", "to_torch"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "batch_norm_layers",
+    "from_torch",
+    "is_batch_norm",
+    "to_torch",
+]

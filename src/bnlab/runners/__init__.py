@@ -8,6 +8,8 @@ that is where the run directory is written, so every runner leaves the same file
 - ``local`` (default): this process for one job at a time, else a process pool with one
   single-threaded worker per core (:mod:`bnlab.runners.local`).
 - ``ray``: one Ray task per chunk on a local or remote Ray cluster (:mod:`bnlab.runners.ray`).
+- inside ``torchrun``: each job trained by all ranks together, data-parallel
+  (:mod:`bnlab.runners.ddp`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ __all__ = ["make_runner"]
 
 
 def make_runner(cfg: Any, exp: Any) -> Any:
-    """The runner a config asks for (``cfg.runner``, ``cfg.jobs``, ``cfg.ray_address``)."""
+    """The runner a config asks for (``cfg.runner``, ``cfg.jobs``, ``cfg.ray_address``), or
+    the data-parallel one inside a torchrun launch."""
+    from bnlab.runners import ddp
+
+    if ddp.launched_by_torchrun():
+        return ddp.DistributedRunner(exp.threads)
     if cfg.runner == "ray":
         from bnlab.runners.ray import RayRunner
 

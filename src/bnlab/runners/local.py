@@ -71,7 +71,13 @@ class LocalRunner:
         return "local runner, in this process" if n == 1 else f"local runner, {n} processes"
 
     def run(
-        self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
+        self,
+        states: list[JobState],
+        train: Train,
+        data: Any,
+        chunk: int,
+        recorder: Any,
+        config: Any = None,
     ) -> None:
         n = self.processes(len(states))
         if n == 1:
@@ -165,7 +171,11 @@ class LocalRunner:
                         tries[js.key] = tries.get(js.key, 1) + 1
                         js.running = False
                         if tries[js.key] > MAX_TRIES:
-                            why = "its worker process died on every try (killed? out of memory?)"
+                            why = (
+                                "its worker process died on every try (killed? out of memory? "
+                                "called from a script without an `if __name__ == "
+                                '"__main__":` guard, which worker processes re-run?)'
+                            )
                             recorder.chunk_done(js, ChunkResult(js.done, js.state, failed=why))
                         else:
                             print(

@@ -1,6 +1,6 @@
 """The Ray runner: one Ray task per chunk, on a local Ray or a cluster.
 
-- ``--runner ray`` alone starts a local Ray (bound to 127.0.0.1, no dashboard) for the run;
+- ``--runner ray`` alone starts a local Ray (on a loopback address, no dashboard) for the run;
   ``--ray-address auto`` joins the cluster this machine belongs to (``ray start --head`` /
   ``ray start --address=...``), ``ray://host:port`` connects through Ray Client.
 - The experiment's data goes into the object store once; each task gets (job, state, start,
@@ -25,6 +25,10 @@ __all__ = ["RayRunner"]
 
 MAX_RETRIES = 3  # Ray retries a task whose worker or node died this many times
 POLL_S = 0.2
+# A local Ray listens on a loopback address. Not 127.0.0.1: Ray replaces 127.0.0.1 and
+# "localhost" by the machine's network address (so that other nodes could reach it); any
+# other address of the loopback range 127.0.0.0/8 is used as given.
+LOCAL_NODE_IP = "127.0.0.2"
 
 
 def _import_ray() -> Any:
@@ -57,14 +61,20 @@ class RayRunner:
         if self.address is None:
             from bnlab.runners.local import cpu_count
 
-            ray.init(num_cpus=self.jobs or cpu_count(), _node_ip_address="127.0.0.1", **common)
+            ray.init(num_cpus=self.jobs or cpu_count(), _node_ip_address=LOCAL_NODE_IP, **common)
         else:
             common.pop("include_dashboard")
             ray.init(address=self.address, **common)
         return True
 
     def run(
-        self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
+        self,
+        states: list[JobState],
+        train: Train,
+        data: Any,
+        chunk: int,
+        recorder: Any,
+        config: Any = None,
     ) -> None:
         ray = self.ray
         started = self._init()

@@ -55,6 +55,8 @@ class GanTraining:
     metrics_at: Literal["sample-epochs", "last"] = "sample-epochs"
     metric_samples: int = 10_000
     sample_mode: Literal["eval", "train", "both"] = "eval"
+    world_size: int = 1  # ranks that train each job together (torchrun); 1 = one process
+    ddp_bn: Literal["sync", "local"] = "sync"
 
     def validate(self) -> None:
         """Every value that could otherwise only fail mid-run, named by its flag."""
@@ -74,6 +76,15 @@ class GanTraining:
         if self.metrics and self.metric_samples < 2:
             raise ValueError(
                 f"--metric-samples must be at least 2 (a covariance), got {self.metric_samples}"
+            )
+        if self.world_size < 1:
+            raise ValueError(f"--nproc must be at least 1, got {self.world_size}")
+        per_rank = self.batch_size // self.world_size
+        if self.world_size > 1 and (per_rank < 1 or (self.ddp_bn == "local" and per_rank < 2)):
+            need = "2 values per rank (--ddp-bn local)" if self.ddp_bn == "local" else "1 per rank"
+            raise ValueError(
+                f"--batch-size {self.batch_size} over --nproc {self.world_size} ranks leaves "
+                f"{per_rank} per rank; need {need}"
             )
 
 
@@ -133,6 +144,12 @@ class GanConfig(RunOptions):
     """training steps of the metric classifier (cached per setting; 1000: 99.2% on MNIST)"""
     checkpoint_every: int = 5
     """epochs between checkpoints; a resumed run redoes at most this many"""
+    nproc: int = 1
+    """train each (seed, variant) data-parallel on N processes (torchrun, DistributedDataParallel;
+    global batch --batch-size split over them); same as torchrun --nproc-per-node N -m bnlab gan"""
+    ddp_bn: Literal["sync", "local"] = "sync"
+    """with --nproc > 1: sync = SyncBatchNorm (statistics over the global batch: the
+    single-process numbers), local = each rank normalizes its own B/N rows ("ghost" batches)"""
     tensorboard: bool = False
     """also log losses, metrics and sample grids to RUN_DIR/tensorboard (needs the tensorboard
     package: pip install 'bnlab[tensorboard]')"""
@@ -155,6 +172,8 @@ class GanConfig(RunOptions):
             metrics_at=self.metrics_at,
             metric_samples=self.metric_samples,
             sample_mode=self.sample_mode,
+            world_size=self.nproc,
+            ddp_bn=self.ddp_bn,
         )
 
     def validate(self) -> None:
@@ -170,6 +189,8 @@ class GanConfig(RunOptions):
             raise ValueError(f"--seeds must not repeat a seed, got {self.seeds}")
         if any(s < 0 for s in self.seed_list):
             raise ValueError(f"seeds must be >= 0, got {self.seed_list}")
+        if self.nproc > 1 and self.runner != "local":
+            raise ValueError("--nproc trains data-parallel with torchrun: use --runner local")
         if self.classifier_steps < 1:
             raise ValueError(f"--classifier-steps must be at least 1, got {self.classifier_steps}")
         if self.tensorboard:

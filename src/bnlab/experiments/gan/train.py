@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit
 from bnlab.images import grid_png
 from bnlab.models.gan import Variant, build_discriminator, build_generator
 from bnlab.optim import ExactAdam
+from bnlab.runners import ddp
 
 __all__ = [
     "GanData",
@@ -97,6 +99,7 @@ class GanTrainer:
         self.ones = torch.ones(b, 1, device=device)
         self.zeros = torch.zeros(b, 1, device=device)
         self.last_fake: Tensor | None = None
+        self.dp = DataParallel(self, cfg) if cfg.world_size > 1 else None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -115,6 +118,14 @@ class GanTrainer:
         self.D.load_state_dict(state["D"])
         self.g_opt.load_state_dict(state["g_opt"])
         self.d_opt.load_state_dict(state["d_opt"])
+
+    def begin_epoch(self, epoch: int) -> tuple[Tensor, Tensor]:
+        """The notebooks' mode calls at an epoch's start, and the epoch's inputs (see
+        :meth:`epoch_inputs`); then :meth:`step` on each batch is the epoch."""
+        if self.variant.modes in ("notebook3", "none"):  # both nets train() at epoch start
+            self.G.train()
+            self.D.train()
+        return self.epoch_inputs(epoch)
 
     def epoch_inputs(self, epoch: int) -> tuple[Tensor, Tensor]:
         """(steps, B) batch indices and (steps, 2, B, latent) z of an epoch (0-based)."""
@@ -143,6 +154,8 @@ class GanTrainer:
 
     def step(self, real: Tensor, z_d: Tensor, z_g: Tensor) -> tuple[Tensor, ...]:
         """One D step and one G step, in the variant's modes; returns detached statistics."""
+        if self.dp is not None:
+            return self.dp.step(real, z_d, z_g)
         modes = self.variant.modes
         # --- D step: maximize log D(x) + log(1 - D(G(z)))
         if modes == "notebook3":
@@ -179,10 +192,7 @@ class GanTrainer:
     ) -> dict[str, Any]:
         """Train epoch ``epoch`` (0-based); returns the epoch's means and timings."""
         start = time.perf_counter()
-        if self.variant.modes in ("notebook3", "none"):  # both nets train() at epoch start
-            self.G.train()
-            self.D.train()
-        order, z = self.epoch_inputs(epoch)
+        order, z = self.begin_epoch(epoch)
         stats = torch.zeros(5, device=self.device)
         steps = self.steps_per_epoch
         report_every = max(1, steps // 20)
@@ -217,6 +227,8 @@ class GanTrainer:
         """G(z) in train mode, batch by batch of the training batch size, as the notebooks'
         images were made; on a copy, so G's running statistics stay untouched."""
         g = copy.deepcopy(self.G).train()
+        if self.dp is not None:  # on this rank alone: no collectives
+            g = bnn.SyncBatchNorm.revert_sync_batchnorm(g)
         z = z.to(self.device)
         b = self.cfg.batch_size
         return torch.cat([g(z[k : k + b]) for k in range(0, z.shape[0] - b + 1, b)])
@@ -232,6 +244,121 @@ class GanTrainer:
         out = self.G(z.to(self.device))
         self.G.train(was_training)
         return out
+
+
+class DataParallel:
+    """One GAN step on all ranks of a torchrun launch: each rank takes its slice of the global
+    batch (the same rows and z as the single-process run) and DistributedDataParallel averages
+    the gradients; with ``ddp_bn="sync"`` every BN layer is a SyncBatchNorm, so the step
+    equals the single-process one up to float32 reduction order; with ``"local"`` each rank
+    normalizes its own slice ("ghost" batches of B/N).
+
+    Two DDP pitfalls of BN GANs, and what happens here instead:
+
+    - ``broadcast_buffers=True`` (DDP's default) copies rank 0's buffers to every rank at each
+      forward: with two D forwards per step it overwrites the running statistics the first
+      forward updated, and with per-rank BN it silently replaces each rank's statistics by
+      rank 0's. Here: ``broadcast_buffers=False``; SyncBN keeps the statistics identical on
+      every rank by construction, and the checkpoint holds rank 0's.
+    - D's BN layers also update their running statistics in the G step, on fake batches, as in
+      the notebooks. D's real and fake forwards of the D step go through ONE DDP forward (a
+      pair module), and the G step calls the plain D module, so DDP never sees a second
+      forward before a backward, and D's weight gradients are never formed in the G step.
+    """
+
+    def __init__(self, trainer: GanTrainer, cfg: GanTraining) -> None:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        self.t = trainer
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        if cfg.world_size != self.world:
+            raise ValueError(
+                f"the job expects {cfg.world_size} ranks, torch.distributed has {self.world}"
+            )
+        if cfg.ddp_bn == "sync":
+            trainer.G = bnn.SyncBatchNorm.convert_sync_batchnorm(trainer.G)
+            trainer.D = bnn.SyncBatchNorm.convert_sync_batchnorm(trainer.D)
+        b = cfg.batch_size
+        sizes = [b // self.world + (1 if r < b % self.world else 0) for r in range(self.world)]
+        self.lo = sum(sizes[: self.rank])
+        self.hi = self.lo + sizes[self.rank]
+        # DDP averages gradients over ranks; scaling each rank's mean loss by its share of the
+        # global batch times the world size makes that average the global mean's gradient.
+        self.scale = sizes[self.rank] * self.world / b
+        ids = None if trainer.device.type == "cpu" else [trainer.device.index or 0]
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, whose False
+            # still syncs buffers at construction; rank-local ("ghost") BN statistics need
+            # exactly what broadcast_buffers=False does.
+            warnings.simplefilter("ignore", FutureWarning)
+            self.G = DDP(trainer.G, device_ids=ids, broadcast_buffers=False)
+            self.D_pair = DDP(_RealFake(trainer), device_ids=ids, broadcast_buffers=False)
+
+    def step(self, real: Tensor, z_d: Tensor, z_g: Tensor) -> tuple[Tensor, ...]:
+        import torch.distributed as dist
+
+        t, modes = self.t, self.t.variant.modes
+        lo, hi = self.lo, self.hi
+        real, z_d, z_g = real[lo:hi], z_d[lo:hi], z_g[lo:hi]
+        ones, zeros = t.ones[lo:hi], t.zeros[lo:hi]
+        # --- D step
+        if modes == "notebook3":
+            t.G.eval()
+        elif modes == "tidy":
+            t.D.train()
+            t.G.eval()
+        with torch.no_grad():
+            fake = t.G(z_d)
+        d_real, d_fake = self.D_pair(real, fake)
+        d_loss = F.binary_cross_entropy(d_real, ones) + F.binary_cross_entropy(d_fake, zeros)
+        (d_loss * self.scale).backward()
+        t.d_opt.step(_take_grads(t.d_params))
+        # --- G step
+        if modes != "none":
+            t.D.eval()
+            t.G.train()
+        fake = self.G(z_g)
+        g_out = t.D(fake)
+        g_loss = F.binary_cross_entropy(g_out, ones)
+        (grad_fake,) = torch.autograd.grad(g_loss * self.scale, fake)  # no D weight gradients
+        fake.backward(grad_fake)  # through DDP(G): the gradients are averaged over ranks
+        t.g_opt.step(_take_grads(t.g_params))
+        t.last_fake = fake.detach()
+        # the step's statistics over the global batch (sums of each rank's slice)
+        n = hi - lo
+        local = torch.stack(
+            [
+                d_loss.detach() * n,
+                g_loss.detach() * n,
+                d_real.detach().sum(),
+                d_fake.detach().sum(),
+                (g_out.detach() >= 0.5).float().sum(),
+            ]
+        )
+        dist.all_reduce(local)
+        return tuple(local / t.cfg.batch_size)
+
+
+class _RealFake(nn.Module):
+    """D on a real and a fake batch in one forward call (one DDP forward per D step)."""
+
+    def __init__(self, trainer: GanTrainer) -> None:
+        super().__init__()
+        self.trainer = [trainer]  # a list: not a registered submodule (D is, below)
+        self.D = trainer.D
+
+    def forward(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        return self.trainer[0]._d_forward(real, fake)
+
+
+def _take_grads(params: list[nn.Parameter]) -> list[Tensor]:
+    grads = []
+    for p in params:
+        assert p.grad is not None
+        grads.append(p.grad)
+        p.grad = None
+    return grads
 
 
 # ---- jobs and data ----------------------------------------------------------------------------
@@ -332,7 +459,10 @@ def load(cfg: GanConfig, log: Log) -> Loaded:
 
 
 def plan(cfg: GanConfig, data: GanData) -> list[GanJob]:
-    training = cfg.training(str(resolve_device(cfg.device)))
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and ddp.world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
+    training = cfg.training(str(device))
     steps = data.images.shape[0] // cfg.batch_size
     seeds = cfg.seed_list
     return [
@@ -366,6 +496,7 @@ def train_chunk(job: GanJob, state: Any, start: int, end: int, data: GanData) ->
     files: dict[str, bytes] = {}
     failed = None
     done = start
+    driver = ddp.rank() == 0  # only one rank draws and scores samples (all hold the same G)
     for epoch in range(start, end):
 
         def on_step(step: int, d: float, g: float, epoch: int = epoch) -> None:
@@ -378,7 +509,7 @@ def train_chunk(job: GanJob, state: Any, start: int, end: int, data: GanData) ->
             break
         record: dict[str, Any] = {"seed": seed, "variant": variant.name, "epoch": epoch + 1}
         record.update(stats)
-        if is_sample_epoch(epoch + 1, t.sample_every, t.epochs):
+        if driver and is_sample_epoch(epoch + 1, t.sample_every, t.epochs):
             for view, images in (
                 ("eval", trainer.samples(z_fixed)),
                 ("train", trainer.last_fake[:100] if trainer.last_fake is not None else None),
@@ -389,7 +520,12 @@ def train_chunk(job: GanJob, state: Any, start: int, end: int, data: GanData) ->
             if data.evaluator is not None and (
                 t.metrics_at == "sample-epochs" or epoch + 1 == t.epochs
             ):
-                record.update(score_samples(trainer, data.evaluator, seed))
+                try:
+                    record.update(score_samples(trainer, data.evaluator, seed))
+                except Exception as exc:  # keep the trained epoch: it is checkpointed anyway
+                    failed = f"scoring epoch {epoch + 1} failed: {type(exc).__name__}: {exc}"
         records.append(record)
         done = epoch + 1
+        if failed:
+            break
     return ChunkResult(done, trainer.state_dict(), records, files, failed)
