@@ -1,43 +1,30 @@
-"""Small pieces every experiment uses: derived seeds, devices, threads, the data split,
-batch orders, evaluation and the run directory."""
+"""Small pieces the experiments share: devices, the data directory, threads, the digits and
+their train/held-out split, batch orders, and classifier evaluation."""
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data import available_splits, batch_indices, load_dataset, to_unit_range
-from bnlab.report.html import Figure, Section, write_report
-from bnlab.runs import atomic_write_json, config_to_dict, new_run_dir, read_jsonl, write_jsonl
-from bnlab.seeding import derived_generator, derived_seed
+from bnlab.seeding import derived_generator
 
 __all__ = [
     "CLASSES",
     "PIXELS",
     "Digits",
-    "RunResult",
     "Split",
     "accuracy_and_loss",
     "batch_order",
-    "derived_generator",
-    "derived_seed",
-    "figure",
-    "finish_run",
+    "data_dir_arg",
     "load_digits",
-    "progress",
-    "read_run",
     "resolve_device",
-    "start_run",
     "torch_threads",
     "train_test",
 ]
@@ -214,88 +201,3 @@ def accuracy_and_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, fl
     model.train(was_training)
     acc = (logits.argmax(1) == y).float().mean().item()
     return acc, F.cross_entropy(logits, y).item()
-
-
-def progress(total: int, desc: str = "") -> Any:
-    """A tqdm bar over ``total`` training steps, on stderr."""
-    from tqdm.auto import tqdm  # here: tqdm.auto is slow to import, and only runs need it
-
-    return tqdm(
-        total=total,
-        desc=desc or None,
-        unit="step",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
-
-
-def start_run(out: Path | None, experiment: str, cfg: Any, **meta: Any) -> tuple[Path, Path]:
-    """Create the run directory, write config.json first, then an empty metrics.jsonl.
-
-    The directory is ``out``, else runs/<experiment>-<date>-<time>; config.json holds
-    ``{"experiment", "config", **meta, "torch"}``.
-
-    Returns:
-        (run directory, its metrics.jsonl)
-
-    Raises:
-        ValueError: the directory already holds a run.
-    """
-    run_dir = Path(out) if out is not None else new_run_dir("runs", experiment)
-    if (run_dir / "config.json").exists():
-        raise ValueError(f"{run_dir} already holds a run; pick another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"experiment": experiment, "config": config_to_dict(cfg)}
-    atomic_write_json(run_dir / "config.json", {**config, **meta, "torch": torch.__version__})
-    metrics = run_dir / "metrics.jsonl"
-    write_jsonl(metrics, [])  # atomic, like every file of the run
-    return run_dir, metrics
-
-
-@dataclass
-class RunResult:
-    """What a classifier experiment's run() returns."""
-
-    run_dir: Path
-    records: list[dict[str, Any]]  # every line of metrics.jsonl
-    summary: dict[str, Any]  # the experiment's summarize()
-    seconds: float
-
-
-def finish_run(
-    run_dir: Path,
-    cfg: Any,
-    title: str,
-    started: float,
-    log: Log,
-    make_figures: Callable[[Path, list[dict[str, Any]], dict[str, Any]], Any],
-    summarize: Callable[[list[dict[str, Any]], dict[str, Any]], dict[str, Any]],
-    report: Callable[[Path], list[Section]],
-    result_line: Callable[[dict[str, Any], float, Path], str],
-) -> RunResult:
-    """The end every run shares: read back metrics.jsonl, draw the figures, summarize, write
-    report.html (from the files only, as ``bnlab report`` would), log the one-line result."""
-    records = read_jsonl(run_dir / "metrics.jsonl")
-    config = config_to_dict(cfg)
-    make_figures(run_dir, records, config)
-    summary = summarize(records, config)
-    write_report(run_dir / "report.html", report(run_dir), title, str(run_dir))
-    seconds = time.perf_counter() - started
-    log(result_line(summary, seconds, run_dir))
-    return RunResult(run_dir, records, summary, seconds)
-
-
-def read_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    """(run directory, config.json's contents, the records of metrics.jsonl): what a report
-    is built from."""
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text())
-    return run_dir, meta, read_jsonl(run_dir / "metrics.jsonl")
-
-
-def figure(run_dir: Path, name: str, title: str, caption: str = "") -> list[Figure]:
-    """The run directory's PNG ``name`` as a report figure: [] when the file is absent, so a
-    report adds what exists (``section.figures += figure(...)``)."""
-    path = run_dir / name
-    return [Figure(title, path.read_bytes(), caption)] if path.exists() else []

@@ -32,12 +32,11 @@ from bnlab.experiments.common import (
     Split,
     accuracy_and_loss,
     batch_order,
-    derived_generator,
-    derived_seed,
     load_digits,
 )
 from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit
 from bnlab.models.mlp import Init, mlp
+from bnlab.seeding import derived_generator, derived_seed
 
 __all__ = [
     "ActivationsData",

@@ -26,13 +26,12 @@ from bnlab.experiments.common import (
     Split,
     accuracy_and_loss,
     batch_order,
-    derived_generator,
-    derived_seed,
     load_digits,
 )
 from bnlab.experiments.ioffe2015.config import NETS, PAPER_STEPS, Ioffe2015Config, Net
 from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit
 from bnlab.models.mlp import mlp
+from bnlab.seeding import derived_generator, derived_seed
 
 __all__ = [
     "CHUNK_STEPS",
