@@ -350,24 +350,34 @@ class _TorchKernels:
 _FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _compiled_takes(x: Tensor, *params: Tensor | None) -> bool:
+def _compiled_takes(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
     """Whether the compiled kernels handle these tensors: a float dtype, a non-empty input that
     is contiguous or channels_last, (C,) parameters of a float dtype on the same device. Anything
-    else (other strides, empty batches, ...) runs the plain-torch path."""
+    else (other strides, empty batches, ...) runs the plain-torch path. (Written for speed: an
+    MLP's batch norm calls this every step.)"""
     if x.dtype not in _FAST_DTYPES or x.numel() == 0:
         return False
     if not (x.is_contiguous() or _is_channels_last(x)):
         return False
     device = x.device
-    return all(p is None or (p.device == device and p.dtype.is_floating_point) for p in params)
+    for p in params:
+        if p is not None and (not p.is_floating_point() or p.device != device):
+            return False
+    return True
 
 
 def _kernels_for(x: Tensor, *params: Tensor | None) -> Any:
     """torch.ops.bnlab for CPU, the Triton module for CUDA, or None (plain torch)."""
-    if x.device.type == "cpu":
-        if _compiled_takes(x, *params):
-            return _kernels.cpu_ops()
-    elif x.device.type == "cuda" and _compiled_takes(x, *params):
+    if x.is_cpu:  # _compiled_takes, unrolled for the CPU: the per-step cost of an MLP's BN
+        if x.dtype not in _FAST_DTYPES or x.numel() == 0:
+            return None
+        if not (x.is_contiguous() or _is_channels_last(x)):
+            return None
+        for p in params:
+            if p is not None and not (p.is_cpu and p.is_floating_point()):
+                return None
+        return _kernels.cpu_ops()
+    if x.is_cuda and _compiled_takes(x, params):
         return _kernels.cuda_kernels()
     return None
 

@@ -237,7 +237,7 @@ if triton is not None:
         s0_ptr, s1_ptr, neg_inv_m,
         C, R, S, s_n, s_c, s_s, d_n, d_c, d_s,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr,
-        BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+        READ_X: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
     ):  # fmt: skip
         """dx = a * dz + b * x + c; a = gamma * inv_std, b = -a * inv_std * S1 / m,
         c = -a * S0 / m - b * mean (STATS), or dx = a * dz (evaluation mode)."""
@@ -252,7 +252,7 @@ if triton is not None:
         offs, mask = _load_tile(x_ptr, c, r, C, R, S, s_n, s_c, s_s)
         d_offs, _ = _load_tile(dy_ptr, c, r, C, R, S, d_n, d_c, d_s)
         dy = tl.load(dy_ptr + d_offs, mask=mask, other=0.0).to(mean.dtype)
-        if STATS or ACT != 0:
+        if READ_X:  # STATS or ACT != 0
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(mean.dtype)
             dz = _act_grad(x * scale[:, None] + shift[:, None], dy, slope, ACT)
         else:
@@ -420,7 +420,7 @@ def _backward_elemt(
         slope, s0.contiguous(), s1.contiguous(), -1.0 / max(count, 1),
         c, r, s, s_n, s_c, s_s, *_dy_strides(dy),
         HAS_W=w is not None, HAS_B=b is not None, ACT=act, STATS=sums is not None,
-        BLOCK_C=block_c, BLOCK_R=block_r,
+        READ_X=sums is not None or act != 0, BLOCK_C=block_c, BLOCK_R=block_r,
     )  # fmt: skip
     return dx
 

@@ -38,8 +38,6 @@ namespace {
 
 // _Pragma, not #pragma: some loops sit inside AT_DISPATCH macro arguments.
 #define BNLAB_SIMD _Pragma("omp simd")
-#define BNLAB_PRAGMA(x) _Pragma(#x)
-#define BNLAB_SIMD_REDUCE(...) BNLAB_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
 
 constexpr int64_t kGrain = 1 << 15;  // values per thread; below 2 * kGrain one thread does it
 constexpr int64_t kBlock = 1 << 14;  // values per cache-resident block (64 KiB of float32)
@@ -198,8 +196,29 @@ template <class A>
 std::vector<A> repeat(const A* v, const Geom& g) {
   const int64_t width = g.rows ? g.k * g.C : g.C;
   std::vector<A> out(width);
-  for (int64_t j = 0; j < width; ++j) out[j] = v[j % g.C];
+  for (int64_t j = 0; j < width; j += g.C) std::copy(v, v + g.C, out.begin() + j);
   return out;
+}
+
+// In-cache reductions keep kStrip<A> partial sums in registers (4 vectors of 256 bits) while
+// they walk rows, instead of a running sum in memory per column (a store per value).
+template <class A>
+constexpr int64_t kStrip = 128 / sizeof(A);
+
+// Sum of f(t) for t in [0, len), kStrip<A> partial sums at a time (latency of the adds hidden).
+template <class A, class F>
+inline A strip_sum(int64_t len, const F& f) {
+  constexpr int64_t W = kStrip<A>;
+  A acc[W] = {};
+  int64_t t = 0;
+  for (; t + W <= len; t += W) {
+    BNLAB_SIMD
+    for (int64_t jj = 0; jj < W; ++jj) acc[jj] += f(t + jj);
+  }
+  A total = 0;
+  for (; t < len; ++t) total += f(t);
+  for (int64_t jj = 0; jj < W; ++jj) total += acc[jj];
+  return total;
 }
 
 // ---- statistics -----------------------------------------------------------------------------
@@ -223,16 +242,11 @@ void stats_planes(const T* x, const Geom& g, A* mean, A* m2) {
       const int64_t c = p % C;
       const T* xp = x + i;
       const A K = shift[c];
-      A s = 0;
-      BNLAB_SIMD_REDUCE(s)
-      for (int64_t t = 0; t < len; ++t) s += A(xp[t]) - K;
-      const A bm = s / A(len);
-      A bq = 0;
-      BNLAB_SIMD_REDUCE(bq)
-      for (int64_t t = 0; t < len; ++t) {
+      const A bm = strip_sum<A>(len, [&](int64_t t) { return A(xp[t]) - K; }) / A(len);
+      const A bq = strip_sum<A>(len, [&](int64_t t) {
         const A d = (A(xp[t]) - K) - bm;
-        bq += d * d;
-      }
+        return d * d;
+      });
       if (n[c] == 0) {
         m[c] = bm;
         q[c] = bq;
@@ -267,22 +281,48 @@ void stats_planes(const T* x, const Geom& g, A* mean, A* m2) {
 template <class T, class A>
 void merge_row_block(const T* x, int64_t rows, int64_t w, const A* shift, A* m, A* q, int64_t n,
                      A* bm, A* bq) {
-  std::fill(bm, bm + w, A(0));
-  std::fill(bq, bq + w, A(0));
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * w;
-    BNLAB_SIMD
-    for (int64_t j = 0; j < w; ++j) bm[j] += A(xr[j]) - shift[j];
-  }
+  constexpr int64_t W = kStrip<A>;
   const A inv_rows = A(1) / A(rows);
-  BNLAB_SIMD
-  for (int64_t j = 0; j < w; ++j) bm[j] *= inv_rows;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * w;
+  int64_t j0 = 0;
+  for (; j0 + W <= w; j0 += W) {  // strips of W columns, partial sums in registers
+    const A* k = shift + j0;
+    A acc[W] = {};
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * w + j0;
+      BNLAB_SIMD
+      for (int64_t jj = 0; jj < W; ++jj) acc[jj] += A(xr[jj]) - k[jj];
+    }
+    A mb[W], qb[W] = {};
     BNLAB_SIMD
-    for (int64_t j = 0; j < w; ++j) {
-      const A d = (A(xr[j]) - shift[j]) - bm[j];
-      bq[j] += d * d;
+    for (int64_t jj = 0; jj < W; ++jj) mb[jj] = acc[jj] * inv_rows;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * w + j0;
+      BNLAB_SIMD
+      for (int64_t jj = 0; jj < W; ++jj) {
+        const A d = (A(xr[jj]) - k[jj]) - mb[jj];
+        qb[jj] += d * d;
+      }
+    }
+    std::copy(mb, mb + W, bm + j0);
+    std::copy(qb, qb + W, bq + j0);
+  }
+  if (j0 < w) {  // the last columns: partial sums in memory
+    std::fill(bm + j0, bm + w, A(0));
+    std::fill(bq + j0, bq + w, A(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * w;
+      BNLAB_SIMD
+      for (int64_t j = j0; j < w; ++j) bm[j] += A(xr[j]) - shift[j];
+    }
+    BNLAB_SIMD
+    for (int64_t j = j0; j < w; ++j) bm[j] *= inv_rows;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * w;
+      BNLAB_SIMD
+      for (int64_t j = j0; j < w; ++j) {
+        const A d = (A(xr[j]) - shift[j]) - bm[j];
+        bq[j] += d * d;
+      }
     }
   }
   if (n == 0) {
@@ -365,13 +405,28 @@ void reduce_planes(const T* dy, const T* x, const Geom& g, const A* mean, const 
       const A mu = mean[c], sc = scale[c], sh = shift[c];
       const T* xp = x + i;
       const T* dp = dy + i;
+      constexpr int64_t W = kStrip<A>;  // two sums: 8 vectors of partial sums
+      A p0[W] = {}, p1[W] = {};
+      int64_t t = 0;
+      for (; t + W <= len; t += W) {
+        BNLAB_SIMD
+        for (int64_t jj = 0; jj < W; ++jj) {
+          const A xv = A(xp[t + jj]);
+          const A dz = act_grad<ACT>(affine(xv, sc, sh), A(dp[t + jj]), slope);
+          p0[jj] += dz;
+          p1[jj] += dz * (xv - mu);
+        }
+      }
       A a0 = 0, a1 = 0;
-      BNLAB_SIMD_REDUCE(a0, a1)
-      for (int64_t t = 0; t < len; ++t) {
+      for (; t < len; ++t) {
         const A xv = A(xp[t]);
         const A dz = act_grad<ACT>(affine(xv, sc, sh), A(dp[t]), slope);
         a0 += dz;
         a1 += dz * (xv - mu);
+      }
+      for (int64_t jj = 0; jj < W; ++jj) {
+        a0 += p0[jj];
+        a1 += p1[jj];
       }
       c0[ch * C + c] += a0;
       c1[ch * C + c] += a1;
@@ -394,13 +449,37 @@ void reduce_planes(const T* dy, const T* x, const Geom& g, const A* mean, const 
 template <bool ACT, class T, class A>
 void reduce_row_block(const T* dy, const T* x, int64_t rows, int64_t w, const A* mu,
                       const A* sc, const A* sh, const Slope<A>& slope, A* s0, A* s1, A* b0, A* b1) {
-  std::fill(b0, b0 + w, A(0));
-  std::fill(b1, b1 + w, A(0));
+  // two sums of W columns, plus the W means (and scale and shift with an activation), must fit
+  // the 16 vector registers
+  constexpr int64_t W = ACT ? kStrip<A> / 2 : kStrip<A>;
+  int64_t j0 = 0;
+  for (; j0 + W <= w; j0 += W) {  // strips of W columns, partial sums in registers
+    A p0[W] = {}, p1[W] = {};
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * w + j0;
+      const T* dr = dy + r * w + j0;
+      BNLAB_SIMD
+      for (int64_t jj = 0; jj < W; ++jj) {
+        const A xv = A(xr[jj]);
+        const A dz = act_grad<ACT>(affine(xv, sc[j0 + jj], sh[j0 + jj]), A(dr[jj]), slope);
+        p0[jj] += dz;
+        p1[jj] += dz * (xv - mu[j0 + jj]);
+      }
+    }
+    BNLAB_SIMD
+    for (int64_t jj = 0; jj < W; ++jj) {
+      s0[j0 + jj] += p0[jj];
+      s1[j0 + jj] += p1[jj];
+    }
+  }
+  if (j0 == w) return;
+  std::fill(b0 + j0, b0 + w, A(0));  // the last columns: partial sums in memory
+  std::fill(b1 + j0, b1 + w, A(0));
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * w;
     const T* dr = dy + r * w;
     BNLAB_SIMD
-    for (int64_t j = 0; j < w; ++j) {
+    for (int64_t j = j0; j < w; ++j) {
       const A xv = A(xr[j]);
       const A dz = act_grad<ACT>(affine(xv, sc[j], sh[j]), A(dr[j]), slope);
       b0[j] += dz;
@@ -408,7 +487,7 @@ void reduce_row_block(const T* dy, const T* x, int64_t rows, int64_t w, const A*
     }
   }
   BNLAB_SIMD
-  for (int64_t j = 0; j < w; ++j) {
+  for (int64_t j = j0; j < w; ++j) {
     s0[j] += b0[j];
     s1[j] += b1[j];
   }
@@ -449,41 +528,41 @@ void reduce_rows(const T* dy, const T* x, const Geom& g, const A* mean, const A*
 
 // ---- per-channel coefficients ---------------------------------------------------------------
 
-struct Affine {
-  Tensor scale, shift;  // (C,) statistics dtype
+// The (C,) inputs of a kernel as contiguous tensors of the statistics dtype (no copy when they
+// are already); weight and bias undefined when absent.
+struct Channels {
+  Tensor mean, inv_std, weight, bias;
+  int64_t C;
 };
 
-// scale = gamma * inv_std, shift = beta - mean * scale: y = x * scale + shift.
-Affine affine_coefficients(const Tensor& mean, const Tensor& inv_std, const OptTensor& weight,
-                           const OptTensor& bias) {
-  const auto dtype = mean.scalar_type();
-  const int64_t C = mean.numel();
-  Tensor scale = at::empty({C}, mean.options()), shift = at::empty({C}, mean.options());
-  Tensor w = weight ? per_channel(*weight, dtype) : Tensor();
-  Tensor b = bias ? per_channel(*bias, dtype) : Tensor();
-  Tensor mu = per_channel(mean, dtype), is = per_channel(inv_std, dtype);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "bnlab_affine", [&] {
-    const scalar_t* wp = w.defined() ? w.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* mp = mu.const_data_ptr<scalar_t>();
-    const scalar_t* ip = is.const_data_ptr<scalar_t>();
-    scalar_t* sp = scale.data_ptr<scalar_t>();
-    scalar_t* hp = shift.data_ptr<scalar_t>();
-    for (int64_t c = 0; c < C; ++c) {
-      const scalar_t s = wp ? wp[c] * ip[c] : ip[c];
-      sp[c] = s;
-      hp[c] = (bp ? bp[c] : scalar_t(0)) - mp[c] * s;
-    }
-  });
-  return {scale, shift};
-}
-
-void check_stats(const Tensor& x, const Tensor& mean, const Tensor& inv_std) {
+Channels channels(const Tensor& x, const Tensor& mean, const Tensor& inv_std,
+                  const OptTensor& weight, const OptTensor& bias) {
   const auto dtype = stat_type(x);
   TORCH_CHECK(mean.scalar_type() == dtype && inv_std.scalar_type() == dtype,
               "bnlab: mean and inv_std must be ", dtype, " for a ", x.scalar_type(), " input");
   TORCH_CHECK(mean.numel() == x.size(1) && inv_std.numel() == x.size(1),
               "bnlab: mean and inv_std must have one value per channel");
+  return {per_channel(mean, dtype), per_channel(inv_std, dtype),
+          weight ? per_channel(*weight, dtype) : Tensor(),
+          bias ? per_channel(*bias, dtype) : Tensor(), x.size(1)};
+}
+
+template <class A>
+const A* ptr(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<A>() : nullptr;
+}
+
+// scale = gamma * inv_std, shift = beta - mean * scale: z = x * scale + shift.
+template <class A>
+void affine_coefficients(const Channels& ch, std::vector<A>& scale, std::vector<A>& shift) {
+  const A *mu = ptr<A>(ch.mean), *is = ptr<A>(ch.inv_std), *w = ptr<A>(ch.weight),
+          *b = ptr<A>(ch.bias);
+  scale.resize(ch.C);
+  shift.resize(ch.C);
+  for (int64_t c = 0; c < ch.C; ++c) {
+    scale[c] = w ? w[c] * is[c] : is[c];
+    shift[c] = (b ? b[c] : A(0)) - mu[c] * scale[c];
+  }
 }
 
 }  // namespace
@@ -509,15 +588,15 @@ std::tuple<Tensor, Tensor> stats(const Tensor& x) {
 Tensor elemt(const Tensor& x, const Tensor& mean, const Tensor& inv_std, const OptTensor& weight,
              const OptTensor& bias, int64_t act_code, double slope) {
   const Geom g = geom(x);
-  check_stats(x, mean, inv_std);
-  const Affine co = affine_coefficients(mean, inv_std, weight, bias);
+  const Channels ch = channels(x, mean, inv_std, weight, bias);
   Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bnlab_elemt", [&] {
     using A = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
-    const std::vector<A> sc = repeat(co.scale.const_data_ptr<A>(), g);
-    const std::vector<A> sh = repeat(co.shift.const_data_ptr<A>(), g);
+    std::vector<A> scale, shift;
+    affine_coefficients(ch, scale, shift);
+    const std::vector<A> sc = repeat(scale.data(), g), sh = repeat(shift.data(), g);
     const Slope<A> sl(slope);
     dispatch_act(act_code, [&](auto a) {
       constexpr bool ACT = decltype(a)::value;
@@ -546,17 +625,18 @@ std::tuple<Tensor, Tensor> backward_reduce(const Tensor& dy_in, const Tensor& x,
                                            const OptTensor& weight, const OptTensor& bias,
                                            int64_t act_code, double slope) {
   const Geom g = geom(x);
-  check_stats(x, mean, inv_std);
+  const Channels ch = channels(x, mean, inv_std, weight, bias);
   const Tensor dy = like_x(dy_in, x, g);
-  const Affine co = affine_coefficients(mean, inv_std, weight, bias);  // for act'(z)
-  Tensor s0 = at::empty({g.C}, mean.options()), s1 = at::empty({g.C}, mean.options());
+  Tensor s0 = at::empty({g.C}, ch.mean.options()), s1 = at::empty({g.C}, ch.mean.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bnlab_reduce", [&] {
     using A = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dp = dy.const_data_ptr<scalar_t>();
-    const A* mu = mean.const_data_ptr<A>();
-    const A* sc = co.scale.const_data_ptr<A>();
-    const A* sh = co.shift.const_data_ptr<A>();
+    const A* mu = ptr<A>(ch.mean);
+    std::vector<A> scale(g.C, A(0)), shift(g.C, A(0));  // z, for act'(z)
+    if (act_code != kIdentity) affine_coefficients(ch, scale, shift);
+    const A* sc = scale.data();
+    const A* sh = shift.data();
     A* p0 = s0.data_ptr<A>();
     A* p1 = s1.data_ptr<A>();
     dispatch_act(act_code, [&](auto a) {
@@ -567,7 +647,7 @@ std::tuple<Tensor, Tensor> backward_reduce(const Tensor& dy_in, const Tensor& x,
         reduce_planes<ACT>(dp, xp, g, mu, sc, sh, Slope<A>(slope), p0, p1);
       }
     });
-    const A* is = inv_std.const_data_ptr<A>();
+    const A* is = ptr<A>(ch.inv_std);
     for (int64_t c = 0; c < g.C; ++c) p1[c] *= is[c];  // sum dz * x_hat
   });
   return {s0, s1};
@@ -583,40 +663,30 @@ Tensor backward_elemt_impl(const Tensor& dy_in, const Tensor& x, const Tensor& m
                            const Tensor& sum_dy_xhat, int64_t count, const OptTensor& bias,
                            int64_t act_code, double slope) {
   const Geom g = geom(x);
-  check_stats(x, mean, inv_std);
+  const Channels ch = channels(x, mean, inv_std, weight, bias);
   const Tensor dy = like_x(dy_in, x, g);
-  const auto dtype = mean.scalar_type();
   const int64_t C = g.C;
   Tensor dx = at::empty_like(x);
-  const Affine co = act_code == kIdentity ? Affine{} : affine_coefficients(mean, inv_std, weight,
-                                                                            bias);
-  Tensor w = weight ? per_channel(*weight, dtype) : Tensor();
-  Tensor s0 = STATS ? per_channel(sum_dy, dtype) : Tensor();
-  Tensor s1 = STATS ? per_channel(sum_dy_xhat, dtype) : Tensor();
+  Tensor s0 = STATS ? per_channel(sum_dy, ch.mean.scalar_type()) : Tensor();
+  Tensor s1 = STATS ? per_channel(sum_dy_xhat, ch.mean.scalar_type()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bnlab_bwd", [&] {
     using A = at::opmath_type<scalar_t>;
-    const A* mu = mean.const_data_ptr<A>();
-    const A* is = inv_std.const_data_ptr<A>();
-    const A* wp = w.defined() ? w.const_data_ptr<A>() : nullptr;
+    const A *mu = ptr<A>(ch.mean), *is = ptr<A>(ch.inv_std), *wp = ptr<A>(ch.weight);
+    const A *p0 = ptr<A>(s0), *p1 = ptr<A>(s1);
     std::vector<A> ca(C), cb(C, A(0)), cc(C, A(0));
     const A neg_inv_m = A(-1) / A(std::max<int64_t>(count, 1));
     for (int64_t c = 0; c < C; ++c) {
       ca[c] = wp ? wp[c] * is[c] : is[c];
       if constexpr (STATS) {
-        cb[c] = ca[c] * s1.const_data_ptr<A>()[c] * is[c] * neg_inv_m;
-        cc[c] = ca[c] * s0.const_data_ptr<A>()[c] * neg_inv_m - cb[c] * mu[c];
+        cb[c] = ca[c] * p1[c] * is[c] * neg_inv_m;
+        cc[c] = ca[c] * p0[c] * neg_inv_m - cb[c] * mu[c];
       }
     }
     const std::vector<A> ra = repeat(ca.data(), g), rb = repeat(cb.data(), g),
                          rc = repeat(cc.data(), g);
-    std::vector<A> rsc, rsh;
-    if (act_code != kIdentity) {
-      rsc = repeat(co.scale.const_data_ptr<A>(), g);
-      rsh = repeat(co.shift.const_data_ptr<A>(), g);
-    } else {
-      rsc.assign(ra.size(), A(0));
-      rsh.assign(ra.size(), A(0));
-    }
+    std::vector<A> scale(C, A(0)), shift(C, A(0));  // z, for act'(z)
+    if (act_code != kIdentity) affine_coefficients(ch, scale, shift);
+    const std::vector<A> rsc = repeat(scale.data(), g), rsh = repeat(shift.data(), g);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dp = dy.const_data_ptr<scalar_t>();
     scalar_t* op = dx.data_ptr<scalar_t>();
