@@ -228,3 +228,21 @@ def test_large_channels_last_against_float64_reference_closer_than_torch():
     np.testing.assert_allclose(dx.numpy(), dx64, atol=2e-6)
     np.testing.assert_allclose(dw.numpy(), dw64, rtol=1e-4, atol=5e-3)
     np.testing.assert_allclose(db.numpy(), db64, rtol=1e-4, atol=5e-3)
+
+
+@pytest.mark.slow  # dynamo's first compile: seconds
+def test_torch_compile_traces_the_torch_formulas():
+    # The C++ operator has no fake-tensor kernel; under torch.compile the dispatcher picks the
+    # plain-torch path, which dynamo and AOTAutograd trace.
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(8, 4, 3, 3, generator=gen, requires_grad=True)
+    w = torch.rand(4, generator=gen).add_(0.5).requires_grad_()
+
+    def loss(x, w):
+        return F.batch_norm_act(x, None, None, w, None, True).square().sum()
+
+    compiled = torch.compile(loss, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x, w), (x, w))
+    want = torch.autograd.grad(loss(x, w), (x, w))
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)

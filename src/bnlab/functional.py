@@ -368,6 +368,8 @@ def _compiled_takes(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
 
 def _kernels_for(x: Tensor, *params: Tensor | None) -> Any:
     """torch.ops.bnlab for CPU, the Triton module for CUDA, or None (plain torch)."""
+    if torch.compiler.is_compiling():  # torch.compile traces the plain-torch formulas
+        return None
     if x.is_cpu:  # _compiled_takes, unrolled for the CPU: the per-step cost of an MLP's BN
         if x.dtype not in _FAST_DTYPES or x.numel() == 0:
             return None
