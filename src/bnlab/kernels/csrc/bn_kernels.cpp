@@ -31,7 +31,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 namespace bnlab {
 namespace {
@@ -42,6 +47,7 @@ namespace {
 constexpr int64_t kGrain = 1 << 15;  // values per thread; below 2 * kGrain one thread does it
 constexpr int64_t kBlock = 1 << 14;  // values per cache-resident block (64 KiB of float32)
 constexpr int64_t kMinWidth = 64;    // rows narrower than this are grouped k at a time
+constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs at least this large bypass caches
 
 struct Geom {
   bool rows;      // see the file comment
@@ -126,7 +132,35 @@ void for_each_piece(const Geom& g, const F& f) {
       f(i, len, g.rows ? off : p % g.C);
       i += len;
     }
+#ifdef __AVX__
+    _mm_sfence();  // order this thread's non-temporal stores (write_piece) before the join
+#endif
   });
+}
+
+// out[t] = f(t) for t in [0, len). With `stream` (float32 outputs larger than the caches), by
+// non-temporal stores: a plain store first reads the line it writes (write-allocate), one more
+// pass over memory than the output needs; y and dx are not read again here.
+template <class T, class F>
+inline void write_piece(T* out, int64_t len, bool stream, const F& f) {
+#ifdef __AVX__
+  if constexpr (std::is_same_v<T, float>) {
+    if (stream) {
+      int64_t t = 0;
+      for (; t < len && (reinterpret_cast<std::uintptr_t>(out + t) & 31) != 0; ++t) out[t] = f(t);
+      for (; t + 8 <= len; t += 8) {
+        alignas(32) float v[8];
+        BNLAB_SIMD
+        for (int64_t jj = 0; jj < 8; ++jj) v[jj] = f(t + jj);
+        _mm256_stream_ps(out + t, _mm256_load_ps(v));
+      }
+      for (; t < len; ++t) out[t] = f(t);
+      return;
+    }
+  }
+#endif
+  BNLAB_SIMD
+  for (int64_t t = 0; t < len; ++t) out[t] = f(t);
 }
 
 template <class A>
@@ -597,6 +631,7 @@ Tensor elemt(const Tensor& x, const Tensor& mean, const Tensor& inv_std, const O
     std::vector<A> scale, shift;
     affine_coefficients(ch, scale, shift);
     const std::vector<A> sc = repeat(scale.data(), g), sh = repeat(shift.data(), g);
+    const bool stream = g.numel * int64_t(sizeof(scalar_t)) >= kStreamBytes;
     const Slope<A> sl(slope);
     dispatch_act(act_code, [&](auto a) {
       constexpr bool ACT = decltype(a)::value;
@@ -606,13 +641,14 @@ Tensor elemt(const Tensor& x, const Tensor& mean, const Tensor& inv_std, const O
         if (g.rows) {
           const A* s = sc.data() + j;
           const A* h = sh.data() + j;
-          BNLAB_SIMD
-          for (int64_t t = 0; t < len; ++t)
-            yi[t] = scalar_t(act<ACT>(affine(A(xi[t]), s[t], h[t]), sl));
+          write_piece(yi, len, stream, [&](int64_t t) {
+            return scalar_t(act<ACT>(affine(A(xi[t]), s[t], h[t]), sl));
+          });
         } else {
           const A s = sc[j], h = sh[j];
-          BNLAB_SIMD
-          for (int64_t t = 0; t < len; ++t) yi[t] = scalar_t(act<ACT>(affine(A(xi[t]), s, h), sl));
+          write_piece(yi, len, stream, [&](int64_t t) {
+            return scalar_t(act<ACT>(affine(A(xi[t]), s, h), sl));
+          });
         }
       });
     });
@@ -690,6 +726,7 @@ Tensor backward_elemt_impl(const Tensor& dy_in, const Tensor& x, const Tensor& m
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dp = dy.const_data_ptr<scalar_t>();
     scalar_t* op = dx.data_ptr<scalar_t>();
+    const bool stream = g.numel * int64_t(sizeof(scalar_t)) >= kStreamBytes;
     const Slope<A> sl(slope);
     dispatch_act(act_code, [&](auto a) {
       constexpr bool ACT = decltype(a)::value;
@@ -701,28 +738,26 @@ Tensor backward_elemt_impl(const Tensor& dy_in, const Tensor& x, const Tensor& m
         if (g.rows) {
           const A *pa = ra.data() + j, *pb = rb.data() + j, *pc = rc.data() + j;
           const A *ps = rsc.data() + j, *ph = rsh.data() + j;
-          BNLAB_SIMD
-          for (int64_t t = 0; t < len; ++t) {
+          write_piece(oi, len, stream, [&](int64_t t) {
             if constexpr (READ_X) {
               const A xv = A(xi[t]);
               const A dz = act_grad<ACT>(affine(xv, ps[t], ph[t]), A(di[t]), sl);
-              oi[t] = scalar_t(STATS ? pa[t] * dz + pb[t] * xv + pc[t] : pa[t] * dz);
+              return scalar_t(STATS ? pa[t] * dz + pb[t] * xv + pc[t] : pa[t] * dz);
             } else {
-              oi[t] = scalar_t(pa[t] * A(di[t]));
+              return scalar_t(pa[t] * A(di[t]));
             }
-          }
+          });
         } else {
           const A va = ra[j], vb = rb[j], vc = rc[j], vs = rsc[j], vh = rsh[j];
-          BNLAB_SIMD
-          for (int64_t t = 0; t < len; ++t) {
+          write_piece(oi, len, stream, [&](int64_t t) {
             if constexpr (READ_X) {
               const A xv = A(xi[t]);
               const A dz = act_grad<ACT>(affine(xv, vs, vh), A(di[t]), sl);
-              oi[t] = scalar_t(STATS ? va * dz + vb * xv + vc : va * dz);
+              return scalar_t(STATS ? va * dz + vb * xv + vc : va * dz);
             } else {
-              oi[t] = scalar_t(va * A(di[t]));
+              return scalar_t(va * A(di[t]));
             }
-          }
+          });
         }
       });
     });
