@@ -395,7 +395,7 @@ def batch_norm_backward_reduce(
     dy: Tensor, x: Tensor, mean: Tensor, inv_std: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Per-channel (sum dy, sum dy * x_hat)."""
-    return _reduce(dy, x, mean.contiguous(), inv_std.contiguous(), None, None, 0, 0.0)
+    return _reduce(_like(dy, x), x, mean.contiguous(), inv_std.contiguous(), None, None, 0, 0.0)
 
 
 def _backward_elemt(
@@ -442,7 +442,8 @@ def batch_norm_backward_elemt(
 
 
 def _like(dy: Tensor, x: Tensor) -> Tensor:
-    """dy with x's dtype; any dense strides do (the kernels take dy's strides)."""
+    """dy with x's dtype, contiguous or with x's strides (the kernels take dy's own strides, as
+    (N, C, S) with a spatial stride: that covers these two, not every layout)."""
     dy = dy if dy.dtype == x.dtype else dy.to(x.dtype)
     return dy if dy.is_contiguous() or dy.stride() == x.stride() else dy.contiguous(
         memory_format=torch.channels_last if x.dim() == 4 and not x.is_contiguous() else
