@@ -29,7 +29,8 @@ from PIL import Image
 from torch import nn
 
 from bnlab.data import to_unit_range
-from bnlab.experiments.gan import DEFAULT_VARIANTS, GanConfig, GanTrainer, load_images, run
+from bnlab.experiments.gan import DEFAULT_VARIANTS, GanConfig, GanTrainer, GanTraining, run
+from bnlab.experiments.gan.train import load_gan_data
 from bnlab.models.gan import Variant, build_discriminator, build_generator, parse_variant
 
 
@@ -62,11 +63,16 @@ class _Order(torch.utils.data.Sampler):
 
 
 def notebook_loop(
-    variant: Variant, cfg: GanConfig, images: torch.Tensor, epochs: int, record_steps: int = 0
+    variant: Variant,
+    cfg: GanTraining,
+    seed: int,
+    images: torch.Tensor,
+    epochs: int,
+    record_steps: int = 0,
 ):
     """Train like the notebooks; returns (seconds, per-step [d_loss, g_loss] of the first steps)."""
-    twin = GanTrainer(variant, cfg, cfg.seed, images, torch.device("cpu"))  # batches and z only
-    torch.manual_seed(cfg.seed)
+    twin = GanTrainer(variant, cfg, seed, images, torch.device("cpu"))  # batches and z only
+    torch.manual_seed(seed)
     G = build_generator(variant, norm_layer=nn.BatchNorm1d)
     D = build_discriminator(variant, norm_layer=nn.BatchNorm1d)
     criterion = nn.BCELoss()
@@ -122,8 +128,10 @@ def notebook_loop(
     return time.perf_counter() - start, np.array(losses)
 
 
-def bnlab_losses(variant: Variant, cfg: GanConfig, images: torch.Tensor, steps: int) -> np.ndarray:
-    trainer = GanTrainer(variant, cfg, cfg.seed, images, torch.device("cpu"))
+def bnlab_losses(
+    variant: Variant, cfg: GanTraining, seed: int, images: torch.Tensor, steps: int
+) -> np.ndarray:
+    trainer = GanTrainer(variant, cfg, seed, images, torch.device("cpu"))
     out = []
     epoch = 0
     while len(out) < steps:
@@ -142,32 +150,36 @@ def bnlab_losses(variant: Variant, cfg: GanConfig, images: torch.Tensor, steps: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--variants", default=",".join(v.name for v in DEFAULT_VARIANTS))
     parser.add_argument("--single", default="init-bn", help="variant for the one-variant test")
     parser.add_argument("--loss-steps", type=int, default=200)
     parser.add_argument("--data", default=None)
     args = parser.parse_args()
     threads = torch.get_num_threads()
+    variants = [parse_variant(v) for v in args.variants.split(",")]
     cfg = GanConfig(
         epochs=args.epochs,
         data=Path(args.data) if args.data else None,
-        variants=tuple(args.variants.split(",")),
+        variants=tuple(variants),
     )
-    images, what = load_images(cfg, torch.device("cpu"))
-    variants = [parse_variant(v) for v in cfg.variants]
-    print(f"torch {torch.__version__}, {threads} threads; {what}; {args.epochs} epochs")
+    data = load_gan_data(
+        "mnist", cfg.data, "any", 0, 100, False, 1, torch.device("cpu"), lambda _m: None
+    )
+    images, seed, training = data.images, cfg.seed, cfg.training("cpu")
+    print(f"torch {torch.__version__}, {threads} threads; {data.description}; {args.epochs} epochs")
 
     print(f"\n1. per-step losses, first {args.loss_steps} steps, both sides torch.nn.BatchNorm1d")
-    tcfg = dataclasses.replace(cfg, bn="torch")
+    tcfg = dataclasses.replace(training, bn="torch")
     for v in variants:
         _, nb = notebook_loop(
             v,
             tcfg,
+            seed,
             images,
             1 + args.loss_steps // (len(images) // 100),
             record_steps=args.loss_steps,
         )
-        mine = bnlab_losses(v, tcfg, images, args.loss_steps)
+        mine = bnlab_losses(v, tcfg, seed, images, args.loss_steps)
         diff = np.abs(nb - mine)
         first_bad = int(np.argmax(diff.max(1) > 1e-5)) if (diff > 1e-5).any() else None
         print(
@@ -177,9 +189,9 @@ def main() -> None:
 
     print(f"\n2. one variant alone ({args.single}), {args.epochs} epochs, {threads} threads")
     single = parse_variant(args.single)
-    nb_s, _ = notebook_loop(single, cfg, images, args.epochs)
+    nb_s, _ = notebook_loop(single, training, seed, images, args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
-        scfg = dataclasses.replace(cfg, variants=(args.single,), out=Path(tmp) / "r", jobs=1)
+        scfg = dataclasses.replace(cfg, variants=(single,), out=Path(tmp) / "r", jobs=1)
         res = run(scfg, log=lambda _m: None)
     mine_s = sum(r["seconds"] for r in res.records)
     n_img = args.epochs * (len(images) // 100) * 100
@@ -191,7 +203,7 @@ def main() -> None:
     print(f"\n3. all variants ({', '.join(v.name for v in variants)}), {args.epochs} epochs each")
     nb_total = 0.0
     for v in variants:
-        secs, _ = notebook_loop(v, cfg, images, args.epochs)
+        secs, _ = notebook_loop(v, training, seed, images, args.epochs)
         nb_total += secs
         print(f"   notebook loop {v.name:<16} {secs:7.1f} s")
     with tempfile.TemporaryDirectory() as tmp:

@@ -143,3 +143,13 @@ def test_low_precision_fused_matches_float32_within_rounding(dtype):
     ref = TF.relu(TF.batch_norm(x32.to(dtype).float(), None, None, training=True))
     tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
     torch.testing.assert_close(y.float(), ref, atol=tol, rtol=tol)
+
+
+def test_fx_traces_the_fused_layer_like_a_batchnorm():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), bnn.BatchNormAct2d(4, act="leaky_relu"))
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(5, 3, 6, 6)
+    expected = model(x)  # counts a batch and moves the running statistics, as the trace will
+    torch.testing.assert_close(traced(x), expected, rtol=1e-4, atol=1e-5)
+    assert int(model[1].num_batches_tracked) == 2
+    assert isinstance(model[1], nn.BatchNorm2d)

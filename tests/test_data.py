@@ -120,7 +120,10 @@ def test_any_split_falls_back_to_test_and_says_so() -> None:
 def test_real_fashion_mnist_from_the_system_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     system = REAL_SYSTEM_DIRS["fashion-mnist"][0]
     if not all((system / f).is_file() for f in TRAIN_FILES + TEST_FILES):
-        pytest.skip(f"Fashion-MNIST not installed in {system} (Debian package fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not installed in {system} "
+            "(Debian package: apt-get install dataset-fashion-mnist)"
+        )
     monkeypatch.setattr(datasets, "SYSTEM_DIRS", REAL_SYSTEM_DIRS)
     assert available_splits("fashion-mnist") == ["train", "test"]
     train = load_dataset("fashion-mnist", "train", download=False, log=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,59 @@ def test_untrained_running_stats_are_info_not_a_gap() -> None:
     assert [(f.code, f.severity) for f in findings] == [("running-stats-at-init", Severity.INFO)]
 
 
+@pytest.mark.parametrize("bn1d", [nn.BatchNorm1d, bnn.BatchNorm1d], ids=["torch", "bnlab"])
+def test_eval_mode_with_initial_stats_on_shifted_input_is_a_warning(bn1d) -> None:
+    model = nn.Sequential(nn.Linear(4, 8, bias=False), bn1d(8), nn.ReLU(), nn.Linear(8, 2))
+    model.eval()  # never trained: "works in training, garbage in eval"
+    findings = check(model, torch.randn(64, 4) * 5 + 3)
+    (f,) = find(findings, "eval-with-initial-stats")
+    assert (f.severity, f.module) == (Severity.WARNING, "1")
+    assert "changes its output on this batch by" in f.message and "relative L2" in f.message
+    assert "mean shift" in f.message
+    assert find(findings, "running-stats-at-init") == []  # reported once, as the warning
+    model.train()  # the same layer about to be trained: only the INFO
+    assert [f.code for f in check(model, torch.randn(64, 4) * 5 + 3)] == ["running-stats-at-init"]
+
+
+def test_eval_mode_with_initial_stats_on_standard_normal_input_stays_info() -> None:
+    model = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 2)).eval()
+    findings = check(model, torch.randn(256, 8))  # what the initial statistics assume
+    assert [(f.code, f.severity) for f in findings] == [("running-stats-at-init", Severity.INFO)]
+
+
+def test_checkpoint_loaded_without_bn_buffers_is_a_warning_with_the_output_change() -> None:
+    def build() -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(4, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(),
+            nn.Linear(8, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2),
+        )  # fmt: skip
+
+    def data() -> Tensor:
+        return torch.randn(64, 4) * 4 + 2
+
+    trained = build()
+    train_on(trained, data)
+    params_only = {k: v for k, v in trained.state_dict().items() if "running" not in k}
+    loaded = build()
+    missing = loaded.load_state_dict(params_only, strict=False).missing_keys
+    assert len(missing) == 4
+    assert check(trained.eval(), data()) == []
+    loaded.eval()
+    warned = find(check(loaded, data()), "eval-with-initial-stats")
+    assert [(f.module, f.severity) for f in warned] == [
+        ("1", Severity.WARNING),
+        ("4", Severity.WARNING),
+    ]
+    (pct,) = {f.message.split("output on this batch by ")[1].split("%")[0] for f in warned}
+    assert float(pct) > 10  # the size of the damage, the same whole-model number for each
+
+
+def test_empty_batch_gives_no_batch_of_one_finding() -> None:
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3), nn.ReLU())
+    findings = check(model, torch.randn(0, 4))
+    assert find(findings, "batch-of-one") == [] and serious(findings) == []
+
+
 # ---- check() changes nothing -----------------------------------------------------------------
 
 
@@ -388,3 +442,66 @@ def test_main_returns_1_on_errors_and_prints_them(model_file: Path, capsys) -> N
     assert "example input (16, 8)" in out and "running-stats-at-init" in out
     assert main(f"{model_file}:good", (1, 8)) == 1
     assert "batch-of-one" in capsys.readouterr().out
+
+
+# ---- CLI: exit status 0 / 1 / 2, one line when it cannot run ------------------------------------
+
+BROKEN_FILE = """
+from torch import nn
+
+def raises():
+    raise RuntimeError("checkpoint.pt not found\\nsecond line")
+
+def good():
+    return nn.Sequential(nn.Linear(8, 4, bias=False), nn.BatchNorm1d(4), nn.ReLU())
+"""
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from bnlab import cli
+
+    code = cli.main(["doctor", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def broken_dir(tmp_path: Path) -> Path:
+    (tmp_path / "models.py").write_text(BROKEN_FILE)
+    (tmp_path / "bad_import.py").write_text("import not_a_module_anywhere\n")
+    (tmp_path / "bad_syntax.py").write_text("def f(:\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "message"),
+    [
+        ("models.py:raises", None, r"models\.py:raises\(\) raised RuntimeError: checkpoint\.pt"),
+        ("bad_import.py:f", None, r"bad_import\.py raised ModuleNotFoundError: .*not_a_module"),
+        ("bad_syntax.py:f", None, r"bad_syntax\.py raised SyntaxError"),
+        ("models.py:good", "0,8", r"--input-shape 0,8: every size must be positive, got 0"),
+        ("models.py:good", "16,0", r"got 0 at position 1"),
+        ("models.py:good", "-4,8", r"--input-shape -4,8: every size must be positive, got -4"),
+        ("models.py:good", "100000,100000,100", r"1,000,000,000,000 values .* more than the"),
+        ("models.py:good", "16,9", r"the model failed on the example input \[\(16, 9\)\]"),
+    ],
+)
+def test_cli_that_cannot_run_exits_2_with_one_line(
+    broken_dir: Path, spec: str, shape: str | None, message: str, capsys
+) -> None:
+    argv = [str(broken_dir / spec)] + (["--input-shape", shape] if shape else [])
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert err.startswith("bnlab doctor: error: ")
+
+
+def test_cli_exit_status_separates_clean_errors_and_could_not_run(model_file: Path, capsys) -> None:
+    assert run_cli([f"{model_file}:good", "--input-shape", "16,8"], capsys)[0] == 0
+    assert run_cli([f"{model_file}:bad"], capsys)[0] == 1  # ran, found an ERROR
+    assert run_cli([f"{model_file}:missing"], capsys)[0] == 2  # could not run
+    with pytest.raises(SystemExit) as exit_help:
+        run_cli(["--help"], capsys)
+    assert exit_help.value.code == 0
+    assert "Exit status: 0" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bnlab.experiments.gan_report import claims
+from bnlab.experiments.gan.analysis import claims
 from bnlab.stats import mean_ci, paired, verdict
 
 

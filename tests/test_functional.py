@@ -236,3 +236,50 @@ def test_stages_compose_to_the_reference(shape, channels_last):
         y.is_contiguous(memory_format=torch.channels_last) == (channels_last and len(shape) == 4)
         or len(shape) != 4
     )
+
+
+_ODD_INPUTS = {
+    "empty-batch-4d": lambda: torch.randn(0, 3, 4, 4),
+    "empty-spatial-3d": lambda: torch.randn(2, 3, 0),
+    "transposed-2d": lambda: torch.randn(3, 8).t(),
+    "sliced-channels-last-4d": lambda: _channels_last(torch.randn(4, 6, 5, 5))[:, ::2],
+    "permuted-5d": lambda: torch.randn(3, 4, 2, 3, 5).permute(0, 4, 1, 2, 3),
+}
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", _ODD_INPUTS)
+def test_empty_and_strided_inputs_match_native_with_its_strides(case, training):
+    x = _ODD_INPUTS[case]()
+    c = x.shape[1]
+    outs = []
+    for fn in (batch_norm, TF.batch_norm):
+        rm, rv = torch.full((c,), 0.3), torch.full((c,), 2.0)
+        w = torch.linspace(0.5, 1.5, c, requires_grad=True)
+        y = fn(x, rm, rv, w, None, training, 0.1, 1e-5)
+        y.sum().backward()
+        outs.append((y, w.grad, rm, rv))
+    (y, dw, rm, rv), (y_ref, dw_ref, rm_ref, rv_ref) = outs
+    torch.testing.assert_close(y, y_ref)
+    assert y.stride() == y_ref.stride()
+    torch.testing.assert_close(dw, dw_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((rm, rv), (rm_ref, rv_ref))
+
+
+def test_dtype_errors_name_batch_norm_and_match_native_types():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    for args in [(torch.zeros(3), torch.ones(3)), (None, None, torch.ones(3))]:
+        with pytest.raises(RuntimeError):
+            TF.batch_norm(x, *args, training=True)
+        with pytest.raises(RuntimeError, match=r"^batch_norm: input has dtype torch.float64"):
+            batch_norm(x, *args, training=True)
+    with pytest.raises(NotImplementedError, match=r"batch_norm: got input of dtype torch\.int64"):
+        batch_norm(torch.ones(4, 3, dtype=torch.long), None, None, training=True)
+
+
+def test_stats_of_an_empty_input_are_zero():
+    from bnlab import functional as F
+
+    for x in (torch.randn(0, 3), torch.randn(0, 3, 4), torch.randn(2, 3, 0, 4)):
+        mean, m2 = F.batch_norm_stats(x)
+        assert mean.shape == m2.shape == (3,) and not mean.any() and not m2.any()

@@ -12,7 +12,9 @@ from torch import nn
 
 import bnlab.experiments.gan as gan
 import bnlab.nn as bnn
-from bnlab.experiments.gan import GanConfig, GanTrainer, run
+from bnlab.experiments.gan import GanConfig, GanTrainer, GanTraining, run
+from bnlab.experiments.gan.train import load_gan_data
+from bnlab.experiments.protocol import RunFailed
 from bnlab.models.gan import (
     BLOG_VARIANTS,
     Variant,
@@ -38,6 +40,8 @@ TIMING = {"seconds", "images_per_s"}
 
 
 def _cfg(mnist_root: Path, tmp_path: Path, **kw) -> GanConfig:
+    if "variants" in kw:
+        kw["variants"] = tuple(parse_variant(v) for v in kw["variants"])
     base = dict(
         data=mnist_root,
         subset=1000,
@@ -49,6 +53,13 @@ def _cfg(mnist_root: Path, tmp_path: Path, **kw) -> GanConfig:
     )
     base.update(kw)
     return GanConfig(**base)
+
+
+def _images(mnist_root: Path, subset: int) -> torch.Tensor:
+    data = load_gan_data(
+        "mnist", mnist_root, "any", subset, 100, False, 1, torch.device("cpu"), _quiet
+    )
+    return data.images
 
 
 def _numbers(records):
@@ -67,7 +78,8 @@ def test_short_run_writes_every_artifact(mnist_root, tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["experiment"] == "gan"
     assert saved["config"]["epochs"] == 2
-    assert set(saved["variants"]) == set(gan.DEFAULT_VARIANTS)
+    names = [v.name for v in gan.DEFAULT_VARIANTS]
+    assert [v["name"] for v in saved["config"]["variants"]] == names
     records = read_jsonl(out / "metrics.jsonl")
     assert len(records) == len(gan.DEFAULT_VARIANTS) * 2
     for r in records:
@@ -76,13 +88,14 @@ def test_short_run_writes_every_artifact(mnist_root, tmp_path):
         assert r["d_loss"] > 0 and r["g_loss"] > 0 and r["images_per_s"] > 0
     for name in ("real.png", "loss_d.png", "loss_g.png"):
         assert (out / name).stat().st_size > 1000
-    for variant in gan.DEFAULT_VARIANTS:
+    for variant in names:
         for epoch in (1, 2):
             assert (out / "samples" / variant / f"epoch-{epoch:03d}.png").exists()
             assert (out / "samples" / variant / f"epoch-{epoch:03d}-train.png").exists()
         assert (out / "checkpoints" / "s777" / f"{variant}.pt").exists()
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
     assert result.failed == {}
+    assert json.loads((out / "summary.json").read_text())["failed"] == {}
 
 
 def test_same_seed_gives_the_same_numbers(mnist_root, tmp_path):
@@ -101,19 +114,19 @@ def test_resume_after_interrupt_gives_the_same_metrics(mnist_root, tmp_path, mon
         log=_quiet,
     )
     cfg = _cfg(mnist_root, tmp_path / "cut", variants=variants, epochs=4, checkpoint_every=2)
-    real_chunk = gan.train_chunk
+    real_epoch = GanTrainer.train_epoch
     calls = {"n": 0}
 
-    def interrupted(payload, start, end):
+    def interrupted(self, epoch, on_step=None):
         calls["n"] += 1
-        if calls["n"] == 3:  # after both cells finished their first chunk
+        if calls["n"] == 5:  # after both jobs finished their first chunk (2 epochs each)
             raise KeyboardInterrupt
-        return real_chunk(payload, start, end)
+        return real_epoch(self, epoch, on_step)
 
-    monkeypatch.setattr(gan, "train_chunk", interrupted)
+    monkeypatch.setattr(GanTrainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, log=_quiet)
-    monkeypatch.setattr(gan, "train_chunk", real_chunk)
+    monkeypatch.setattr(GanTrainer, "train_epoch", real_epoch)
     partial = read_jsonl(cfg.out / "metrics.jsonl")
     assert {r["epoch"] for r in partial} == {1, 2}
     resumed = run(dataclasses.replace(cfg, resume=True), log=_quiet)
@@ -143,12 +156,17 @@ def test_non_finite_loss_stops_only_that_variant(mnist_root, tmp_path, monkeypat
         return real_epoch(self, epoch, on_step)
 
     monkeypatch.setattr(GanTrainer, "train_epoch", poisoned)
-    result = run(_cfg(mnist_root, tmp_path, variants=("init", "init-bn")), log=_quiet)
+    with pytest.raises(RunFailed) as failed:
+        run(_cfg(mnist_root, tmp_path, variants=("init", "init-bn")), log=_quiet)
+    result = failed.value.result
     assert list(result.failed) == ["s777/init-bn"]
     assert "non-finite" in result.failed["s777/init-bn"]
     assert {r["variant"] for r in result.records} == {"init"}
     events = [r for r in read_jsonl(result.run_dir / "metrics.jsonl") if "event" in r]
     assert events and events[0]["event"] == "failed"
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert "non-finite" in summary["failed"]["s777/init-bn"]
+    assert (result.run_dir / "report.html").exists()  # the rest was still reported
 
 
 def test_two_processes_produce_every_cell(mnist_root, tmp_path):
@@ -213,10 +231,8 @@ def test_he_xavier_init_matches_the_notebooks():
 
 def test_notebook3_modes_leave_d_in_eval_after_the_first_step(mnist_root):
     """D runs in train mode only in the D step of the first batch of each epoch."""
-    from bnlab.experiments.gan import load_images
-
-    cfg = GanConfig(data=mnist_root, subset=500, batch_size=100)
-    images, _ = load_images(cfg, torch.device("cpu"))
+    cfg = GanTraining()
+    images = _images(mnist_root, 500)
     seen = {"init-bn": [], "init-bn-tidy": [], "init-bn-nomode": []}
     for name in seen:
         trainer = GanTrainer(BLOG_VARIANTS[name], cfg, 0, images, torch.device("cpu"))
@@ -231,10 +247,8 @@ def test_notebook3_modes_leave_d_in_eval_after_the_first_step(mnist_root):
 
 
 def test_all_variants_of_a_seed_see_the_same_batches_and_z(mnist_root):
-    from bnlab.experiments.gan import load_images
-
-    cfg = GanConfig(data=mnist_root, subset=500)
-    images, _ = load_images(cfg, torch.device("cpu"))
+    cfg = GanTraining()
+    images = _images(mnist_root, 500)
     a = GanTrainer(BLOG_VARIANTS["plain"], cfg, 5, images, torch.device("cpu"))
     b = GanTrainer(BLOG_VARIANTS["init-bn"], cfg, 5, images, torch.device("cpu"))
     for epoch in (0, 3):
@@ -276,18 +290,14 @@ def test_bad_variant_specs_are_clear_errors(spec, match):
 
 
 def test_torch_bn_option_swaps_in_torch_layers(mnist_root):
-    from bnlab.experiments.gan import load_images
-
-    cfg = GanConfig(data=mnist_root, subset=200, bn="torch")
-    images, _ = load_images(cfg, torch.device("cpu"))
+    cfg = GanTraining(bn="torch")
+    images = _images(mnist_root, 200)
     t = GanTrainer(BLOG_VARIANTS["init-bn"], cfg, 0, images, torch.device("cpu"))
     assert any(type(m) is nn.BatchNorm1d for m in t.G)
     assert isinstance(Variant("x"), Variant)
 
 
 def test_metrics_are_scored_in_both_g_modes(mnist_root, tmp_path, monkeypatch):
-    from bnlab.metrics import ClassifierConfig, GanEvaluator
-
     monkeypatch.setenv("BNLAB_CACHE", str(tmp_path / "cache"))
     cfg = _cfg(
         mnist_root,
@@ -296,12 +306,8 @@ def test_metrics_are_scored_in_both_g_modes(mnist_root, tmp_path, monkeypatch):
         metrics=True,
         sample_mode="both",
         metric_samples=400,
+        classifier_steps=20,
     )
-    tiny = ClassifierConfig(steps=20, batch_size=32, holdout_size=300, width=8, feature_dim=16)
-    evaluator = GanEvaluator.load(
-        "mnist", data_dir=mnist_root, device="cpu", config=tiny, log=_quiet
-    )
-    monkeypatch.setitem(gan._EVALUATORS, ("mnist", str(mnist_root), "auto"), evaluator)
     result = run(cfg, log=_quiet)
     keys = {"fd", "classes_covered", "kl_uniform", "confidence", "stray_dots"}
     for r in result.records:  # every epoch is a sample epoch here (sample_every=1)
@@ -331,6 +337,17 @@ def test_tensorboard_logs_scalars_and_sample_grids(mnist_root, tmp_path):
         ({"variants": ("init", "init")}, "variant names must be unique"),
         ({"epochs": 0}, "--epochs must be at least 1"),
         ({"subset": 50}, "fewer images than one batch of 100"),
+        ({"subset": -1}, "--subset must be >= 0"),
+        ({"lr": 0.0}, "--lr must be in"),
+        ({"lr": -1.0}, "--lr must be in"),
+        ({"batch_size": 1}, "--batch-size must be at least 2"),
+        ({"seeds": (1, 1)}, "--seeds must not repeat"),
+        ({"seeds": (-1,)}, "seeds must be >= 0"),
+        ({"metrics": True, "metric_samples": 1}, "--metric-samples must be at least 2"),
+        ({"checkpoint_every": 0}, "--checkpoint-every must be at least 1"),
+        ({"sample_every": -1}, "--sample-every must be >= 0"),
+        ({"variants": ()}, "give at least one variant"),
+        ({"jobs": -1}, "--jobs must be 0"),
     ],
 )
 def test_bad_run_settings_are_clear_errors(mnist_root, tmp_path, changes, match):
@@ -340,7 +357,7 @@ def test_bad_run_settings_are_clear_errors(mnist_root, tmp_path, changes, match)
         return
     with pytest.raises(ValueError, match=match):
         run(cfg, log=_quiet)
-    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_tensorboard_without_the_package_says_how_to_install_it(mnist_root, tmp_path, monkeypatch):

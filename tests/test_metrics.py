@@ -441,7 +441,10 @@ def test_default_classifier_reaches_98_5_percent_on_the_mnist_hold_out(mnist_roo
 
 def test_fashion_mnist_trains_on_the_train_split_and_scores_against_test() -> None:
     if not all((FASHION_DIR / f).is_file() for f in TRAIN_FILES + TEST_FILES):
-        pytest.skip(f"Fashion-MNIST not installed in {FASHION_DIR} (Debian package fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not installed in {FASHION_DIR} "
+            "(Debian package: apt-get install dataset-fashion-mnist)"
+        )
     evaluator = GanEvaluator.load("fashion-mnist", config=SMALL, log=None)
     split = evaluator.classifier.split
     assert (split.source_split, len(split.train_images)) == ("train", 57_000)

@@ -7,7 +7,11 @@ import torch
 from torch import nn
 
 import bnlab.nn as bnn
-from bnlab.models.mlp import bn_layers, forward_with_bn, init_std, mlp
+from bnlab.models.mlp import forward_with_bn, init_std, mlp
+
+
+def bn_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for _, m in bnn.batch_norm_layers(model)]
 
 
 def test_bn_sits_after_each_hidden_linear_before_the_activation() -> None:

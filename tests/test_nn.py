@@ -284,3 +284,146 @@ def test_eval_output_ignores_the_rest_of_the_batch_train_output_does_not(n, c, s
     torch.testing.assert_close(bn(x)[0], bn(mixed)[0])
     bn.train()
     assert not torch.allclose(bn(x)[0], bn(mixed)[0])
+
+
+# ---- corners: the same input through torch's module ---------------------------------------------
+
+_TORCH_CLS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+_BNLAB_CLS = {2: bnn.BatchNorm1d, 3: bnn.BatchNorm1d, 4: bnn.BatchNorm2d, 5: bnn.BatchNorm3d}
+
+
+def _twins(x: torch.Tensor, training: bool, **kwargs) -> tuple[nn.Module, nn.Module]:
+    """A bnlab layer and a torch layer for x, with the same non-trivial state."""
+    c = x.shape[1]
+    mine, ref = _BNLAB_CLS[x.dim()](c, **kwargs), _TORCH_CLS[x.dim()](c, **kwargs)
+    for m in (mine, ref):
+        gen = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            dtype = m.weight.dtype
+            m.weight.copy_(torch.rand(c, generator=gen, dtype=dtype) + 0.5)
+            m.bias.copy_(torch.randn(c, generator=gen, dtype=dtype))
+            m.running_mean.copy_(torch.randn(c, generator=gen, dtype=dtype))
+            m.running_var.copy_(torch.rand(c, generator=gen, dtype=dtype) + 0.5)
+        m.train(training)
+    return mine, ref
+
+
+def _run_both(x: torch.Tensor, training: bool, **kwargs):
+    """Forward and backward of the same input through both layers: (y, dx, params' grads, layer)
+    for bnlab's, then torch's."""
+    results = []
+    for layer in _twins(x, training, **kwargs):
+        xi = x.detach().requires_grad_()  # the very layout under test
+        y = layer(xi)
+        y.backward(torch.ones_like(y))
+        results.append((y, xi.grad, [p.grad for p in layer.parameters()], layer))
+        xi.grad = None
+    return results
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(
+    "shape", [(0, 3), (0, 3, 5), (0, 3, 4, 4), (0, 3, 2, 2, 2), (2, 3, 0), (4, 3, 0, 5)]
+)
+def test_empty_batch_behaves_like_torch(shape, training):
+    x = torch.randn(shape)
+    (y, dx, grads, mine), (y_ref, dx_ref, grads_ref, ref) = _run_both(x, training)
+    assert y.shape == y_ref.shape == shape and y.dtype == y_ref.dtype
+    assert y.stride() == y_ref.stride()
+    assert y.requires_grad and dx.shape == dx_ref.shape == shape
+    for g, g_ref in zip(grads, grads_ref, strict=True):  # zero gradients, not None (as torch)
+        torch.testing.assert_close(g, g_ref)
+        assert not g.any()
+    for (name, b), (_, b_ref) in zip(mine.named_buffers(), ref.named_buffers(), strict=True):
+        torch.testing.assert_close(b, b_ref, msg=name)  # stats untouched, batch counted in train
+    assert int(mine.num_batches_tracked) == int(training)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(
+        memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    )
+
+
+LAYOUTS = {  # inputs that are neither contiguous nor channels_last, as a pipeline makes them
+    "transposed-2d": lambda: torch.randn(5, 8).t(),
+    "sliced-2d": lambda: torch.randn(8, 10)[:, ::2],
+    "transposed-3d": lambda: torch.randn(8, 6, 5).transpose(1, 2),
+    "sliced-channels-4d": lambda: torch.randn(4, 10, 5, 5)[:, ::2],
+    "sliced-width-4d": lambda: torch.randn(4, 5, 6, 9)[..., :6],
+    "transposed-hw-4d": lambda: torch.randn(4, 5, 6, 7).transpose(2, 3),
+    "permuted-4d": lambda: torch.randn(4, 6, 5, 5).permute(0, 3, 2, 1),
+    "sliced-channels-last-4d": lambda: _channels_last(torch.randn(4, 5, 6, 6))[:, :, 1:],
+    "expanded-4d": lambda: torch.randn(4, 5, 1, 3).expand(4, 5, 2, 3),
+    "sliced-channels-last-5d": lambda: _channels_last(torch.randn(3, 5, 3, 4, 4))[..., 1:],
+    "nhwc-permuted-4d": lambda: torch.randn(4, 6, 7, 5).permute(0, 3, 1, 2)[:, :, :, 1:],
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_any_memory_layout_gives_torchs_output_layout(layout, training):
+    torch.manual_seed(0)
+    x = LAYOUTS[layout]()
+    assert not x.is_contiguous()
+    (y, dx, grads, mine), (y_ref, dx_ref, grads_ref, ref) = _run_both(x, training)
+    torch.testing.assert_close(y, y_ref)
+    assert y.stride() == y_ref.stride()  # so view() accepts exactly what it accepts on torch's
+    for shape in [(-1,), (y.shape[0], -1)]:
+        try:
+            y_ref.view(shape)
+        except RuntimeError:
+            with pytest.raises(RuntimeError):
+                y.view(shape)
+        else:
+            y.view(shape)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+    for (name, b), (_, b_ref) in zip(mine.named_buffers(), ref.named_buffers(), strict=True):
+        torch.testing.assert_close(b, b_ref, msg=name)
+
+
+_F16, _BF16, _F32, _F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(
+    ("x_dtype", "layer_dtype"),
+    [(_F64, _F32), (_F32, _F64), (_F32, _F16), (_F16, _BF16), (_BF16, _F64), (_F16, _F64)],
+)
+def test_input_dtype_other_than_the_layers_raises_like_torch_naming_the_module(
+    x_dtype, layer_dtype, training
+):
+    x = torch.randn(6, 3, 4).to(x_dtype)
+    mine, ref = _twins(torch.empty(6, 3, 4), training, dtype=layer_dtype)
+    with pytest.raises(RuntimeError):
+        ref(x)
+    with pytest.raises(RuntimeError, match=r"BatchNorm1d\(3\): input has dtype") as err:
+        mine(x)
+    assert str(layer_dtype) in str(err.value) and "module.to(" in str(err.value)
+    assert int(mine.num_batches_tracked) == 0  # nothing half-updated
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("x_dtype", [_F16, _BF16])
+def test_low_precision_input_with_float32_layer_works_like_torch(x_dtype, training):
+    x = (torch.randn(16, 4, 5) * 3 + 1).to(x_dtype)
+    mine, ref = _twins(torch.empty(16, 4, 5), training)
+    y, y_ref = mine(x), ref(x)
+    assert y.dtype == y_ref.dtype == x_dtype
+    torch.testing.assert_close(y, y_ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(mine.running_var, ref.running_var)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("x_dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_integer_input_is_a_clear_error_naming_the_module(x_dtype, training):
+    x = torch.randint(0, 2, (6, 3, 2, 2)).to(x_dtype)
+    mine, ref = _twins(torch.empty(6, 3, 2, 2), training)
+    with pytest.raises(NotImplementedError):
+        ref(x)
+    with pytest.raises(NotImplementedError, match=r"BatchNorm2d\(3\): got input of dtype") as err:
+        mine(x)
+    assert "floating-point" in str(err.value) and "x.float()" in str(err.value)
+    assert int(mine.num_batches_tracked) == 0

@@ -40,7 +40,7 @@ def test_precise_bn_matches_torch_swa_update_bn() -> None:
     model = _trained_model()
     batches = [torch.randn(20, 6) * 3 - 1 for _ in range(7)]
     oracle = bnn.to_torch(copy.deepcopy(model))
-    assert isinstance(oracle[1], nn.BatchNorm1d)
+    assert type(oracle[1]) is nn.BatchNorm1d  # a torch layer: the independent oracle
     update_bn(batches, oracle)
     assert rs.recompute_bn_stats(model, batches) == 7
     for ours, theirs in zip(rs.bn_stats(model), rs.bn_stats(oracle), strict=True):
@@ -49,13 +49,17 @@ def test_precise_bn_matches_torch_swa_update_bn() -> None:
     assert int(model[1].num_batches_tracked) == int(oracle[1].num_batches_tracked) == 7
 
 
-def test_torch_update_bn_silently_skips_bnlab_layers() -> None:
-    """Why recompute_bn_stats exists: update_bn only sees torch.nn BN layers."""
+def test_torch_update_bn_on_bnlab_layers_gives_the_same_statistics() -> None:
+    """bnlab's layers are torch's classes, so update_bn finds them too."""
     model = _trained_model()
+    batches = [torch.randn(20, 6) * 3 - 1 for _ in range(3)]
+    theirs = copy.deepcopy(model)
     before = rs.bn_stats(model)
-    update_bn([torch.randn(20, 6)], model)
-    for (m0, v0), (m1, v1) in zip(before, rs.bn_stats(model), strict=True):
-        assert torch.equal(m0, m1) and torch.equal(v0, v1)
+    update_bn(batches, theirs)
+    rs.recompute_bn_stats(model, batches)
+    for ours, swa, (m0, _) in zip(rs.bn_stats(model), rs.bn_stats(theirs), before, strict=True):
+        assert torch.equal(ours[0], swa[0]) and torch.equal(ours[1], swa[1])
+        assert not torch.equal(ours[0], m0)
 
 
 def test_precise_bn_is_the_plain_average_of_batch_statistics() -> None:

@@ -13,7 +13,8 @@ checked mechanically:
   ``torch.no_grad()`` (evaluation without ``model.eval()``) and running statistics that
   changed there.
 
-Both torch's BN layers (``torch.nn.BatchNorm*``, ``SyncBatchNorm``) and bnlab's are recognized.
+Both torch's BN layers (``torch.nn.BatchNorm*``, ``SyncBatchNorm``) and bnlab's are recognized
+(:func:`bnlab.nn.is_batch_norm`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import importlib.util
 import math
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,12 +33,21 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.parameter import is_lazy
 
-from bnlab.nn.batchnorm import _BatchNorm as _BnlabBatchNorm
+from bnlab import functional as bnf
+from bnlab.nn import batch_norm_layers, is_batch_norm
 
-__all__ = ["Finding", "Severity", "check", "format_findings", "load_factory", "main", "watch"]
+__all__ = [
+    "Finding",
+    "Severity",
+    "check",
+    "check_input_shape",
+    "format_findings",
+    "load_factory",
+    "main",
+    "watch",
+]
 
 # Train/eval gap: how far the batch statistics of a BN layer's input on the example batch may be
 # from its running statistics before we call it a gap. Both are averaged over channels.
@@ -53,6 +63,11 @@ GAP_LOG_VAR_THRESHOLD = math.log(2.0)
 # deviations, a log variance to ~sqrt(2/(n-1))): a gap must also exceed this many standard errors,
 # so that a batch of 8 does not raise false alarms on a well-trained model.
 GAP_NOISE_MULTIPLE = 4.0
+
+# The largest --input-shape (in values) the doctor makes a random example batch of: 2^27, 512 MiB
+# in float32, well above an ImageNet batch of 64 (9.6M) or a 3D U-Net batch of 8 at 128^3 (17M);
+# a shape beyond it is a typo (or a dataset size), and would only end in an out-of-memory kill.
+MAX_EXAMPLE_VALUES = 1 << 27
 
 # Modules that pass their input through without changing what BN cares about: looked through
 # when asking "what feeds this layer" (BN -> Dropout -> Tanh is still BN before the output).
@@ -94,12 +109,7 @@ class Finding:
 
 
 # --------------------------------------------------------------------------------------------
-# Recognizing BN layers
-
-
-def is_batch_norm(module: nn.Module) -> bool:
-    """Whether ``module`` is a batch-norm layer: torch's (incl. SyncBatchNorm) or bnlab's."""
-    return isinstance(module, (_TorchBatchNorm, _BnlabBatchNorm))
+# BN layers (recognized by bnlab.nn.is_batch_norm: torch's, SyncBatchNorm, bnlab's)
 
 
 def _running_stats(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
@@ -234,9 +244,7 @@ def _bn_before_output(bn_name: str, bn: nn.Module, act: nn.Module) -> Finding:
 def _static_findings(model: nn.Module) -> list[Finding]:
     """Checks that need only the layers: one BN at a time."""
     findings: list[Finding] = []
-    for name, m in model.named_modules():
-        if not is_batch_norm(m):
-            continue
+    for name, m in batch_norm_layers(model):
         for one in (_check_single_unit, _check_finite_stats, _check_untracked):
             f = one(name, m)
             if f is not None:
@@ -342,9 +350,9 @@ def _tensors(obj: Any) -> list[Tensor]:
 
 def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor, int]:
     """Per-channel mean and unbiased variance over every axis but 1, in float64, and the count."""
-    c = x.shape[1]
-    flat = x.detach().transpose(0, 1).reshape(c, -1).double()  # (C, N * spatial)
-    return flat.mean(1), flat.var(1, unbiased=True), flat.shape[1]
+    n = x.numel() // x.shape[1]  # values per channel; >= 2 where this is called
+    mean, m2 = bnf.batch_norm_stats(x.detach().double())
+    return mean, m2 / (n - 1), n
 
 
 def _gap(bn: nn.Module, x: Tensor, running_mean: Tensor, running_var: Tensor) -> _Gap:
@@ -412,9 +420,10 @@ def _trace(model: nn.Module, args: tuple[Any, ...], train: bool | None) -> _Trac
         trace.calls.append(_Call(name, m, source))
         if not (is_batch_norm(m) and isinstance(first, Tensor) and first.dim() >= 2):
             return
-        if _uses_batch_stats(m) and first.numel() // max(first.shape[1], 1) <= 1:
+        n = first.numel() // max(first.shape[1], 1)  # values per channel; 0: empty batch
+        if _uses_batch_stats(m) and n == 1:
             raise _Starved(name, tuple(first.shape))
-        if id(m) in stats and name not in trace.gaps and first.numel() // first.shape[1] >= 2:
+        if id(m) in stats and name not in trace.gaps and n >= 2:
             trace.gaps[name] = _gap(m, first, *stats[id(m)])
 
     def post_hook(m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
@@ -521,31 +530,59 @@ def _at_init(bn: nn.Module) -> bool:
 
 
 def _gap_findings(model: nn.Module, args: tuple[Any, ...]) -> list[Finding]:
-    """Compare each BN's batch statistics on the example with its running statistics."""
-    tracked = {
-        name: m for name, m in model.named_modules() if is_batch_norm(m) and _has_running_stats(m)
-    }
+    """Compare each BN's batch statistics on the example with its running statistics.
+
+    Layers still at their initial statistics are not trained yet (an INFO), unless they are in
+    eval mode on an input far from N(0, 1): then eval mode does not normalize, a WARNING.
+    """
+    tracked = {name: m for name, m in batch_norm_layers(model) if _has_running_stats(m)}
     fresh = [name for name, m in tracked.items() if _at_init(m)]
+    fresh_in_eval = [name for name in fresh if not tracked[name].training]
     findings: list[Finding] = []
-    if fresh:
-        shown = ", ".join(f"'{n}'" for n in fresh[:5]) + (", ..." if len(fresh) > 5 else "")
-        findings.append(
+    warned: set[str] = set()
+    if len(fresh) < len(tracked) or fresh_in_eval:
+        findings += _measured_gaps(model, args, tracked, fresh, fresh_in_eval, warned)
+    quiet = [name for name in fresh if name not in warned]
+    if quiet:
+        shown = ", ".join(f"'{n}'" for n in quiet[:5]) + (", ..." if len(quiet) > 5 else "")
+        findings.insert(
+            0,
             Finding(
                 "running-stats-at-init",
                 Severity.INFO,
                 "",
-                f"{len(fresh)} of {len(tracked)} BN layers ({shown}) still have their initial "
+                f"{len(quiet)} of {len(tracked)} BN layers ({shown}) still have their initial "
                 "running statistics (mean 0, var 1): the model has not been trained, eval mode "
                 "would normalize as if every input were standard normal; train/eval gap not "
                 "measured for them",
                 "train the model (in train mode) before evaluating it",
-            )
+            ),
         )
-    if len(fresh) == len(tracked):
-        return findings
-    in_train = _trace(model, args, train=True)
+    return findings
+
+
+def _gap_numbers(bn: nn.Module, gap: _Gap) -> str:
+    return (
+        f"mean shift {gap.mean_shift:.2f} running std on average over {bn.num_features} "
+        f"channels (max {gap.max_mean_shift:.2f}; threshold {GAP_MEAN_THRESHOLD}), |log variance "
+        f"ratio| {gap.log_var_ratio:.2f} (max {gap.max_log_var_ratio:.2f}; threshold "
+        f"{GAP_LOG_VAR_THRESHOLD:.2f}), {gap.n} values per channel"
+    )
+
+
+def _measured_gaps(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    tracked: Mapping[str, nn.Module],
+    fresh: list[str],
+    fresh_in_eval: list[str],
+    warned: set[str],
+) -> list[Finding]:
+    """Train-mode and eval-mode passes: a finding per layer whose gap exceeds the thresholds
+    (the names of fresh layers reported go into ``warned``)."""
+    in_train = _run_for_gaps(model, args, train=True)
     if in_train.starved is not None:
-        findings.append(
+        return [
             Finding(
                 "gap-not-measured",
                 Severity.INFO,
@@ -554,9 +591,8 @@ def _gap_findings(model: nn.Module, args: tuple[Any, ...]) -> list[Finding]:
                 f"{in_train.starved.shape}, one value per channel",
                 "give an example batch of 2 or more",
             )
-        )
-        return findings
-    in_eval = _trace(model, args, train=False)
+        ]
+    in_eval = _run_for_gaps(model, args, train=False)
     change = _relative_change(in_train.output, in_eval.output)
     said = (
         f"switching the model from train to eval mode changes its output on this batch by "
@@ -564,26 +600,54 @@ def _gap_findings(model: nn.Module, args: tuple[Any, ...]) -> list[Finding]:
         if change is not None
         else "the output change between train and eval mode could not be measured"
     )
+    findings = []
     for name, gap in in_train.gaps.items():
-        if name in fresh or not gap.exceeds():
+        if not gap.exceeds() or (name in fresh and name not in fresh_in_eval):
             continue
         bn = tracked[name]
+        if name in fresh:
+            warned.add(name)
+            findings.append(
+                Finding(
+                    "eval-with-initial-stats",
+                    Severity.WARNING,
+                    name,
+                    f"{_describe(bn)} is in eval mode with its initial running statistics (mean "
+                    "0, var 1): it never ran in train mode, or a checkpoint was loaded without "
+                    "its BN buffers. Its input on the example batch is far from N(0, 1), so eval "
+                    f"mode does not normalize it: {_gap_numbers(bn, gap)}; {said}",
+                    "load the checkpoint with its BN buffers (a strict load_state_dict names "
+                    "missing ones), or estimate them (torch.optim.swa_utils.update_bn)",
+                )
+            )
+            continue
         findings.append(
             Finding(
                 "train-eval-gap",
                 Severity.WARNING,
                 name,
                 f"{_describe(bn)}: the example batch's statistics are far from the running ones: "
-                f"mean shift {gap.mean_shift:.2f} running std on average over "
-                f"{bn.num_features} channels (max {gap.max_mean_shift:.2f}; threshold "
-                f"{GAP_MEAN_THRESHOLD}), |log variance ratio| {gap.log_var_ratio:.2f} (max "
-                f"{gap.max_log_var_ratio:.2f}; threshold {GAP_LOG_VAR_THRESHOLD:.2f}), "
-                f"{gap.n} values per channel; {said}",
+                f"{_gap_numbers(bn, gap)}; {said}",
                 "re-estimate the running statistics on data like this (train-mode forwards "
                 "under no_grad, momentum=None), or check eval data is prepared like training data",
             )
         )
     return findings
+
+
+def _run_for_gaps(model: nn.Module, args: tuple[Any, ...], train: bool) -> _Trace:
+    try:
+        return _trace(model, args, train=train)
+    except Exception as e:  # the model's own error, only in this mode
+        mode = "train" if train else "eval"
+        raise ValueError(
+            f"the model ran on the example input {_shapes(args)} as it is, but failed in {mode} "
+            f"mode: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _shapes(args: tuple[Any, ...]) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in _tensors(args)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,8 +674,7 @@ def check(model: nn.Module, example_input: Tensor | tuple[Any, ...] | None = Non
     try:
         as_is = _trace(model, args, train=None)
     except Exception as e:  # the model's own error, e.g. a wrong input shape
-        shapes = [tuple(t.shape) for t in _tensors(args)]
-        raise ValueError(f"the model failed on the example input {shapes}: {e}") from e
+        raise ValueError(f"the model failed on the example input {_shapes(args)}: {e}") from e
     if as_is.starved is not None:
         findings.append(_batch_of_one(as_is.starved, model))
         findings += _order_findings_from_definition(model)  # the trace stopped half-way
@@ -683,12 +746,9 @@ def watch(model: nn.Module) -> Iterator[list[Finding]]:
         w.max_var_delta = max(w.max_var_delta, _max_delta(var0, var1))
 
     handles = []
-    for name, m in model.named_modules():
-        if is_batch_norm(m):
-            handles.append(m.register_forward_pre_hook(_bind(pre_hook, name)))
-            handles.append(
-                m.register_forward_hook(lambda mod, i, o, name=name: post_hook(name, mod))
-            )
+    for name, m in batch_norm_layers(model):
+        handles.append(m.register_forward_pre_hook(_bind(pre_hook, name)))
+        handles.append(m.register_forward_hook(lambda mod, i, o, name=name: post_hook(name, mod)))
     try:
         yield findings
     finally:
@@ -767,7 +827,8 @@ def load_factory(spec: str) -> nn.Module:
 
     Raises:
         ValueError: naming the file or attribute, when the spec is malformed, the file or
-            attribute is missing, or the factory does not give an ``nn.Module``.
+            attribute is missing, importing the file or calling the factory raises, or the
+            factory does not give an ``nn.Module``.
     """
     source, sep, attr = spec.rpartition(":")
     if not sep or not source or not attr:
@@ -783,7 +844,10 @@ def load_factory(spec: str) -> nn.Module:
         return obj
     if not callable(obj):
         raise ValueError(f"{source}:{attr} is neither an nn.Module nor callable: {type(obj)}")
-    model = obj()
+    try:
+        model = obj()
+    except (Exception, SystemExit) as e:  # the user's code: say where, without a traceback
+        raise ValueError(f"{source}:{attr}() raised {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
         raise ValueError(f"{source}:{attr}() returned {type(model).__name__}, not an nn.Module")
     return model
@@ -796,6 +860,8 @@ def _import_source(source: str) -> Any:
             return importlib.import_module(source)
         except ImportError as e:
             raise ValueError(f"cannot import module {source!r}: {e}") from e
+        except (Exception, SystemExit) as e:  # an error in the module's own code
+            raise ValueError(f"importing {source} raised {type(e).__name__}: {e}") from e
     if not path.is_file():
         raise ValueError(f"model file not found: {path}")
     name = f"_bnlab_doctor_{path.stem}_{abs(hash(str(path.resolve())))}"
@@ -808,6 +874,9 @@ def _import_source(source: str) -> Any:
     sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:  # an error in the file's own code, or an import in it
+        del sys.modules[name]
+        raise ValueError(f"importing {path} raised {type(e).__name__}: {e}") from e
     except BaseException:
         del sys.modules[name]
         raise
@@ -816,8 +885,39 @@ def _import_source(source: str) -> Any:
     return module
 
 
+def check_input_shape(shape: tuple[int, ...]) -> None:
+    """Refuse an ``--input-shape`` the doctor cannot make a random example batch of.
+
+    Raises:
+        ValueError: a size that is zero or negative, or more than MAX_EXAMPLE_VALUES values.
+    """
+    text = ",".join(str(d) for d in shape)
+    bad = [(i, d) for i, d in enumerate(shape) if d <= 0]
+    if bad:
+        i, d = bad[0]
+        raise ValueError(
+            f"--input-shape {text}: every size must be positive, got {d} at position {i}; the "
+            "doctor runs the model on one random batch, e.g. --input-shape 16,784"
+        )
+    values = math.prod(shape)
+    if values > MAX_EXAMPLE_VALUES:
+        raise ValueError(
+            f"--input-shape {text}: {values:,} values ({values * 4 / 2**30:,.1f} GiB as "
+            f"float32) is more than the {MAX_EXAMPLE_VALUES:,} the doctor allows for its one "
+            "random example batch; a batch of 8 to 64 is enough"
+        )
+
+
 def main(spec: str, input_shape: tuple[int, ...] | None = None) -> int:
-    """`bnlab doctor FILE.py:factory [--input-shape N C ...]`: print findings; 1 if any ERROR."""
+    """`bnlab doctor FILE.py:factory [--input-shape N,C,...]`: print findings.
+
+    Returns:
+        0 when no finding is an ERROR, 1 when one is. When the doctor cannot run (bad spec, the
+        import or the factory raises, a bad shape, the model fails on the example input) it
+        raises ValueError instead; the CLI turns that into exit status 2.
+    """
+    if input_shape is not None:
+        check_input_shape(input_shape)
     model = load_factory(spec)
     example = None
     if input_shape is not None:
@@ -828,7 +928,7 @@ def main(spec: str, input_shape: tuple[int, ...] | None = None) -> int:
             dtype=ref.dtype if ref is not None and ref.is_floating_point() else None,
         )
     findings = check(model, example)
-    n_bn = sum(is_batch_norm(m) for m in model.modules())
+    n_bn = sum(1 for _ in batch_norm_layers(model))
     shape = f", example input {tuple(input_shape)}" if input_shape is not None else ""
     print(f"bnlab doctor {spec}: {n_bn} batch-norm layer(s){shape}\n")
     print(format_findings(findings))

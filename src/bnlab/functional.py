@@ -13,7 +13,15 @@ Numerical decisions, each pinned by a test:
 - variance by two passes (mean first, then mean squared deviation), never E[x^2] - E[x]^2;
 - float16 / bfloat16 inputs accumulate statistics in float32 and return their own dtype;
 - running statistics are updated in place under ``no_grad``: they never carry autograd history;
-- contiguous and channels_last inputs; the output keeps the input's memory format.
+- contiguous and channels_last inputs; the output keeps the input's memory format. Any other
+  layout (transposed, sliced, expanded) is first copied into the format torch's own batch norm
+  gives its output for it (``Tensor.suggest_memory_format``), so the output strides match
+  torch's and ``view`` accepts what it accepts on torch's;
+- an empty input (N = 0, or any zero-size dimension) gives an empty output that is still in the
+  autograd graph (weight and bias get zero gradients) and leaves the running statistics alone,
+  as torch does;
+- the input must be floating point; weight, bias and running statistics share one dtype, the
+  input's, or float32 for a float16 / bfloat16 input (torch's rule, and its exception types).
 
 All arithmetic works on a *canonical view* of the input: ``(M, C)`` with the reduction over
 dim 0 for 2D and channels_last inputs (channels_last is exactly a contiguous ``(N*H*W, C)``
@@ -30,6 +38,7 @@ ReLU after the affine map.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -54,24 +63,24 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 class _Layout:
     """How an (N, C, *) tensor is seen as its canonical view, and back."""
 
-    __slots__ = ("channels_last", "count", "dims", "ndim", "shape")
+    __slots__ = ("channels_last", "count", "dims", "ndim", "shape", "spatial")
 
     def __init__(self, x: Tensor) -> None:
         self.shape = x.shape
         self.ndim = x.dim()
-        self.channels_last = self.ndim > 2 and not x.is_contiguous() and _is_channels_last(x)
+        self.channels_last = _output_memory_format(x) is not torch.contiguous_format
         self.dims: int | tuple[int, int] = 0 if self.ndim == 2 or self.channels_last else (0, 2)
-        c = self.shape[1]
-        self.count = x.numel() // c if c else 0  # values per channel, m
+        self.spatial = math.prod(self.shape[2:])  # S; explicit, so that empty inputs view too
+        self.count = self.shape[0] * self.spatial  # values per channel, m
 
     def view(self, t: Tensor) -> Tensor:
-        if self.ndim == 2:
-            return t
         c = self.shape[1]
+        if self.ndim == 2:
+            return t.contiguous()  # (M, C); a transposed input would give transposed outputs
         if self.channels_last:
             t = t.contiguous(memory_format=_memory_format(self.ndim))
-            return t.movedim(1, -1).reshape(-1, c)  # (M, C), a view
-        return t.contiguous().view(self.shape[0], c, -1)  # (N, C, S)
+            return t.movedim(1, -1).reshape(self.count, c)  # (M, C), a view
+        return t.contiguous().view(self.shape[0], c, self.spatial)  # (N, C, S)
 
     def unview(self, t: Tensor) -> Tensor:
         if self.ndim == 2:
@@ -92,6 +101,40 @@ def _memory_format(ndim: int) -> torch.memory_format:
 
 def _is_channels_last(x: Tensor) -> bool:
     return x.dim() in (4, 5) and x.is_contiguous(memory_format=_memory_format(x.dim()))
+
+
+def _output_memory_format(x: Tensor) -> torch.memory_format:
+    """The memory format of torch's batch-norm output for ``x``: ``x.suggest_memory_format()``.
+
+    Contiguous and channels_last inputs keep their format; any other 4D/5D layout counts as
+    channels_last when its strides are ordered like it (C fastest, then W, H, (D), N), as in a
+    sliced channels_last tensor.
+    """
+    if x.dim() not in (4, 5) or x.is_contiguous():
+        return torch.contiguous_format
+    if _is_channels_last(x) or _strides_like_channels_last(x.shape, x.stride()):
+        return _memory_format(x.dim())
+    return torch.contiguous_format
+
+
+def _strides_like_channels_last(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """c10's ``is_channels_last_strides_2d/3d``, the rule behind ``suggest_memory_format``.
+
+    By hand because Python has it only as ``torch._prims_common.suggest_memory_format``, which
+    is private and imports torch's symbolic-shapes machinery on first use; a test pins our
+    output strides to torch's on transposed, permuted, sliced and expanded inputs.
+    """
+    if strides[1] == 0:  # a broadcast channel dim: ambiguous, torch says contiguous
+        return False
+    order = (1, 3, 2, 0) if len(shape) == 4 else (1, 4, 3, 2, 0)  # C, W, H, (D,) N
+    least = 0
+    for d in order:
+        if shape[d] == 0 or strides[d] < least:
+            return False
+        if d == 0 and least == strides[1]:  # N111-like: ambiguous, torch says contiguous
+            return False
+        least = strides[d] * shape[d]
+    return True
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
@@ -602,23 +645,36 @@ def _check(
     bias: Tensor | None,
     training: bool,
     eps: float,
+    who: str = "batch_norm",
 ) -> None:
+    """Raise on input batch_norm cannot take, as torch would (same exception types).
+
+    ``who`` names the caller in the dtype errors (bnlab.nn passes e.g. "BatchNorm1d(3)").
+    """
     if input.dim() < 2:
         raise ValueError(
             f"batch_norm expects input of shape (N, C, *), got shape {tuple(input.shape)}"
         )
     c = input.shape[1]
-    for name, t in (
+    named = (
         ("running_mean", running_mean),
         ("running_var", running_var),
         ("weight", weight),
         ("bias", bias),
-    ):
-        if t is not None and (t.dim() != 1 or t.shape[0] != c):
+    )
+    dtype = input.dtype
+    same_dtype = True
+    for name, t in named:
+        if t is None:
+            continue
+        if t.dim() != 1 or t.shape[0] != c:
             raise ValueError(
                 f"batch_norm: {name} has shape {tuple(t.shape)} but the input "
                 f"{tuple(input.shape)} has {c} channels; expected ({c},)"
             )
+        same_dtype = same_dtype and t.dtype == dtype
+    if not same_dtype or not input.is_floating_point():  # the common case skips this
+        _check_dtypes(input, named, who)
     if training:
         n = input.numel()
         if n > 0 and n // max(c, 1) <= 1:
@@ -639,6 +695,42 @@ def _check(
             )
 
 
+def _check_dtypes(input: Tensor, named: tuple[tuple[str, Tensor | None], ...], who: str) -> None:
+    """Floating-point input; parameters and running statistics of one dtype, the input's or,
+    for a float16 / bfloat16 input, float32. torch's rule and exception types (on CPU it raises
+    NotImplementedError for integer input, RuntimeError for mixed dtypes)."""
+    if not input.is_floating_point():
+        raise NotImplementedError(
+            f"{who}: got input of dtype {input.dtype}; batch norm needs floating-point input "
+            "(float32, float64, float16 or bfloat16): convert it first, e.g. x.float()"
+        )
+    given = [(name, t.dtype) for name, t in named if t is not None]
+    dtypes = {d for _, d in given}
+    allowed = {input.dtype, torch.float32} if input.dtype in _LOW_PRECISION else {input.dtype}
+    if len(dtypes) <= 1 and dtypes <= allowed:
+        return
+    have = ", ".join(f"{name} {d}" for name, d in given)
+    want = f"{input.dtype}" + (" (or all float32)" if input.dtype in _LOW_PRECISION else "")
+    target = next(d for _, d in given if d != input.dtype)
+    raise RuntimeError(
+        f"{who}: input has dtype {input.dtype} but {have}; they must all be {want}: convert "
+        f"the input (x.to({target})) or the parameters and buffers (module.to({input.dtype}))"
+    )
+
+
+def _empty_batch_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """Nothing to normalize: an empty output of the input's shape, dtype and layout that is
+    still in the graph (as torch's, so weight and bias get zero gradients, not None). Running
+    statistics are left alone."""
+    per_channel = (1, input.shape[1]) + (1,) * (input.dim() - 2)  # no -1: zero sizes are exact
+    out = input.clone()
+    if weight is not None:
+        out = out * weight.view(per_channel)
+    if bias is not None:
+        out = out + bias.view(per_channel)
+    return out if out.dtype == input.dtype else out.to(input.dtype)
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -653,7 +745,9 @@ def batch_norm(
     ``torch.nn.functional.batch_norm``.
 
     Args:
-        input: (N, C, *) tensor, contiguous or channels_last.
+        input: (N, C, *) floating-point tensor in any memory layout (contiguous and
+            channels_last are used as they are; others are copied first, into the format of
+            torch's output for them). Empty inputs give empty outputs.
         running_mean, running_var: (C,) buffers. Used for normalization when ``training`` is
             False; updated in place (without autograd history) when ``training`` is True.
         weight, bias: (C,) gamma and beta, or None.
@@ -662,10 +756,10 @@ def batch_norm(
         eps: added to the variance before the square root.
 
     Returns:
-        Tensor of the input's shape, dtype and memory format.
+        Tensor of the input's shape and dtype, in torch's output memory format for it.
     """
     _check(input, running_mean, running_var, weight, bias, training, eps)
-    return _apply(input, running_mean, running_var, weight, bias, training, momentum, eps, 0, 0.0)
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 def batch_norm_act(
@@ -686,17 +780,22 @@ def batch_norm_act(
     Same arguments and numbers as :func:`batch_norm` followed by the activation; backward
     recomputes the pre-activation from the input instead of saving it.
     """
-    code = _ACTS.get(act)
-    if code is None:
-        raise ValueError(f"batch_norm_act: unknown act {act!r}; choose one of {tuple(_ACTS)}")
+    code, slope = _act_code(act, negative_slope)
     _check(input, running_mean, running_var, weight, bias, training, eps)
-    slope = float(negative_slope) if code == 2 else 0.0
-    return _apply(
+    return _batch_norm(
         input, running_mean, running_var, weight, bias, training, momentum, eps, code, slope
     )
 
 
-def _apply(
+def _act_code(act: str, negative_slope: float = 0.01) -> tuple[int, float]:
+    """``(code, slope)`` of an activation name for ``_batch_norm`` (the C++ operator's codes)."""
+    code = _ACTS.get(act)
+    if code is None:
+        raise ValueError(f"batch_norm_act: unknown act {act!r}; choose one of {tuple(_ACTS)}")
+    return code, (float(negative_slope) if code == 2 else 0.0)
+
+
+def _batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -705,41 +804,24 @@ def _apply(
     training: bool,
     momentum: float,
     eps: float,
-    act: int,
-    slope: float,
+    act: int = 0,
+    slope: float = 0.0,
 ) -> Tensor:
+    """batch_norm (+ the activation of code ``act``) after ``_check`` (bnlab.nn runs the check
+    itself first, to name the layer)."""
+    if input.numel() == 0:
+        return _empty_batch_norm(input, weight, bias)
+    if not input.is_contiguous() and not _is_channels_last(input):
+        input = input.contiguous(memory_format=_output_memory_format(input))
     fast = _kernels_for(input, weight, bias, running_mean, running_var)
     out: Tensor
-    if fast is None:
-        out = _BatchNormFunction.apply(
-            input,
-            weight,
-            bias,
-            running_mean,
-            running_var,
-            training,
-            momentum,
-            eps,
-            act,
-            slope,
-            _TorchKernels,
-        )
-    elif input.device.type == "cpu":  # torch.ops.bnlab: autograd in C++
+    if fast is not None and input.is_cpu:  # torch.ops.bnlab: autograd in C++
         out = fast.batch_norm(
             input, weight, bias, running_mean, running_var, training, momentum, eps, act, slope
         )
-    else:  # Triton
+    else:  # autograd here, over the Triton kernels or the plain-torch ones
         out = _BatchNormFunction.apply(
-            input,
-            weight,
-            bias,
-            running_mean,
-            running_var,
-            training,
-            momentum,
-            eps,
-            act,
-            slope,
-            fast,
-        )
+            input, weight, bias, running_mean, running_var, training, momentum, eps, act, slope,
+            _TorchKernels if fast is None else fast,
+        )  # fmt: skip
     return out

@@ -16,7 +16,7 @@ from PIL import Image
 
 from bnlab.runs import atomic_write_bytes
 
-__all__ = ["grid", "save_grid"]
+__all__ = ["grid", "grid_png", "save_grid"]
 
 
 def grid(images: torch.Tensor, nrow: int = 10, pad: int = 2, value_range=(-1.0, 1.0)) -> np.ndarray:
@@ -41,12 +41,17 @@ def grid(images: torch.Tensor, nrow: int = 10, pad: int = 2, value_range=(-1.0, 
     return canvas.numpy()
 
 
-def save_grid(path: str | Path, images: torch.Tensor, nrow: int = 10, scale: int = 2) -> None:
-    """Write a grid of images as a grayscale PNG, upscaled ``scale`` times (nearest)."""
+def grid_png(images: torch.Tensor, nrow: int = 10, scale: int = 2) -> bytes:
+    """A grid of images as grayscale PNG bytes, upscaled ``scale`` times (nearest)."""
     arr = grid(images, nrow=nrow)
     img = Image.fromarray(arr, mode="L")
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_grid(path: str | Path, images: torch.Tensor, nrow: int = 10, scale: int = 2) -> None:
+    """Write a grid of images as a grayscale PNG file, atomically."""
+    atomic_write_bytes(path, grid_png(images, nrow=nrow, scale=scale))

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -28,6 +29,7 @@ __all__ = [
     "config_to_dict",
     "load_checkpoint",
     "new_run_dir",
+    "read_config",
     "read_jsonl",
     "save_checkpoint",
     "write_jsonl",
@@ -106,19 +108,49 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All complete records of a JSON-lines file; a torn last line (a kill mid-write) is skipped."""
+    """All records of a JSON-lines file.
+
+    A torn *last* line (a kill mid-write: no newline at its end) is skipped with a warning; a
+    line that is not a JSON object anywhere else is an error naming the file and line.
+    """
     path = Path(path)
     if not path.exists():
         return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise json.JSONDecodeError("not a JSON object", line, 0)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # the last line has no newline: torn by a kill mid-write
+                warnings.warn(
+                    f"{path}: skipped a torn last line {number} (a write cut off)", stacklevel=2
+                )
+                continue
+            raise ValueError(
+                f"{path}, line {number}: not a JSON record ({exc.msg}); the file is corrupt"
+            ) from None
+        out.append(record)
     return out
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's config.json, or a ValueError naming the file and what is wrong."""
+    path = Path(run_dir) / "config.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} is not a bnlab run directory (no config.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read it ({exc})") from None
+    if not isinstance(meta, dict) or "experiment" not in meta or "config" not in meta:
+        raise ValueError(f"{path}: not a bnlab config (no experiment/config entries)")
+    return meta
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

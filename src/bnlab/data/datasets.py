@@ -89,9 +89,12 @@ MD5: dict[str, dict[str, str]] = {
     },
 }
 
-# Read-only places where a distribution installs the files (Debian: fashion-mnist package).
+# Read-only places where a distribution installs the files, and the package that does.
 SYSTEM_DIRS: dict[str, list[Path]] = {
     "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
+}
+SYSTEM_PACKAGES: dict[str, str] = {
+    "fashion-mnist": "apt-get install dataset-fashion-mnist (Debian/Ubuntu)",
 }
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per connect / read; a stalled mirror must not hang a run forever
@@ -435,11 +438,12 @@ def _fetch(
             f"{'; '.join(failures)}); try again later, or put verified files in {directory} "
             f"or a directory passed with --data DIR"
         )
+    package = f" or install them with {SYSTEM_PACKAGES[name]}," if name in SYSTEM_PACKAGES else ""
     raise DataError(
         f"{name}: cannot download {filename}: no network, or every mirror failed "
         f"({'; '.join(failures)}). To work offline, put the files ({_file_list(requested)}; "
         f"gz or raw) in a directory and pass --data DIR or set BNLAB_DATA=DIR, or put them in "
-        f"{directory}; looked in: {'; '.join(p.describe(requested) for p in places)}"
+        f"{directory},{package} looked in: {'; '.join(p.describe(requested) for p in places)}"
     )
 
 

@@ -48,12 +48,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bnlab.nn as bnn
+from bnlab import functional as bnf
 from bnlab.config import FloatList, IntList
 from bnlab.data import batch_indices
 from bnlab.experiments import common
 from bnlab.experiments.common import derived_generator, derived_seed
 from bnlab.experiments.regularization import SPLIT_SEED
-from bnlab.models.mlp import bn_layers, forward_with_bn, mlp
+from bnlab.models.mlp import forward_with_bn, mlp
 from bnlab.report.html import Figure, Section, Table
 from bnlab.runs import append_jsonl
 from bnlab.stats import format_ci, mean_ci, paired
@@ -144,10 +145,9 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
     ``no_grad``, then restore each layer's momentum and every module's train/eval flag.
     Parameters are untouched.
 
-    Written here rather than calling ``update_bn`` because that function only finds layers
-    that subclass torch's ``_BatchNorm``; bnlab's layers do not, so it would silently leave
-    them alone. This one handles both kinds (tests check it against ``update_bn`` on torch
-    layers).
+    Written here rather than calling ``update_bn`` because that function restores only the
+    root module's train/eval flag; this one restores every module's (tests check it against
+    ``update_bn``).
 
     Args:
         model: modified in place.
@@ -156,7 +156,7 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
     Returns:
         The number of batches forwarded (0 when the model has no BN layer: nothing to do).
     """
-    layers: list[Any] = bn_layers(model)  # bnlab's or torch's: both have momentum, reset
+    layers = [m for _, m in bnn.batch_norm_layers(model)]
     if not layers:
         return 0
     modes = {m: m.training for m in model.modules()}
@@ -173,8 +173,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
     finally:
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
-        for m, flag in modes.items():
-            m.train(flag)
+        for module, flag in modes.items():
+            module.train(flag)
     return count
 
 
@@ -193,13 +193,19 @@ def population_stats(model: nn.Sequential, x: Tensor) -> Stats:
     """
     net = copy.deepcopy(model).train()
     _, io = forward_with_bn(net, x)
-    return [(inp.mean(0), inp.var(0, unbiased=True)) for inp, _ in io]  # (C,), (C,)
+    return [_mean_unbiased_var(inp) for inp, _ in io]  # (C,), (C,)
+
+
+def _mean_unbiased_var(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and unbiased variance of (N, C): what running_var estimates."""
+    mean, m2 = bnf.batch_norm_stats(x)
+    return mean, m2 / (x.shape[0] - 1)
 
 
 def bn_stats(model: nn.Module) -> Stats:
     """Copies of the running (mean, var) of every BN layer."""
     out = []
-    for m in bn_layers(model):
+    for _, m in bnn.batch_norm_layers(model):
         assert isinstance(m.running_mean, Tensor) and isinstance(m.running_var, Tensor)
         out.append((m.running_mean.clone(), m.running_var.clone()))
     return out
@@ -209,7 +215,7 @@ def bn_stats(model: nn.Module) -> Stats:
 def load_bn_stats(model: nn.Module, stats: Stats) -> nn.Module:
     """An eval-mode copy of ``model`` whose BN layers hold ``stats`` as running statistics."""
     net = copy.deepcopy(model).eval()
-    layers = bn_layers(net)
+    layers = [m for _, m in bnn.batch_norm_layers(net)]
     if len(layers) != len(stats):
         raise ValueError(f"{len(stats)} statistics for {len(layers)} BN layers")
     for m, (mean, var) in zip(layers, stats, strict=True):

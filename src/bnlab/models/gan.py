@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -62,6 +63,14 @@ class Variant:
             f"shuffle={int(self.shuffle)}"
         )
 
+    def spec(self) -> str:
+        """The command-line form that :func:`parse_variant` reads back into this variant: the
+        blog name alone for a blog variant, else every field spelled out."""
+        if BLOG_VARIANTS.get(self.name) == self:
+            return self.name
+        pairs = ":".join(f"{k}={_spell(getattr(self, k))}" for k in _FIELDS)
+        return f"{self.name}=init:{pairs}"
+
 
 BLOG_VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -80,8 +89,20 @@ BLOG_VARIANTS: dict[str, Variant] = {
     ]
 }
 
-_FIELDS = {f.name for f in dataclasses.fields(Variant)} - {"name"}
-_CHOICES = {"init": ("torch-default", "he-xavier"), "modes": ("none", "notebook3", "tidy")}
+_FIELDS = [f.name for f in dataclasses.fields(Variant) if f.name != "name"]
+# The choices of each Literal field, from the Literal itself (one definition).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "init": typing.get_args(Init),
+    "modes": typing.get_args(Modes),
+}
+
+
+def _spell(value: object) -> str:
+    if isinstance(value, tuple):
+        return "".join("1" if v else "0" for v in value)
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value)
 
 
 def _flags(text: str, key: str) -> Flags3:
@@ -134,10 +155,13 @@ def parse_variant(spec: str) -> Variant:
             changes[key] = _flags(value, key)
         elif key in ("joint_real_fake", "shuffle"):
             changes[key] = _bool(value, key)
-        elif value in _CHOICES.get(key, ()):
+        elif value in _CHOICES[key]:
             changes[key] = value
         else:
-            raise ValueError(f"variant {name!r}: bad value {value!r} for {key}")
+            raise ValueError(
+                f"variant {name!r}: bad value {value!r} for {key}; choose one of "
+                f"{', '.join(_CHOICES[key])}"
+            )
     if not name:
         raise ValueError(f"variant spec {spec!r} has no name before '='")
     return dataclasses.replace(base, name=name, **changes)  # type: ignore[arg-type]

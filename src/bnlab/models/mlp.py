@@ -19,9 +19,7 @@ import bnlab.nn as bnn
 
 __all__ = [
     "ACTIVATIONS",
-    "BN_TYPES",
     "INITS",
-    "bn_layers",
     "forward_with_bn",
     "init_linear_",
     "init_std",
@@ -31,12 +29,6 @@ __all__ = [
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 INITS = ("small", "unit", "xavier", "he")
 SMALL_STD = 0.01  # CS231n's "small random numbers": 0.01 * randn
-BN_TYPES: tuple[type[nn.Module], ...] = (
-    bnn.BatchNorm1d,
-    bnn.BatchNorm2d,
-    bnn.BatchNorm3d,
-    nn.modules.batchnorm._BatchNorm,
-)
 
 
 def init_std(scheme: str | float, fan_in: int, fan_out: int) -> float:
@@ -113,17 +105,12 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-def bn_layers(model: nn.Module) -> list[nn.Module]:
-    """The batch-norm layers of ``model`` (bnlab's or torch's), in forward order."""
-    return [m for m in model.modules() if isinstance(m, BN_TYPES)]
-
-
 def forward_with_bn(model: nn.Sequential, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """``model(x)`` and, for each BN layer, its (input, output): (N, C) each."""
     io = []
     for layer in model:
         y = layer(x)
-        if isinstance(layer, BN_TYPES):
+        if bnn.is_batch_norm(layer):
             io.append((x, y))
         x = y
     return x, io

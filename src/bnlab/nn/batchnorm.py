@@ -1,9 +1,11 @@
-"""Drop-in replacements for torch.nn.BatchNorm1d/2d/3d: parameters, buffers and plumbing only.
+"""Drop-in replacements for torch.nn.BatchNorm1d/2d/3d: subclasses of them, with bnlab's forward.
 
-Same constructor arguments, same parameter and buffer names (``weight``, ``bias``,
-``running_mean``, ``running_var``, ``num_batches_tracked``), same state_dict version, so a
-state_dict moves between these modules and torch's in both directions unchanged. All arithmetic
-is in :func:`bnlab.functional.batch_norm`.
+``bnlab.nn.BatchNorm2d`` *is a* ``torch.nn.BatchNorm2d``: same constructor, parameters
+(``weight``, ``bias``), buffers (``running_mean``, ``running_var``, ``num_batches_tracked``),
+state_dict version and repr, all inherited, so every tool that looks for batch norm with
+``isinstance(m, nn.modules.batchnorm._BatchNorm)`` treats it as one (``swa_utils.update_bn``,
+fvcore's precise BN, freeze-BN helpers, weight-decay filters, ``fuse_conv_bn_eval``). Only the
+forward differs: all arithmetic is in :func:`bnlab.functional.batch_norm`.
 
 Two facts worth knowing, both as in PyTorch:
 
@@ -12,6 +14,12 @@ Two facts worth knowing, both as in PyTorch:
   statistics seen during training").
 - ``track_running_stats=False`` keeps no buffers, and normalizes with batch statistics in
   evaluation mode too.
+
+``torch.fx.symbolic_trace`` traces through these modules (fx keeps only ``torch.nn``'s own
+classes as leaves): the whole forward step is one wrapped function, recorded as a single graph
+call with the layer's tensors as inputs, so the traced graph checks its input, counts batches
+and updates the running statistics at run time exactly as the module does. As for any traced
+code, the train/eval flag is the one the module had when it was traced.
 """
 
 from __future__ import annotations
@@ -26,17 +34,73 @@ from bnlab import functional as F
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _BatchNorm(nn.Module):
-    _version = 2  # torch's: version 2 added num_batches_tracked
+def _check_shape(x: Tensor, layer: str, expected_dims: tuple[int, ...], num_features: int) -> None:
+    if x.dim() not in expected_dims:
+        want = " or ".join(f"{d}D" for d in expected_dims)
+        raise ValueError(
+            f"{layer} expected {want} input (got {x.dim()}D input of shape {tuple(x.shape)})"
+        )
+    if x.shape[1] != num_features:
+        raise ValueError(
+            f"{layer} got input of shape {tuple(x.shape)} with {x.shape[1]} channels in dim 1; "
+            f"it normalizes {num_features} (build it with num_features={x.shape[1]})"
+        )
+
+
+@torch.fx.wrap  # one node in a traced graph: its checks and counter run when the graph runs
+def _layer_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    layer: str,
+    expected_dims: tuple[int, ...],
+    num_features: int,
+    training: bool,
+    track_running_stats: bool,
+    momentum: float | None,
+    eps: float,
+    act: int = 0,
+    slope: float = 0.0,
+) -> Tensor:
+    """One forward step of a BN layer: check the input, count the batch, normalize (and apply
+    the activation of code ``act``, for bnlab.nn.BatchNormAct*d).
+
+    Everything is checked before any state changes, so a bad input leaves the layer as it was.
+    """
+    _check_shape(x, layer, expected_dims, num_features)
+    use_batch_stats = training or running_mean is None
+    if use_batch_stats and x.numel() > 0 and x.numel() // x.shape[1] <= 1:
+        fix = (
+            "call .eval() to use the running statistics"
+            if track_running_stats
+            else "build it with track_running_stats=True to get statistics usable at batch 1"
+        )
+        raise ValueError(
+            f"{layer} needs more than 1 value per channel to compute batch statistics, got "
+            f"input of shape {tuple(x.shape)}: use a batch of 2 or more, or {fix}"
+        )
+    # Buffers go in when they are updated (training, tracked) or used (eval).
+    pass_buffers = not training or track_running_stats
+    mean_in = running_mean if pass_buffers else None
+    var_in = running_var if pass_buffers else None
+    F._check(x, mean_in, var_in, weight, bias, use_batch_stats, eps, who=layer)  # named errors
+    # This step's weight of the batch statistics in the running ones (counts the batch).
+    factor = 0.0 if momentum is None else momentum
+    if training and track_running_stats and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average
+            factor = 1.0 / float(num_batches_tracked)
+    # = F.batch_norm without repeating the check above
+    return F._batch_norm(x, mean_in, var_in, weight, bias, use_batch_stats, factor, eps, act, slope)
+
+
+class _BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """torch's batch-norm base with bnlab's forward; BatchNorm1d/2d/3d add torch's own class."""
+
     _expected_dims: tuple[int, ...] = ()
-    num_features: int
-    eps: float
-    momentum: float | None
-    affine: bool
-    track_running_stats: bool
-    running_mean: Tensor | None
-    running_var: Tensor | None
-    num_batches_tracked: Tensor | None
 
     def __init__(
         self,
@@ -50,144 +114,54 @@ class _BatchNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
         if not isinstance(num_features, int) or num_features < 0:
             raise ValueError(
                 f"{type(self).__name__}: num_features must be a non-negative int, "
                 f"got {num_features!r}"
             )
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, **factory, bias=bias
+        )
 
-    def reset_running_stats(self) -> None:
-        if self.running_mean is not None:
-            self.running_mean.zero_()
-        if self.running_var is not None:
-            self.running_var.fill_(1)
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.zero_()
+    def _check_input_dim(self, input: Tensor) -> None:
+        # torch's hook for the shape check; bnlab's forward does it inside _layer_forward.
+        _check_shape(input, self._layer_name(), self._expected_dims, self.num_features)
 
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+    def _layer_name(self) -> str:
+        return f"{type(self).__name__}({self.num_features})"
 
-    def _check_input_dim(self, x: Tensor, use_batch_stats: bool) -> None:
-        if x.dim() not in self._expected_dims:
-            want = " or ".join(f"{d}D" for d in self._expected_dims)
-            raise ValueError(
-                f"{type(self).__name__}({self.num_features}) expected {want} input "
-                f"(got {x.dim()}D input of shape {tuple(x.shape)})"
-            )
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"{type(self).__name__}({self.num_features}) got input of shape "
-                f"{tuple(x.shape)} with {x.shape[1]} channels in dim 1; it normalizes "
-                f"{self.num_features} (build it with num_features={x.shape[1]})"
-            )
-        if use_batch_stats and x.numel() > 0 and x.numel() // x.shape[1] <= 1:
-            fix = (
-                "call .eval() to use the running statistics"
-                if self.track_running_stats
-                else ("build it with track_running_stats=True to get statistics usable at batch 1")
-            )
-            raise ValueError(
-                f"{type(self).__name__}({self.num_features}) needs more than 1 value per channel "
-                f"to compute batch statistics, got input of shape {tuple(x.shape)}: use a batch "
-                f"of 2 or more, or {fix}"
-            )
-
-    def _ema_factor(self) -> float:
-        """This step's weight of the batch statistics in the running ones (counts the batch)."""
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                return 1.0 / float(self.num_batches_tracked)
-        return 0.0 if self.momentum is None else self.momentum
-
-    def forward(self, x: Tensor) -> Tensor:
-        use_batch_stats = self.training or self.running_mean is None
-        self._check_input_dim(x, use_batch_stats)  # before any state changes
-        momentum = self._ema_factor()
-        # Buffers go in when they are updated (training, tracked) or used (eval).
-        pass_buffers = not self.training or self.track_running_stats
-        return F.batch_norm(
-            x,
-            self.running_mean if pass_buffers else None,
-            self.running_var if pass_buffers else None,
+    def forward(self, input: Tensor) -> Tensor:
+        return _layer_forward(
+            input,
             self.weight,
             self.bias,
-            training=use_batch_stats,
-            momentum=momentum,
-            eps=self.eps,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # As torch does: state_dicts older than version 2 have no num_batches_tracked.
-        version = local_metadata.get("version")
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            self._layer_name(),
+            self._expected_dims,
+            self.num_features,
+            self.training,
+            self.track_running_stats,
+            self.momentum,
+            self.eps,
         )
 
 
-class BatchNorm1d(_BatchNorm):
-    """Batch normalization over (N, C) or (N, C, L) input; drop-in for torch.nn.BatchNorm1d."""
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
+    """Batch normalization over (N, C) or (N, C, L) input; a torch.nn.BatchNorm1d."""
 
     _expected_dims = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
-    """Batch normalization over (N, C, H, W) input; drop-in for torch.nn.BatchNorm2d."""
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
+    """Batch normalization over (N, C, H, W) input; a torch.nn.BatchNorm2d."""
 
     _expected_dims = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
-    """Batch normalization over (N, C, D, H, W) input; drop-in for torch.nn.BatchNorm3d."""
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
+    """Batch normalization over (N, C, D, H, W) input; a torch.nn.BatchNorm3d."""
 
     _expected_dims = (5,)

@@ -7,19 +7,23 @@ instead of saving it. Parameters, buffers and state_dict are exactly a BatchNorm
 checkpoint moves between ``BatchNorm2d``, ``BatchNormAct2d`` and ``torch.nn.BatchNorm2d`` in
 every direction; only the activation is extra (a constructor argument, not state).
 
-The arithmetic is :func:`bnlab.functional.batch_norm_act`; the plumbing (buffers, momentum,
-checks) is :class:`bnlab.nn.batchnorm._BatchNorm`'s.
+The arithmetic is :func:`bnlab.functional.batch_norm_act`'s; the module is a BatchNorm*d of
+bnlab's (so a torch.nn.BatchNorm*d, as timm's BatchNormAct2d is) whose forward step passes the
+activation along. Tools that fold a BN into the preceding convolution would drop the
+activation: fold a BatchNorm*d, or keep the activation after the folded convolution.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bnlab import functional as F
-from bnlab.nn.batchnorm import _BatchNorm
+from bnlab.nn.batchnorm import _BatchNorm, _layer_forward
 
 __all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d"]
+
+torch.fx.wrap("_layer_forward")  # this module's name for it too: one node in a traced graph
 
 ACTS = ("relu", "leaky_relu", "identity")
 
@@ -53,23 +57,24 @@ class _BatchNormAct(_BatchNorm):
         self.act = act
         self.negative_slope = negative_slope
 
-    def forward(self, x: Tensor) -> Tensor:
-        # _BatchNorm.forward's plumbing, with the fused functional in place of batch_norm.
-        use_batch_stats = self.training or self.running_mean is None
-        self._check_input_dim(x, use_batch_stats)  # before any state changes
-        momentum = self._ema_factor()
-        pass_buffers = not self.training or self.track_running_stats
-        return F.batch_norm_act(
-            x,
-            self.running_mean if pass_buffers else None,
-            self.running_var if pass_buffers else None,
+    def forward(self, input: Tensor) -> Tensor:
+        code, slope = F._act_code(self.act, self.negative_slope)
+        return _layer_forward(  # bnlab.nn.BatchNorm*d's forward step, with the activation
+            input,
             self.weight,
             self.bias,
-            training=use_batch_stats,
-            momentum=momentum,
-            eps=self.eps,
-            act=self.act,
-            negative_slope=self.negative_slope,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            self._layer_name(),
+            self._expected_dims,
+            self.num_features,
+            self.training,
+            self.track_running_stats,
+            self.momentum,
+            self.eps,
+            code,
+            slope,
         )
 
     def extra_repr(self) -> str:
@@ -77,19 +82,22 @@ class _BatchNormAct(_BatchNorm):
         return f"{super().extra_repr()}, act={self.act!r}{slope}"
 
 
-class BatchNormAct1d(_BatchNormAct):
-    """act(BatchNorm1d(x)) over (N, C) or (N, C, L) input, fused; state_dict of a BatchNorm1d."""
+class BatchNormAct1d(_BatchNormAct, nn.BatchNorm1d):
+    """act(BatchNorm1d(x)) over (N, C) or (N, C, L) input, fused; a torch.nn.BatchNorm1d with
+    its state_dict."""
 
     _expected_dims = (2, 3)
 
 
-class BatchNormAct2d(_BatchNormAct):
-    """act(BatchNorm2d(x)) over (N, C, H, W) input, fused; state_dict of a BatchNorm2d."""
+class BatchNormAct2d(_BatchNormAct, nn.BatchNorm2d):
+    """act(BatchNorm2d(x)) over (N, C, H, W) input, fused; a torch.nn.BatchNorm2d with its
+    state_dict."""
 
     _expected_dims = (4,)
 
 
-class BatchNormAct3d(_BatchNormAct):
-    """act(BatchNorm3d(x)) over (N, C, D, H, W) input, fused; state_dict of a BatchNorm3d."""
+class BatchNormAct3d(_BatchNormAct, nn.BatchNorm3d):
+    """act(BatchNorm3d(x)) over (N, C, D, H, W) input, fused; a torch.nn.BatchNorm3d with its
+    state_dict."""
 
     _expected_dims = (5,)

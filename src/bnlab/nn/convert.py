@@ -2,13 +2,18 @@
 
 The new layer takes over the old one's Parameter and buffer *objects* (not copies), so an
 optimizer built before the swap still updates the model, and its train/eval flag.
+
+Layers are matched by exact type. bnlab's classes subclass torch's (``isinstance`` cannot tell
+a bnlab.nn.BatchNorm2d from a torch.nn.BatchNorm2d), so ``from_torch`` leaves bnlab's layers
+alone and ``to_torch`` leaves torch's alone; other subclasses (a user's, SyncBatchNorm) are
+never touched, as they may change behaviour.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["from_torch", "to_torch"]
 
@@ -21,7 +26,7 @@ _BNLAB_TO_TORCH = {v: k for k, v in _TORCH_TO_BNLAB.items()}
 
 
 def _swap_one(old: nn.Module, new_cls: type[nn.Module]) -> nn.Module:
-    assert isinstance(old, (nn.modules.batchnorm._BatchNorm, _BatchNorm))
+    assert isinstance(old, nn.modules.batchnorm._BatchNorm)
     extra: dict[str, bool] = (
         {"bias": False} if old.affine and old.bias is None else {}
     )  # torch >= 2.6 only
@@ -43,7 +48,7 @@ def _swap_one(old: nn.Module, new_cls: type[nn.Module]) -> nn.Module:
 
 
 def _convert(model: nn.Module, mapping: dict[type[nn.Module], type[nn.Module]]) -> nn.Module:
-    # exact type match: a user's subclass of BatchNorm2d may change behaviour; leave it alone
+    # exact type match (see the module docstring): isinstance would match both directions
     if type(model) in mapping:
         return _swap_one(model, mapping[type(model)])
     for name, child in model.named_children():

@@ -1,29 +1,24 @@
-"""The GAN run's report: the blog's figures, metric curves with seed bands, a verdict per claim.
+"""`bnlab gan`'s analysis: records -> per-variant numbers and a verdict per claim (C1-C4).
 
-Everything here reads the run directory (config.json, metrics.jsonl, samples/, real.png);
-nothing trains. ``claims()`` also feeds summary.json, so the HTML and the machine-readable
-summary always carry the same numbers.
+Reads the run directory (config.json, metrics.jsonl); trains nothing, draws nothing. The run
+writes what :func:`analyse` returns as summary.json; the report shows the same numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from bnlab.report.html import Claim, Figure, Section, Table
-from bnlab.report.plots import plot_losses, plot_metric
-from bnlab.runs import atomic_write_json, read_jsonl
+from bnlab.report.html import Claim
+from bnlab.runs import read_config, read_jsonl
 from bnlab.stats import Estimate, mean_ci, paired, verdict
 
-__all__ = ["claims", "report", "summary"]
+__all__ = ["LOSSES", "METRICS", "analyse", "claims", "load_run", "result_line", "variant_names"]
 
 # metric key -> (title, y label, lower is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
@@ -45,10 +40,17 @@ BN_MODELS = ("init-bn", "init-bn-tidy")  # ... against BN, as notebook 3 ran it 
 BROKEN = "init-bn-nomode"  # notebook 2
 
 
-def _load(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    cfg = json.loads((run_dir / "config.json").read_text())
+def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(config.json, the epoch records of metrics.jsonl without failure events)."""
+    meta = read_config(run_dir)
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r]
-    return cfg, records
+    return meta, records
+
+
+def variant_names(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """The run's variants in the order they were given."""
+    names = [v["name"] for v in meta.get("config", {}).get("variants", [])]
+    return names or sorted({r["variant"] for r in records})
 
 
 def _final(records: list[dict[str, Any]], variant: str, key: str) -> dict[int, float]:
@@ -219,10 +221,10 @@ def claims(records: list[dict[str, Any]]) -> list[Claim]:
     return [c for c in out if c is not None]
 
 
-def summary(run_dir: Path) -> dict[str, Any]:
-    """Per variant: final values (mean and 95% CI over seeds) and the claims, for machines."""
-    cfg, records = _load(run_dir)
-    variants = list(cfg.get("variants", {})) or sorted({r["variant"] for r in records})
+def analyse(run_dir: Path) -> dict[str, Any]:
+    """Per variant: final values (mean and 95% CI over seeds) and the claims (summary.json)."""
+    meta, records = load_run(run_dir)
+    variants = variant_names(meta, records)
     keys = [
         k
         for k in (*LOSSES, *METRICS, *(f"{m}_train" for m in METRICS))
@@ -238,7 +240,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
         per_variant[v] = entry
     return {
         "experiment": "gan",
-        "config": cfg.get("config", {}),
+        "config": meta.get("config", {}),
         "variants": per_variant,
         "claims": [c.__dict__ for c in claims(records)],
         "notes": "losses: mean over the last 25% of epochs; metrics: last measured epoch; "
@@ -246,149 +248,38 @@ def summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> bytes | None:
-    """The variant's sample grids at up to ``max_cols`` epochs side by side, labelled."""
-    folder = run_dir / "samples" / variant
-    suffix = "" if view == "eval" else f"-{view}"
-    files = sorted(p for p in folder.glob(f"epoch-[0-9][0-9][0-9]{suffix}.png"))
-    if not files:
-        return None
-    idx = np.unique(np.linspace(0, len(files) - 1, min(max_cols, len(files))).round().astype(int))
-    chosen = [files[i] for i in idx]
-    imgs = [Image.open(p).convert("L") for p in chosen]
-    scale = 0.5 if imgs[0].width > 400 else 1.0
-    imgs = [im.resize((int(im.width * scale), int(im.height * scale))) for im in imgs]
-    pad, label_h = 8, 18
-    w = sum(im.width for im in imgs) + pad * (len(imgs) + 1)
-    h = max(im.height for im in imgs) + label_h + 2 * pad
-    canvas = Image.new("L", (w, h), 255)
-    draw = ImageDraw.Draw(canvas)
-    x = pad
-    for p, im in zip(chosen, imgs, strict=True):
-        draw.text((x, 3), f"epoch {int(p.name[6:9])}", fill=0)
-        canvas.paste(im, (x, label_h + pad))
-        x += im.width + pad
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def _summary_table(summ: dict[str, Any]) -> Table:
-    cols = [
-        k
-        for k in (
-            "d_loss",
-            "g_loss",
-            "d_x",
-            "d_g_z",
-            "g_acc",
-            "fd",
-            "classes_covered",
-            "stray_dots",
-            "fd_train",
-        )
-        if any(k in v for v in summ["variants"].values())
-    ]
-    rows = []
-    for variant, entry in summ["variants"].items():
-        row = [variant]
-        for k in cols:
-            e = entry.get(k)
-            row.append(
-                Estimate(e["mean"], e["ci95"][0], e["ci95"][1], e["n_seeds"]).fmt() if e else "-"
-            )
-        rows.append(row)
-    names = {**LOSSES, **{k: k.replace("_", " ") for k in METRICS}, "fd_train": "FD (train-mode G)"}
-    return Table(
-        "Final numbers per variant (mean [95% CI] over seeds)",
-        ["variant", *[names.get(k, k) for k in cols]],
-        rows,
-        "Losses: mean over the last 25% of epochs. Image metrics: last measured "
-        "epoch, 10,000 samples from a fixed z, G in eval mode unless marked train.",
-    )
-
-
-def report(run_dir: Path) -> list[Section]:
-    cfg, records = _load(run_dir)
-    c = cfg.get("config", {})
-    variants = list(cfg.get("variants", {}))
+def result_line(summary: dict[str, Any], run_dir: Path) -> str:
+    """The end of a run: last-epoch numbers per variant (mean over seeds), then the verdicts."""
+    meta, records = load_run(run_dir)
     seeds = sorted({r["seed"] for r in records})
-    summ = summary(run_dir)
-    atomic_write_json(run_dir / "summary.json", summ)
-    intro = (
-        f"The blog's MNIST GAN, reproduced: {len(variants)} variants x {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}), {c.get('epochs')} epochs on {cfg.get('data', '?')}. "
-        "All variants of a seed saw the same batches and the same z. Variants: "
-        + "; ".join(f"{k}: " + _variant_text(v) for k, v in cfg.get("variants", {}).items())
-    )
-    sections = [
-        Section(
-            "GAN: claims",
-            intro + "\n\nEach claim of the blog (C1-C4) as a "
-            "measured paired difference between variants over seeds.",
-            claims=claims(records),
-            tables=[_summary_table(summ)],
-            anchor="gan",
-        )
-    ]
-    figs = []
-    real = run_dir / "real.png"
-    if real.exists():
-        figs.append(Figure("Real digits", real.read_bytes(), "the first 100 training images", 260))
-    losses = plot_losses(records, run_dir, variants)  # loss_d.png, loss_g.png
-    for name, title in (("loss_d.png", "D loss per epoch"), ("loss_g.png", "G loss per epoch")):
-        if name in losses:
-            figs.append(Figure(title, losses[name], "the blog's two plots", 480))
-    for key, (title, ylabel, _) in METRICS.items():
-        for suffix, mode in (("", "eval"), ("_train", "train")):
-            if any(key + suffix in r for r in records):
-                png = plot_metric(
-                    records,
-                    key + suffix,
-                    f"{title} (G in {mode} mode)",
-                    ylabel,
-                    run_dir / f"metric_{key}{suffix}.png",
-                    variants,
-                )
-                if png:
-                    figs.append(Figure(f"{title}, G in {mode} mode", png, width=480))
-    for key in ("d_x", "d_g_z", "g_acc"):
-        png = plot_metric(
-            records, key, LOSSES[key], LOSSES[key], run_dir / f"curve_{key}.png", variants
-        )
-        if png:
-            figs.append(Figure(LOSSES[key], png, "per-epoch mean", 480))
-    sections.append(
-        Section(
-            "GAN: curves",
-            "Per-epoch means; bands span the seeds.",
-            figures=figs,
-            anchor="gan-curves",
-        )
-    )
-    sample_figs = []
-    for v in variants:
-        for view, what in (
-            ("eval", "G in eval mode, fixed z"),
-            ("train", "the notebook's view: last training batch, G in train mode"),
-        ):
-            png = _sample_strip(run_dir, v, view)
-            if png:
-                sample_figs.append(Figure(f"{v}: {what}", png))
-    sections.append(
-        Section(
-            "GAN: samples across epochs",
-            "First seed. Left to right: epochs.",
-            figures=sample_figs,
-            anchor="gan-samples",
-        )
-    )
-    return sections
+    lines = [summary_table(records, variant_names(meta, records), seeds), ""]
+    for c in summary.get("claims", []):
+        lines.append(f"{c['id']:<40} {c['verdict']}")
+    return "\n".join(lines) + f"\n{run_dir}: report.html, summary.json, metrics.jsonl, samples/"
 
 
-def _variant_text(v: dict[str, Any]) -> str:
-    bits = lambda f: "".join("1" if x else "0" for x in f)  # noqa: E731
-    return (
-        f"init {v['init']}, BN after G layers {bits(v['g_norm'])}, D layers "
-        f"{bits(v['d_norm'])}, modes {v['modes']}" + ("" if v["shuffle"] else ", unshuffled")
+def summary_table(records: list[dict[str, Any]], variants: list[str], seeds: list[int]) -> str:
+    """Last-epoch numbers per variant (mean over seeds)."""
+    head = (
+        f"{'variant':<16} {'epoch':>5} {'D loss':>7} {'G loss':>7} {'D(x)':>6} "
+        f"{'D(G(z))':>7} {'G acc':>6} {'img/s':>7}"
     )
+    lines = [head, "-" * len(head)]
+    for name in variants:
+        rows = [r for r in records if r["variant"] == name]
+        if not rows:
+            lines.append(f"{name:<16} {'-':>5}")
+            continue
+        last_epoch = max(r["epoch"] for r in rows)
+        last = [r for r in rows if r["epoch"] == last_epoch]
+
+        def m(k: str, last: list[dict[str, Any]] = last) -> float:
+            return sum(r[k] for r in last) / len(last)
+
+        lines.append(
+            f"{name:<16} {last_epoch:>5} {m('d_loss'):>7.3f} {m('g_loss'):>7.3f} "
+            f"{m('d_x'):>6.3f} {m('d_g_z'):>7.3f} {m('g_acc'):>6.3f} {m('images_per_s'):>7.0f}"
+        )
+    if len(seeds) > 1:
+        lines.append(f"(means over seeds {', '.join(map(str, seeds))})")
+    return "\n".join(lines)

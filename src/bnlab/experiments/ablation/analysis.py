@@ -1,208 +1,40 @@
-"""`bnlab gan-ablation`: which of notebook 2's differences made its BN GAN fail?
-
-Notebook 2 ("Init&BN, fail") differs from notebook 3 ("Init&BN") in several ways at once: BN
-on G's output layer, BN on D's first layer, no mode switching, an unshuffled loader. Both keep
-BN on D's single-unit logit. This experiment trains a full factorial design over
-
-    logit_bn  BN on D's logit (BatchNorm1d(1) before the Sigmoid)        off / on
-    g_out_bn  BN on G's output layer (before the Tanh)                   off / on
-    d_in_bn   BN on D's first layer                                      off / on
-    joint     D scores real and fake as one concatenated batch           off / on
-    modes     none (always train, nb 2) / notebook3 (its exact calls) / tidy
-
-(2 x 2 x 2 x 2 x 3 = 48 cells; every cell keeps BN after G's Linear 1-2 and D's Linear 2, as
-both notebooks do), plus notebook 2 and notebook 3 exactly as run (unshuffled / shuffled) to
-measure shuffling. Every cell is a GAN variant trained by ``bnlab gan``'s machinery (same
-batches and z per seed, processes, resume per cell), and scored after its last epoch with the
-metric classifier, with G in eval and in train mode (the evaluation factor costs no training).
-
-Analysis: log Frechet distance (FD is multiplicative: a broken GAN is 10x worse, not +x) is
-fitted with main effects and all two-way interactions by least squares; higher-order
-interactions pool into the error, whose residual variance gives t confidence intervals.
-Effects are reported as FD ratios. The cell means also give a plain path from notebook 2 to
-notebook 3: which single change repairs the broken run, and which single change breaks the
-working one.
+"""`bnlab gan-ablation`'s analysis: main effects and two-way interactions of the factors on
+log Frechet distance, paths between the notebooks, repairs of notebook 2, and a conclusion.
+Reads the run directory; trains nothing, draws nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
 import math
-import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
-from bnlab.config import IntList
-from bnlab.experiments import gan
-from bnlab.models.gan import Variant
-from bnlab.report.html import Figure, Section, Table
-from bnlab.runs import atomic_write_json, read_jsonl
+from bnlab.experiments.ablation.config import (
+    FACTOR_TEXT,
+    NOTEBOOK2,
+    NOTEBOOK2_SHUFFLED,
+    NOTEBOOK3,
+    NOTEBOOK3_UNSHUFFLED,
+    TWO_LEVEL,
+    Cell,
+    design,
+)
+from bnlab.runs import read_config, read_jsonl
 
-__all__ = ["AblationConfig", "Cell", "design", "effects", "report", "run"]
-
-TWO_LEVEL = ("logit_bn", "g_out_bn", "d_in_bn", "joint")
-MODES = ("none", "notebook3", "tidy")
-FACTOR_TEXT = {
-    "logit_bn": "BN on D's logit",
-    "g_out_bn": "BN on G's output",
-    "d_in_bn": "BN on D's first layer",
-    "joint": "real+fake in one D batch",
-    "modes": "mode switching",
-}
+__all__ = ["analyse", "cells_and_scores", "effects", "result_line"]
 
 
-@dataclass(frozen=True)
-class AblationConfig:
-    """Isolate the cause of notebook 2's failure: full factorial over BN placement, mode
-    switching and real/fake batching, several seeds, scored with the GAN metrics.
-
-    Default budget: 50 cells x 2 seeds x 20 epochs on the 10k MNIST split, about 30 minutes on
-    a 2-core CPU. The full-scale version (60k train split, 200 epochs, 5 seeds) costs about
-    50 x 5 x 200 x 600 steps: ~100 CPU-hours here, or a few GPU-hours.
-    """
-
-    seeds: IntList = (0, 1)
-    """seeds: each a full replicate of the design (paired across cells)"""
-    epochs: int = 20
-    """epochs per cell: long enough for a working GAN to draw digits and a broken one to show"""
-    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
-    """which dataset"""
-    data: Path | None = None
-    """directory with the IDX files (else $BNLAB_DATA, cache, system dirs, download)"""
-    subset: int = 0
-    """train on the first N images only (0 = the whole split); for quick checks"""
-    metric_samples: int = 5_000
-    """samples scored per cell and G mode (5,000 keeps scoring a small share of the budget)"""
-    cells: Literal["all", "factorial", "notebooks"] = "all"
-    """which cells: the 48-cell factorial plus the two notebooks (all), or one part"""
-    out: Path | None = None
-    """run directory (default runs/gan-ablation-<date>-<time>)"""
-    jobs: int = 0
-    """parallel training processes; 0 = one per CPU core"""
-    resume: bool = False
-    """continue an interrupted ablation (per cell, from its last checkpoint)"""
-    checkpoint_every: int = 5
-    """epochs between checkpoints of a cell"""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One cell of the design: factor levels -> a GAN variant."""
-
-    logit_bn: bool
-    g_out_bn: bool
-    d_in_bn: bool
-    joint: bool
-    modes: str
-    shuffle: bool = True
-    label: str = ""  # set for the notebooks' own configurations
-
-    @property
-    def name(self) -> str:
-        if self.label:
-            return self.label
-        bits = "".join("1" if getattr(self, f) else "0" for f in TWO_LEVEL)
-        return f"f{bits}-{self.modes}"
-
-    def variant(self) -> Variant:
-        return Variant(
-            self.name,
-            init="he-xavier",
-            g_norm=(True, True, self.g_out_bn),
-            d_norm=(self.d_in_bn, True, self.logit_bn),
-            modes=self.modes,  # type: ignore[arg-type]
-            joint_real_fake=self.joint,
-            shuffle=self.shuffle,
-        )
-
-    def spec(self) -> str:
-        v = self.variant()
-
-        def bits(f: tuple[bool, ...]) -> str:
-            return "".join("1" if x else "0" for x in f)
-
-        return (
-            f"{v.name}=init:g_norm={bits(v.g_norm)}:d_norm={bits(v.d_norm)}:modes={v.modes}"
-            f":joint_real_fake={int(v.joint_real_fake)}:shuffle={int(v.shuffle)}"
-        )
-
-
-NOTEBOOK2 = Cell(True, True, True, False, "none", shuffle=False, label="notebook2")
-NOTEBOOK3 = Cell(True, False, False, False, "notebook3", shuffle=True, label="notebook3")
-NOTEBOOK3_UNSHUFFLED = dataclasses.replace(NOTEBOOK3, shuffle=False, label="notebook3-unshuffled")
-NOTEBOOK2_SHUFFLED = dataclasses.replace(NOTEBOOK2, shuffle=True, label="notebook2-shuffled")
-
-
-def design(which: str = "all") -> list[Cell]:
-    cells = []
-    if which in ("all", "factorial"):
-        for logit, g_out, d_in, joint in itertools.product([False, True], repeat=4):
-            for modes in MODES:
-                cells.append(Cell(logit, g_out, d_in, joint, modes))
-    if which in ("all", "notebooks"):
-        cells += [NOTEBOOK2, NOTEBOOK2_SHUFFLED, NOTEBOOK3, NOTEBOOK3_UNSHUFFLED]
-    return cells
-
-
-def run(cfg: AblationConfig, log: Callable[[str], None] = print) -> gan.GanResult:
-    cells = design(cfg.cells)
-    gan_cfg = gan.GanConfig(
-        variants=tuple(c.spec() for c in cells),
-        epochs=cfg.epochs,
-        dataset=cfg.dataset,
-        data=cfg.data,
-        seeds=cfg.seeds,
-        subset=cfg.subset,
-        metrics=True,
-        metrics_at="last",
-        metric_samples=cfg.metric_samples,
-        sample_mode="both",
-        sample_every=0,  # sample grids at epoch 1 and the last only
-        checkpoint_every=cfg.checkpoint_every,
-        jobs=cfg.jobs,
-        out=cfg.out,
-        resume=cfg.resume,
-    )
-    started = time.perf_counter()
-    meta = {
-        "ablation": {
-            "config": dataclasses.asdict(cfg) | {"data": str(cfg.data), "out": str(cfg.out)},
-            "cells": {c.name: dataclasses.asdict(c) for c in cells},
-        }
-    }
-    result = gan.run(gan_cfg, log=log, experiment="gan-ablation", extra=meta)
-    from bnlab.report import build_report
-
-    path = build_report([result.run_dir])
-    summ = json.loads((result.run_dir / "summary.json").read_text())
-    top = summ["ranking"][0] if summ["ranking"] else None
-    minutes = (time.perf_counter() - started) / 60
-    if top:
-        log(
-            f"gan-ablation: largest effect on FD: {top['factor']} (x{top['ratio']:.2f} "
-            f"[{top['lo']:.2f}, {top['hi']:.2f}]); {minutes:.1f} min; open {path}"
-        )
-    else:
-        log(f"gan-ablation: no factorial cells, no effects; {minutes:.1f} min; open {path}")
-    return result
-
-
-# ---- analysis --------------------------------------------------------------------------------
-
-
-def _cells_and_scores(
+def cells_and_scores(
     run_dir: Path, key: str
 ) -> tuple[dict[str, Cell], dict[str, dict[int, float]]]:
-    cfg = json.loads((run_dir / "config.json").read_text())
-    cells = {name: Cell(**d) for name, d in cfg["ablation"]["cells"].items()}
+    """The run's cells (from its config) and, per cell, seed -> last measured ``key``."""
+    config = read_config(run_dir)["config"]
+    cells = {c.name: c for c in design(config["cells"])}
     scores: dict[str, dict[int, float]] = defaultdict(dict)
     last: dict[tuple[str, int], int] = {}
     for r in read_jsonl(run_dir / "metrics.jsonl"):
@@ -508,7 +340,7 @@ def _ranking(terms: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def analyse(run_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"experiment": "gan-ablation", "responses": {}}
     for key in ("fd", "fd_train"):
-        cells, scores = _cells_and_scores(run_dir, key)
+        cells, scores = cells_and_scores(run_dir, key)
         terms = effects(cells, scores)
         ranking = _ranking(terms)
         paths = _paths(cells, scores)
@@ -527,130 +359,11 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _mean_text(by_seed: dict[int, float]) -> str:
-    vals = [v for v in by_seed.values() if math.isfinite(v)]
-    return f"{np.mean(vals):.1f}" if vals else "-"
-
-
-def _fmt_ratio(e: dict[str, Any]) -> str:
-    if not math.isfinite(e["lo"]):
-        return f"x{e['ratio']:.2f}"
-    return f"x{e['ratio']:.2f} [{e['lo']:.2f}, {e['hi']:.2f}]"
-
-
-def _effects_figure(ranking: list[dict[str, Any]], title: str, path: Path) -> bytes:
-    import matplotlib.pyplot as plt
-
-    from bnlab.report.plots import save_figure
-
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(ranking) + 1))
-    names = [
-        FACTOR_TEXT.get(e["factor"].split(":")[0], e["factor"])
-        + (f" ({e['factor'].split(':')[1]})" if ":" in e["factor"] else "")
-        for e in ranking
-    ]
-    y = np.arange(len(ranking))[::-1]
-    est = np.array([e["log_effect"] for e in ranking]) / math.log(10)
-    lo = np.array([math.log10(e["lo"]) if math.isfinite(e["lo"]) else np.nan for e in ranking])
-    hi = np.array([math.log10(e["hi"]) if math.isfinite(e["hi"]) else np.nan for e in ranking])
-    ax.barh(y, est, color=["#c0392b" if v > 0 else "#2e86c1" for v in est], alpha=0.8)
-    ax.errorbar(est, y, xerr=[est - lo, hi - est], fmt="none", color="k", capsize=3)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(y, names)
-    ax.set_xlabel("log10 FD ratio (right = worse)")
-    ax.set_title(title)
-    return save_figure(fig, path)
-
-
-def report(run_dir: Path) -> list[Section]:
-    analysis = analyse(run_dir)
-    atomic_write_json(run_dir / "summary.json", analysis)
-    cfg = json.loads((run_dir / "config.json").read_text())
-    acfg = cfg["ablation"]["config"]
-    sections = []
-    for key, mode in (("fd", "eval"), ("fd_train", "train")):
-        res = analysis["responses"][key]
-        if not any(math.isfinite(v) for v in res["cell_means"].values()):
-            continue
-        main_rows = [
-            [
-                FACTOR_TEXT.get(e["factor"].split(":")[0], e["factor"])
-                + (f" = {e['factor'].split(':')[1]}" if ":" in e["factor"] else ""),
-                _fmt_ratio(e),
-                f"{e['p']:.2g}",
-            ]
-            for e in res["ranking"]
-        ]
-        inter_rows = [
-            [t["term"], _fmt_ratio(t), f"{t['p']:.2g}"]
-            for t in sorted(
-                (t for t in res["terms"] if " x " in t["term"]), key=lambda t: -abs(t["log_effect"])
-            )
-        ]
-        _, coverage = _cells_and_scores(run_dir, key.replace("fd", "classes_covered"))
-        cell_rows = sorted(
-            (
-                [n, f"{v:.3g}", _mean_text(coverage.get(n, {}))]
-                for n, v in res["cell_means"].items()
-                if math.isfinite(v)
-            ),
-            key=lambda r: float(r[1]),
-        )
-        figures = []
-        if res["ranking"]:
-            png = _effects_figure(
-                res["ranking"],
-                f"Main effects on FD (G in {mode} mode)",
-                run_dir / f"ablation_effects_{key}.png",
-            )
-            figures.append(Figure("Main effects", png, width=560))
-        conclusion = (
-            res["conclusion"]
-            if res["terms"]
-            else (
-                "This run has no factorial cells (--cells notebooks): only the cell table below; "
-                "effects need the factorial design."
-            )
-        )
-        intro = (
-            f"Response: Frechet distance after {acfg['epochs']} epochs, G sampled in {mode} "
-            f"mode, seeds {acfg['seeds']}. Effects are FD ratios with 95% CIs from a least-"
-            "squares fit of log FD on main effects and two-way interactions (higher-order "
-            "interactions pooled as error). Cell names: f<logit_bn><g_out_bn><d_in_bn><joint>"
-            f"-<modes>.\n\n{conclusion}"
-        )
-        tables = [
-            Table(
-                "Factors ranked by their effect on FD",
-                ["factor", "FD ratio [95% CI]", "p"],
-                main_rows,
-            ),
-            Table(
-                "Paths between the notebooks (cell means over seeds)",
-                ["start", "single change", "FD", "ratio"],
-                res["paths"],
-            ),
-            Table(
-                "Notebook 2's BN placement repaired, no mode switching (cell means)",
-                ["BN removed from", "cell", "FD", "ratio"],
-                res["repairs"],
-            ),
-            Table(
-                "Two-way interactions", ["interaction", "ratio of ratios [95% CI]", "p"], inter_rows
-            ),
-            Table(
-                "All cells, best first (geometric mean FD over seeds)",
-                ["cell", "FD", "classes covered (of 10)"],
-                cell_rows,
-            ),
-        ]
-        sections.append(
-            Section(
-                f"Ablation: why did the BN GAN fail? (G in {mode} mode)",
-                intro,
-                tables=[t for t in tables if t.rows],
-                figures=figures,
-                anchor=f"ablation-{key}",
-            )
-        )
-    return sections
+def result_line(summary: dict[str, Any], run_dir: Path) -> str:
+    top = summary["ranking"][0] if summary["ranking"] else None
+    if top is None:
+        return "gan-ablation: no factorial cells, no effects"
+    return (
+        f"gan-ablation: largest effect on FD: {top['factor']} (x{top['ratio']:.2f} "
+        f"[{top['lo']:.2f}, {top['hi']:.2f}])"
+    )

@@ -1,0 +1,12 @@
+"""Every ``bnlab <experiment>``, in one place: the CLI and ``bnlab report`` read this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnlab.experiments import ablation, gan
+from bnlab.experiments.protocol import Experiment
+
+__all__ = ["EXPERIMENTS"]
+
+EXPERIMENTS: dict[str, Experiment[Any]] = {e.name: e for e in (gan.EXPERIMENT, ablation.EXPERIMENT)}

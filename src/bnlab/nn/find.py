@@ -1,0 +1,29 @@
+"""Finding the batch-norm layers of a model: the one definition bnlab's tools share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TypeGuard
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["batch_norm_layers", "is_batch_norm"]
+
+
+def is_batch_norm(module: nn.Module) -> TypeGuard[_BatchNorm]:
+    """Whether ``module`` is a batch-norm layer: torch's BatchNorm1d/2d/3d, SyncBatchNorm and
+    LazyBatchNorm*, bnlab's (subclasses of torch's), or any other subclass of torch's base.
+
+    The same test torch's and fvcore's tools apply (``isinstance(m, _BatchNorm)``), so bnlab
+    and they always agree on which layers are batch norm. InstanceNorm is not.
+    """
+    return isinstance(module, _BatchNorm)
+
+
+def batch_norm_layers(model: nn.Module) -> Iterator[tuple[str, _BatchNorm]]:
+    """``(name, layer)`` for every batch-norm layer of ``model`` (itself included, as ""), in
+    definition order; a layer shared by several parents comes once."""
+    for name, module in model.named_modules():
+        if is_batch_norm(module):
+            yield name, module

@@ -1,0 +1,174 @@
+"""A corpus of bad inputs and misuse, each with the exit code and message it must give.
+
+One row per case: the command line (with placeholders), the expected exit code, and a
+fragment of the message (stderr, whitespace-normalized). To add a case, add a row; a
+placeholder that needs setup is a fixture below. Exit codes: 2 = bad input, nothing started;
+1 = the run (or check) completed and found failures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bnlab import cli
+from bnlab.data import datasets
+
+UNREACHABLE = "http://127.0.0.1:9/"
+
+# (case id, argv, exit code, message fragment)
+CASES: list[tuple[str, list[str], int, str]] = [
+    ("unknown command", ["nope"], 2, "unknown command 'nope'"),
+    ("unknown variant", ["gan", "--variants", "nope"], 2, "unknown variant 'nope'; known: plain"),
+    (
+        "variant bad value",
+        ["gan", "--variants", "x=init:modes=sometimes"],
+        2,
+        "bad value 'sometimes' for modes; choose one of none, notebook3, tidy",
+    ),
+    ("variant bad key", ["gan", "--variants", "x=init:color=red"], 2, "unknown key 'color'"),
+    ("epochs 0", ["gan", "--epochs", "0"], 2, "--epochs must be at least 1, got 0"),
+    ("lr negative", ["gan", "--lr", "-0.1"], 2, "--lr must be in (0, 1), got -0.1"),
+    ("lr not a number", ["gan", "--lr", "fast"], 2, "--lr"),
+    ("batch size 1", ["gan", "--batch-size", "1"], 2, "--batch-size must be at least 2"),
+    ("subset negative", ["gan", "--subset", "-5"], 2, "--subset must be >= 0"),
+    ("seeds repeated", ["gan", "--seeds", "1,2,1"], 2, "--seeds must not repeat a seed"),
+    ("seed negative", ["gan", "--seed", "-3"], 2, "seeds must be >= 0"),
+    (
+        "metric samples 1",
+        ["gan", "--metric-samples", "1"],
+        2,
+        "--metric-samples must be at least 2",
+    ),
+    ("checkpoint every 0", ["gan", "--checkpoint-every", "0"], 2, "--checkpoint-every must be"),
+    ("jobs negative", ["gan", "--jobs", "-1"], 2, "--jobs must be 0 (one per core) or more"),
+    ("ray address alone", ["gan", "--ray-address", "auto"], 2, "--ray-address needs --runner ray"),
+    ("ablation no seeds", ["gan-ablation", "--seeds", ""], 2, "--seeds: give distinct seeds"),
+    ("data dir missing", ["gan", "--data", "{tmp}/missing"], 2, "does not exist"),
+    ("data dir is a file", ["gan", "--data", "{file}"], 2, "is not a directory"),
+    (
+        "fashion-mnist absent",
+        ["gan", "--dataset", "fashion-mnist"],
+        2,
+        "apt-get install dataset-fashion-mnist",
+    ),
+    ("out is a file", ["gan", "--out", "{file}"], 2, "is a file, not a directory"),
+    ("out below a file", ["gan", "--out", "{file}/run"], 2, "is a file, not a directory"),
+    (
+        "out foreign directory",
+        ["gan", "--out", "{foreign}"],
+        2,
+        "is a directory that is not a bnlab run",
+    ),
+    (
+        "out holds a run",
+        ["gan", "--out", "{run}"],
+        2,
+        "already holds a run: continue it with --resume",
+    ),
+    ("resume no run", ["gan", "--resume", "--out", "{tmp}/none"], 2, "no run to continue"),
+    (
+        "resume another seed",
+        ["gan", "--resume", "--out", "{run}", "--seed", "5"],
+        2,
+        "this run was started with --seed 777, not 5; drop --seed",
+    ),
+    (
+        "resume other variants",
+        ["gan", "--resume", "--out", "{run}", "--variants", "plain"],
+        2,
+        "this run was started with --variants init, not plain",
+    ),
+    (
+        "resume fewer epochs",
+        ["gan", "--resume", "--out", "{run}", "--epochs", "1"],
+        2,
+        "(it may only grow: give more than 2)",
+    ),
+    (
+        "resume as another experiment",
+        ["gan-ablation", "--resume", "--out", "{run}"],
+        2,
+        "a 'gan' run, not 'gan-ablation'",
+    ),
+    (
+        "resume torn config",
+        ["gan", "--resume", "--out", "{torn_config}"],
+        2,
+        "config.json: cannot read it",
+    ),
+    ("report not a run", ["report", "{tmp}"], 2, "not a bnlab run directory"),
+    ("report corrupt metrics", ["report", "{corrupt_metrics}"], 2, "line 1: not a JSON record"),
+    ("report unknown experiment", ["report", "{alchemy}"], 2, "unknown experiment 'alchemy'"),
+]
+
+
+@pytest.fixture
+def isolated_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No system datasets, no network: a missing dataset is reported, not downloaded."""
+    monkeypatch.setenv("BNLAB_CACHE", str(tmp_path.parent / f"{tmp_path.name}-cache"))
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(datasets, "MIRRORS", {k: [UNREACHABLE] for k in datasets.MIRRORS})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A finished 2-epoch `bnlab gan --variants init` run (needs MNIST)."""
+    mnist_root = request.getfixturevalue("mnist_root")
+    out = tmp_path_factory.mktemp("corpus") / "run"
+    argv = ["gan", "--data", str(mnist_root), "--variants", "init", "--epochs", "2"]
+    argv += ["--subset", "200", "--no-metrics", "--jobs", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    return out
+
+
+def _placeholders(tmp_path: Path, needs: set[str], request: pytest.FixtureRequest) -> dict:
+    values = {"tmp": str(tmp_path)}
+    file = tmp_path / "a-file"
+    file.write_text("not a directory")
+    values["file"] = str(file)
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    values["foreign"] = str(foreign)
+    if needs & {"run", "torn_config", "corrupt_metrics"}:
+        run = request.getfixturevalue("tiny_run")
+        values["run"] = str(run)
+        torn = tmp_path / "torn"
+        shutil.copytree(run, torn)
+        (torn / "config.json").write_text('{"experiment": "gan", "conf')
+        values["torn_config"] = str(torn)
+        corrupt = tmp_path / "corrupt"
+        shutil.copytree(run, corrupt)
+        lines = (corrupt / "metrics.jsonl").read_text().splitlines()
+        (corrupt / "metrics.jsonl").write_text("\n".join(["{oops", *lines]) + "\n")
+        values["corrupt_metrics"] = str(corrupt)
+    alchemy = tmp_path / "alchemy"
+    alchemy.mkdir()
+    (alchemy / "config.json").write_text(json.dumps({"experiment": "alchemy", "config": {}}))
+    values["alchemy"] = str(alchemy)
+    return values
+
+
+@pytest.mark.usefixtures("isolated_data")
+@pytest.mark.parametrize(
+    ("argv", "code", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_gives_its_exit_code_and_message(argv, code, fragment, tmp_path, request, capsys):
+    needs = {a[1 : a.index("}")] for a in argv if a.startswith("{")}
+    values = _placeholders(tmp_path, needs, request)
+    argv = [a.format(**values) for a in argv]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        got = cli.main(argv)
+    except SystemExit as exc:  # the argument parser's own errors
+        got = exc.code
+    err = capsys.readouterr().err
+    err = " ".join(err.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())  # the parser's box
+    assert got == code, err
+    assert fragment in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing new was written

@@ -1,0 +1,248 @@
+"""The experiment protocol's driver and runners, on a toy experiment: one run directory
+contract, resume means the same run, locking, exit status, failure isolation, dead workers,
+a dead driver, and the Ray runner equal to the local one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bnlab import cli
+from bnlab.experiments import protocol
+from bnlab.experiments.protocol import RunFailed, run_experiment, run_lock
+from bnlab.runs import read_jsonl
+from toy_experiment import TOY, ToyConfig
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _run(out: Path, **kw) -> protocol.RunResult:
+    return run_experiment(TOY, ToyConfig(out=out, **kw), log=_quiet)
+
+
+def _numbers(records):
+    return sorted((r["job"], r["unit"], r["total"]) for r in records if "event" not in r)
+
+
+@pytest.fixture
+def toy_dir(tmp_path):
+    d = tmp_path / "toy"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The records of an uninterrupted inline run: every other run must reproduce them."""
+    return _numbers(_run(tmp_path_factory.mktemp("ref") / "run", jobs=1).records)
+
+
+def test_a_run_writes_the_whole_run_directory(tmp_path, reference):
+    result = _run(tmp_path / "run", jobs=1)
+    run_dir = result.run_dir
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert list(meta)[:2] == ["experiment", "config"] and meta["config"]["n"] == 3
+    assert meta["data"] == "ten numbers" and (run_dir / "toy.txt").read_bytes() == b"toy\n"
+    assert _numbers(read_jsonl(run_dir / "metrics.jsonl")) == reference
+    assert len(reference) == 18
+    for k in range(3):
+        assert (run_dir / "checkpoints" / f"job{k}.pt").is_file()
+        assert (run_dir / "out" / f"job{k}-6.txt").is_file()
+    assert json.loads((run_dir / "summary.json").read_text()) == {"records": 18, "failed": {}}
+    assert "18 records" in (run_dir / "report.html").read_text()
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_the_process_pool_gives_the_inline_records(tmp_path, reference):
+    assert _numbers(_run(tmp_path / "run", jobs=2).records) == reference
+
+
+def test_an_interrupted_run_resumes_to_the_same_records(tmp_path, toy_dir, reference):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, jobs=1, interrupt="job1", toy_dir=str(toy_dir))
+    partial = read_jsonl(out / "metrics.jsonl")
+    assert 0 < len(partial) < 18
+    resumed = run_experiment(TOY, ToyConfig(out=out, resume=True), log=_quiet)
+    assert _numbers(resumed.records) == reference
+    assert _numbers(read_jsonl(out / "metrics.jsonl")) == reference
+
+
+def test_resume_keeps_the_stored_settings_when_flags_are_left_out(tmp_path):
+    out = tmp_path / "run"
+    _run(out, jobs=1, n=2)
+    resumed = run_experiment(TOY, ToyConfig(out=out, resume=True), log=_quiet)
+    assert {r["job"] for r in resumed.records} == {"job0", "job1"}  # not the default n=3
+    assert json.loads((out / "config.json").read_text())["config"]["n"] == 2
+
+
+def test_resume_refuses_a_different_setting_naming_the_flag(tmp_path):
+    out = tmp_path / "run"
+    _run(out, jobs=1, n=2)
+    with pytest.raises(ValueError, match=r"started with --chunk 2, not 3; drop --chunk"):
+        run_experiment(TOY, ToyConfig(out=out, resume=True, chunk=3), log=_quiet)
+    with pytest.raises(ValueError, match=r"--steps 6, not 4 \(it may only grow"):
+        run_experiment(TOY, ToyConfig(out=out, resume=True, steps=4), log=_quiet)
+
+
+def test_resume_may_grow_a_growable_setting_and_records_it(tmp_path, reference, monkeypatch):
+    from bnlab.experiments import registry
+
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", TOY)
+    out = tmp_path / "run"
+    _run(out, jobs=1, steps=4)
+    # --steps 6 is also the default: the CLI knows it was given all the same
+    assert cli.main(["toy", "--resume", "--out", str(out), "--steps", "6", "--jobs", "1"]) == 0
+    assert _numbers(read_jsonl(out / "metrics.jsonl")) == reference
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["steps"] == 6 and meta["resumed_with"] == ["--steps 4 -> 6"]
+
+
+@pytest.mark.parametrize("kind", ["file", "foreign"])
+def test_out_never_writes_into_a_file_or_a_foreign_directory(tmp_path, kind):
+    out = tmp_path / "target"
+    if kind == "file":
+        out.write_text("precious")
+        match = "is a file"
+    else:
+        out.mkdir()
+        (out / "thesis.tex").write_text("precious")
+        match = "not a bnlab run"
+    with pytest.raises(ValueError, match=match):
+        _run(out, jobs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    if kind == "foreign":
+        assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_a_locked_run_refuses_a_second_writer_with_its_pid(tmp_path):
+    out = tmp_path / "run"
+    _run(out, jobs=1, n=1)
+    with (
+        run_lock(out),
+        pytest.raises(ValueError, match=rf"another bnlab process \(PID {os.getpid()}\)"),
+    ):
+        run_experiment(TOY, ToyConfig(out=out, resume=True), log=_quiet)
+    (out / ".lock").write_text("999999\n")  # stale: its process is gone, the OS lock with it
+    run_experiment(TOY, ToyConfig(out=out, resume=True), log=_quiet)
+
+
+def test_a_failing_job_fails_alone_and_the_run_exits_non_zero(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(RunFailed) as exc:
+        _run(out, jobs=2, fail="job1")
+    result = exc.value.result
+    assert list(result.failed) == ["job1"] and "told to fail" in result.failed["job1"]
+    assert {r["job"] for r in result.records} == {"job0", "job2"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == result.failed and (out / "report.html").exists()
+    from bnlab.experiments import registry
+
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", TOY)
+    code = cli.main(["toy", "--fail", "job0", "--jobs", "1", "--out", str(tmp_path / "cli")])
+    assert code == 1
+    assert "1 job(s) failed: job0 (RuntimeError: job0 was told to fail)" in capsys.readouterr().err
+
+
+def test_a_chunk_whose_worker_dies_runs_again_from_the_last_state(tmp_path, toy_dir, reference):
+    result = _run(tmp_path / "run", jobs=2, crash="job0", toy_dir=str(toy_dir))
+    assert (toy_dir / "crashed-job0").exists()  # it did die once
+    assert _numbers(result.records) == reference and result.failed == {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its reparented parent) counts as gone
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+def test_workers_exit_promptly_when_the_driver_is_killed(tmp_path, toy_dir):
+    code = (
+        "from toy_experiment import TOY, ToyConfig\n"
+        "from bnlab.experiments.protocol import run_experiment\n"
+        f"run_experiment(TOY, ToyConfig(out={str(tmp_path / 'run')!r}, jobs=2, n=2, "
+        f"steps=400, chunk=400, sleep=0.05, toy_dir={str(toy_dir)!r}), log=print)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}:{SRC}"}
+    driver = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list(toy_dir.glob("pid-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.name[4:]) for p in toy_dir.glob("pid-*")]
+    assert len(workers) == 2, "the workers never started"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "workers outlived their driver"
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing written after the fact
+
+
+def test_quick_fills_in_only_the_fields_left_at_their_default():
+    cfg = protocol.apply_quick(TOY, ToyConfig(quick=True, n=5))
+    assert (cfg.n, cfg.steps) == (5, 2)
+    assert protocol.apply_quick(TOY, ToyConfig(n=5)).steps == 6  # no --quick, no change
+
+
+def test_a_config_round_trips_through_config_json(tmp_path):
+    from bnlab.experiments.gan import GanConfig
+    from bnlab.models.gan import parse_variant
+    from bnlab.runs import config_to_dict
+
+    cfg = GanConfig(
+        variants=(parse_variant("init-bn"), parse_variant("mine=init-bn:modes=tidy:d_norm=010")),
+        seeds=(0, 3),
+        data=tmp_path,
+        out=tmp_path / "out",
+    )
+    text = json.dumps(config_to_dict(cfg))
+    assert protocol.config_from_dict(GanConfig, json.loads(text)) == cfg
+    with pytest.raises(ValueError, match="does not know: color"):
+        protocol.config_from_dict(GanConfig, {**json.loads(text), "color": "red"})
+
+
+def test_ray_runner_without_ray_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("no ray")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ValueError, match=r"pip install 'bnlab\[ray\]'"):
+        _run(tmp_path / "run", runner="ray")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_ray_runner_equals_the_local_one_and_retries_a_dead_worker(
+    tmp_path, toy_dir, monkeypatch, reference
+):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS}:{SRC}")  # Ray's workers import the toy
+    result = _run(tmp_path / "run", runner="ray", jobs=2, crash="job0", toy_dir=str(toy_dir))
+    assert (toy_dir / "crashed-job0").exists()
+    assert _numbers(result.records) == reference and result.failed == {}
+    ckpt = dataclasses.asdict(ToyConfig())
+    assert json.loads((result.run_dir / "config.json").read_text())["config"]["n"] == ckpt["n"]
