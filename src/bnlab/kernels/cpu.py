@@ -124,7 +124,9 @@ def load(required: bool = False) -> bool:
             _state = "ok"
             return True
         except Exception as exc:  # no compiler, no ninja, read-only cache, ...
-            _state = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+            lines = str(exc).strip().splitlines() or [""]
+            first_error = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
+            _state = f"{type(exc).__name__}: {first_error.strip()[:300]}"
             if not required:
                 print(
                     f"bnlab: the compiled CPU kernels are unavailable ({_state}); running the "

@@ -24,6 +24,8 @@
 #include "bn_cpu.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
+#include <c10/core/CPUAllocator.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -36,6 +38,11 @@
 #include <vector>
 #ifdef __AVX__
 #include <immintrin.h>
+#endif
+#ifdef __linux__
+#include <sys/mman.h>
+
+#include <cstdlib>
 #endif
 
 namespace bnlab {
@@ -84,6 +91,43 @@ Geom geom(const Tensor& x) {
   }
   g.k = g.rows && g.C < kMinWidth ? (kMinWidth + g.C - 1) / g.C : 1;
   return g;
+}
+
+// Full-size outputs (y, dx) of kHugeOutput bytes and more live in transparent huge pages. A
+// fresh output is written to memory the kernel must first fault in and zero page by page; with
+// 2 MiB pages that costs a fifth of the time (51 MB: 13 ms instead of 62 ms on the 2-core VM
+// this was measured on, where faulting dominated a (64, 64, 56, 56) batch norm). Freed
+// normally: nothing is cached or held back.
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kHugeOutput = size_t(4) << 20;
+
+#ifdef __linux__
+struct HugePageAllocator final : c10::Allocator {
+  c10::DataPtr allocate(size_t n) override {
+    const size_t size = (n + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = nullptr;
+    if (posix_memalign(&p, kHugePage, size) != 0) return c10::GetCPUAllocator()->allocate(n);
+    madvise(p, size, MADV_HUGEPAGE);  // a hint: ignored where THP is off
+    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+  static void release(void* p) { std::free(p); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+};
+#endif
+
+// A tensor like x (same sizes and strides: x is dense here) for a kernel's full-size output.
+Tensor empty_output(const Tensor& x) {
+#ifdef __linux__
+  if (size_t(x.numel()) * x.element_size() >= kHugeOutput) {
+    static HugePageAllocator allocator;
+    return at::detail::empty_strided_generic(x.sizes(), x.strides(), &allocator,
+                                             c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                             x.scalar_type());
+  }
+#endif
+  return at::empty_like(x);
 }
 
 // dy in x's layout (autograd may hand over an expanded or differently strided gradient).
@@ -623,7 +667,7 @@ Tensor elemt(const Tensor& x, const Tensor& mean, const Tensor& inv_std, const O
              const OptTensor& bias, int64_t act_code, double slope) {
   const Geom g = geom(x);
   const Channels ch = channels(x, mean, inv_std, weight, bias);
-  Tensor y = at::empty_like(x);
+  Tensor y = empty_output(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bnlab_elemt", [&] {
     using A = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -702,7 +746,7 @@ Tensor backward_elemt_impl(const Tensor& dy_in, const Tensor& x, const Tensor& m
   const Channels ch = channels(x, mean, inv_std, weight, bias);
   const Tensor dy = like_x(dy_in, x, g);
   const int64_t C = g.C;
-  Tensor dx = at::empty_like(x);
+  Tensor dx = empty_output(x);
   Tensor s0 = STATS ? per_channel(sum_dy, ch.mean.scalar_type()) : Tensor();
   Tensor s1 = STATS ? per_channel(sum_dy_xhat, ch.mean.scalar_type()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bnlab_bwd", [&] {
