@@ -170,11 +170,14 @@ template <class F>
 void for_each_piece(const Geom& g, const F& f) {
   const int64_t period = g.rows ? g.k * g.C : g.S;
   at::parallel_for(0, g.numel, kGrain, [&](int64_t begin, int64_t end) {
+    const int64_t p = begin / period;  // divisions once per chunk, not per piece
+    int64_t off = begin - p * period, c = g.rows ? 0 : p % g.C;
     for (int64_t i = begin; i < end;) {
-      const int64_t p = i / period, off = i - p * period;
       const int64_t len = std::min(period - off, end - i);
-      f(i, len, g.rows ? off : p % g.C);
+      f(i, len, g.rows ? off : c);
       i += len;
+      off = 0;
+      if (++c == g.C) c = 0;
     }
 #ifdef __AVX__
     _mm_sfence();  // order this thread's non-temporal stores (write_piece) before the join
