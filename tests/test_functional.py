@@ -283,3 +283,77 @@ def test_stats_of_an_empty_input_are_zero():
     for x in (torch.randn(0, 3), torch.randn(0, 3, 4), torch.randn(2, 3, 0, 4)):
         mean, m2 = F.batch_norm_stats(x)
         assert mean.shape == m2.shape == (3,) and not mean.any() and not m2.any()
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (0, 3, 4, 5), (0, 3, 2, 2, 2)])
+def test_stages_accept_an_empty_batch(shape):
+    # A SyncBatchNorm rank may hold zero samples: its stages must give empty outputs and zero
+    # sums, not fail on an ambiguous reshape.
+    from bnlab import functional as F
+
+    x = torch.randn(shape, dtype=torch.float64)
+    mean, m2 = F.batch_norm_stats(x)
+    inv_std = torch.ones(3, dtype=torch.float64)
+    y = F.batch_norm_elemt(x, mean, inv_std, None, None)
+    s0, s1 = F.batch_norm_backward_reduce(x, x, mean, inv_std)
+    dx = F.batch_norm_backward_elemt(x, x, mean, inv_std, None, s0, s1, 10)
+    assert y.shape == dx.shape == x.shape
+    for t in (mean, m2, s0, s1):
+        assert t.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("sizes", [(50, 50), (70, 30), (1, 99), (0, 100), (34, 0, 66), (0, 0, 7)])
+def test_merged_stats_of_parts_equal_stats_of_the_whole(sizes):
+    from bnlab import functional as F
+
+    gen = torch.Generator().manual_seed(1)
+    # a large common offset: a sum-of-squares merge would lose the variance to cancellation
+    x = torch.randn(sum(sizes), 4, 3, generator=gen, dtype=torch.float64) * 1e-3 + 1e4
+    parts = torch.split(x, list(sizes))
+    stats = [F.batch_norm_stats(p) for p in parts]
+    count = torch.tensor([p.numel() // 4 for p in parts])
+    mean, m2 = F.batch_norm_merge_stats(
+        count, torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats])
+    )
+    xn = x.numpy().transpose(1, 0, 2).reshape(4, -1)
+    want_mean = xn.mean(1) if xn.size else np.zeros(4)
+    want_m2 = ((xn - want_mean[:, None]) ** 2).sum(1)
+    np.testing.assert_allclose(mean.numpy(), want_mean, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(m2.numpy(), want_m2, rtol=1e-9, atol=1e-30)
+
+
+def test_stages_are_twice_differentiable_under_grad_mode():
+    # The contract SyncBatchNorm's double backward relies on: with autograd on, the stages
+    # (merge included) are differentiable ops, so gradgradcheck passes through their composition.
+    from bnlab import functional as F
+
+    x, w, _, dy = _case((6, 3, 4))
+    x.requires_grad_()
+    dy.requires_grad_()
+    w.requires_grad_()
+
+    def dx_of(x, dy, w):
+        parts = (x[:2], x[2:])
+        stats = [F.batch_norm_stats(p) for p in parts]
+        count = torch.tensor([8, 16])
+        mean, m2 = F.batch_norm_merge_stats(
+            count, torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats])
+        )
+        inv_std = (m2 / 24 + 1e-5).rsqrt()
+        s0, s1 = F.batch_norm_backward_reduce(dy, x, mean, inv_std)
+        y = F.batch_norm_elemt(x, mean, inv_std, w, None)
+        return F.batch_norm_backward_elemt(dy, x, mean, inv_std, w, s0, s1, 24), y
+
+    assert torch.autograd.gradcheck(dx_of, (x, dy, w))
+    assert torch.autograd.gradgradcheck(dx_of, (x, dy, w))
+
+
+def test_stats_of_an_empty_batch_stay_in_the_autograd_graph():
+    # An empty rank must build the same graph as the others, or SyncBatchNorm's double backward
+    # would run a collective on some ranks only.
+    from bnlab import functional as F
+
+    x = torch.randn(0, 3, 4, dtype=torch.float64, requires_grad=True)
+    mean, m2 = F.batch_norm_stats(x)
+    assert mean.requires_grad and m2.requires_grad
+    assert mean.tolist() == m2.tolist() == [0.0, 0.0, 0.0]

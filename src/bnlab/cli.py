@@ -214,6 +214,7 @@ def _launch_torchrun(name: str, cfg: Any, argv: list[str]) -> int:
         out = latest_run_dir("runs", name) if cfg.resume else new_run_dir("runs", name)
         if out is not None:
             argv = [*argv, "--out", str(out)]
+    argv = _without_flag(argv, "--nproc")  # the ranks learn it from torchrun (WORLD_SIZE)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count() // cfg.nproc)))
     launch = [
@@ -240,6 +241,19 @@ def _launch_torchrun(name: str, cfg: Any, argv: list[str]) -> int:
         codes = {f.exitcode for f in exc.failures.values()}
         return 2 if codes == {2} else 1
     return 0
+
+
+def _without_flag(argv: list[str], flag: str) -> list[str]:
+    """argv without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == flag:
+            skip = True
+        elif not token.startswith(flag + "="):
+            out.append(token)
+    return out
 
 
 def _usage() -> str:

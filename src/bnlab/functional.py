@@ -52,6 +52,7 @@ __all__ = [
     "batch_norm_backward_elemt",
     "batch_norm_backward_reduce",
     "batch_norm_elemt",
+    "batch_norm_merge_stats",
     "batch_norm_stats",
     "batch_stats",
     "update_running_stats",
@@ -178,10 +179,10 @@ def update_running_stats(
 # ---- the math in plain torch, as stages ---------------------------------------------------------
 #
 # One process:   stats -> elemt            and   backward_reduce -> backward_elemt
-# Several ranks: stats -> [merge over ranks] -> elemt, and backward_reduce -> [all_reduce] ->
-# backward_elemt. bnlab.nn.SyncBatchNorm inserts the communication; _TorchKernels composes the
-# same stages for one process. The compiled kernels (bnlab.kernels) implement these formulas,
-# cut the same way; the core tests run against both.
+# Several ranks: stats -> [all_gather] -> merge_stats -> elemt, and backward_reduce ->
+# [all_reduce] -> backward_elemt. bnlab.nn.SyncBatchNorm inserts the communication;
+# _TorchKernels composes the same stages for one process. The compiled kernels (bnlab.kernels)
+# implement these formulas, cut the same way; the core tests run against both.
 #
 # An optional activation is fused after the affine map (bnlab.nn.BatchNormAct*d):
 # y = act(z), z = gamma * x_hat + beta. Backward recomputes z from x (not saved) and uses
@@ -437,6 +438,9 @@ def _stage_kernels_for(x: Tensor, *tensors: Tensor | None) -> Any:
 
 
 # ---- stages: the same math cut where a distributed BN communicates ------------------------------
+#
+# (The merge across ranks, batch_norm_merge_stats, is a stage of its own; see the notes on the
+# math in plain torch above for the cut and the contract under autograd.)
 
 
 def batch_norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -444,16 +448,42 @@ def batch_norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     the sum of squared deviations from the mean (var = m2 / count).
 
     ``(mean, m2, count)`` triples merge exactly across ranks with Chan et al.'s parallel
-    formula; a channel of an empty input has mean 0 and m2 0.
+    formula; a channel of an empty input has mean 0 and m2 0, computed by the same ops (sums
+    over nothing), so that under autograd an empty rank's graph has the same shape as the
+    others' (SyncBatchNorm's double backward runs the same collectives on every rank).
     """
     fast = _stage_kernels_for(x)
     if fast is not None:
         return fast.batch_norm_stats(x)
     layout = _Layout(x)
-    if layout.count == 0:
-        zeros = torch.zeros(x.shape[1], dtype=_stat_dtype(x), device=x.device)
-        return zeros, zeros.clone()
+    # an empty batch goes through the same ops (sums over nothing: mean 0, m2 0)
     return _stats(_canonical(x, layout, _stat_dtype(x)), layout)
+
+
+def batch_norm_merge_stats(count: Tensor, mean: Tensor, m2: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge per-part ``(count, mean, m2)`` into the ``(mean, m2)`` of all parts together.
+
+    Chan, Golub and LeVeque's parallel formula, all parts at once: with n = sum(n_i),
+
+        mean = sum(n_i * mean_i) / n
+        m2   = sum(m2_i) + sum(n_i * (mean_i - mean)^2)      (within + between parts)
+
+    Exact in real arithmetic for any counts, and stable in floating point: it adds squared
+    deviations of means, never subtracts squares. A part with n_i = 0 has no weight; if every
+    part is empty the result is mean 0, m2 0 (no division by zero).
+
+    Args:
+        count: (P,) values per channel in each part.
+        mean, m2: (P, C) per-part statistics from :func:`batch_norm_stats`.
+
+    Returns:
+        (C,) mean and m2 in the dtype of ``mean``. Differentiable (out-of-place ops).
+    """
+    count = count.to(mean.dtype)
+    weight = count / count.sum().clamp(min=1)  # (P,)
+    merged = (weight[:, None] * mean).sum(0)
+    between = (count[:, None] * (mean - merged).square()).sum(0)
+    return merged, m2.sum(0) + between
 
 
 def batch_norm_elemt(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnlab.experiments import ablation, gan
+from bnlab.experiments import ablation, gan, santurkar2018
 from bnlab.experiments.protocol import Experiment
 
 __all__ = ["EXPERIMENTS"]
 
-EXPERIMENTS: dict[str, Experiment[Any]] = {e.name: e for e in (gan.EXPERIMENT, ablation.EXPERIMENT)}
+EXPERIMENTS: dict[str, Experiment[Any]] = {
+    e.name: e for e in (gan.EXPERIMENT, ablation.EXPERIMENT, santurkar2018.EXPERIMENT)
+}
