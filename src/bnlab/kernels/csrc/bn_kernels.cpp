@@ -296,8 +296,10 @@ inline A strip_sum(int64_t len, const F& f) {
     BNLAB_SIMD
     for (int64_t jj = 0; jj < W; ++jj) acc[jj] += f(t + jj);
   }
+  const int64_t rest = len - t;  // the tail into the same partial sums, still vectorized
+  BNLAB_SIMD
+  for (int64_t jj = 0; jj < rest; ++jj) acc[jj] += f(t + jj);
   A total = 0;
-  for (; t < len; ++t) total += f(t);
   for (int64_t jj = 0; jj < W; ++jj) total += acc[jj];
   return total;
 }
@@ -498,13 +500,15 @@ void reduce_planes(const T* dy, const T* x, const Geom& g, const A* mean, const 
           p1[jj] += dz * (xv - mu);
         }
       }
-      A a0 = 0, a1 = 0;
-      for (; t < len; ++t) {
-        const A xv = A(xp[t]);
-        const A dz = act_grad<ACT>(affine(xv, sc, sh), A(dp[t]), slope);
-        a0 += dz;
-        a1 += dz * (xv - mu);
+      const int64_t rest = len - t;  // the tail into the same partial sums
+      BNLAB_SIMD
+      for (int64_t jj = 0; jj < rest; ++jj) {
+        const A xv = A(xp[t + jj]);
+        const A dz = act_grad<ACT>(affine(xv, sc, sh), A(dp[t + jj]), slope);
+        p0[jj] += dz;
+        p1[jj] += dz * (xv - mu);
       }
+      A a0 = 0, a1 = 0;
       for (int64_t jj = 0; jj < W; ++jj) {
         a0 += p0[jj];
         a1 += p1[jj];
