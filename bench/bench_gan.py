@@ -135,10 +135,7 @@ def bnlab_losses(
     out = []
     epoch = 0
     while len(out) < steps:
-        order, z = trainer.epoch_inputs(epoch)
-        if variant.modes in ("notebook3", "none"):
-            trainer.G.train()
-            trainer.D.train()
+        order, z = trainer.begin_epoch(epoch)
         for i in range(min(trainer.steps_per_epoch, steps - len(out))):
             real = to_unit_range(images[order[i]])
             d, g, *_ = trainer.step(real, z[i, 0], z[i, 1])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from bnlab.experiments.common import torch_threads
+from bnlab.experiments.protocol import Experiment
 from bnlab.report.html import Section
 
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -92,6 +95,36 @@ def report_from_files(
         sections = module.report(run_dir)
         assert all(isinstance(s, Section) for s in sections)
         assert (run_dir / figure).read_bytes()[:8] == PNG_MAGIC
+        return sections
+
+    return rebuild
+
+
+@pytest.fixture
+def report_from_run_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[[Experiment[Any], Path, str], list[Section]]:
+    """An experiment's ``report`` on a copy of ``run_dir`` without summary.json and without
+    ``figure``, with the experiment's load and train made to fail and no dataset to be found:
+    the report must come from the files alone, draw the lost figure again from metrics.jsonl,
+    and never write summary.json (the run does). Returns the sections."""
+
+    def rebuild(exp: Experiment[Any], run_dir: Path, figure: str) -> list[Section]:
+        for fn in (exp.load, exp.train):
+
+            def forbidden(*_a: object, _name: str = fn.__name__, **_k: object) -> None:
+                raise AssertionError(f"{exp.name}'s report must not call {_name}")
+
+            monkeypatch.setattr(sys.modules[fn.__module__], fn.__name__, forbidden)
+        monkeypatch.setenv("BNLAB_DATA", str(tmp_path / "no-data-here"))
+        copy = tmp_path / "report-copy"
+        shutil.copytree(run_dir, copy)
+        (copy / "summary.json").unlink()
+        (copy / figure).unlink()
+        sections = exp.report(copy)
+        assert sections and all(isinstance(s, Section) for s in sections)
+        assert (copy / figure).read_bytes()[:8] == PNG_MAGIC
+        assert not (copy / "summary.json").exists()
         return sections
 
     return rebuild

@@ -1,7 +1,10 @@
-"""bnlab regularization (claim C6): the statistics, the batch-dependence probe, the run dir."""
+"""bnlab regularization (claim C6): the statistics, the batch-dependence probe, chunked
+training, the --quick run end to end and its report rebuilt from the run directory."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import warnings
 from pathlib import Path
@@ -14,21 +17,17 @@ import torch
 from bnlab.data import to_unit_range
 from bnlab.experiments import regularization as reg
 from bnlab.experiments.common import train_test
+from bnlab.experiments.regularization.analysis import (
+    MIN_EFFECT_PP,
+    c6_verdict,
+    fit_slope,
+    summarize,
+)
 from bnlab.models.mlp import mlp
+from bnlab.runs import read_jsonl
 from bnlab.stats import Estimate, format_ci, paired
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")
-
-TINY = dict(
-    seeds=(0, 1),
-    train_size=100,
-    holdout=500,
-    epochs=3,
-    batch_size=20,
-    hidden=(16, 16),
-    probe_batch_sizes=(2, 4, 8, 16),
-    probe_batches=10,
-)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -72,7 +71,7 @@ def test_eval_mode_output_of_an_example_does_not_depend_on_its_batch() -> None:
 
 def test_train_mode_spread_shrinks_like_one_over_sqrt_batch_size() -> None:
     records = _probe((8, 16, 32, 64, 128), 40)
-    fit = reg._fit_slope([r["batch_size"] for r in records], [r["bn1_std"] for r in records])
+    fit = fit_slope([r["batch_size"] for r in records], [r["bn1_std"] for r in records])
     assert -0.7 < fit["slope"] < -0.35, fit
     assert fit["lo"] <= fit["slope"] <= fit["hi"]
 
@@ -117,11 +116,11 @@ def test_report_intervals_read_mean_unit_then_bounds() -> None:
 
 
 def test_c6_verdict_follows_its_rule() -> None:
-    assert reg.c6_verdict(0.1, 2.0) == "holds"
-    assert reg.c6_verdict(-2.0, -0.5) == "does not hold"
-    assert reg.c6_verdict(-0.2, reg.MIN_EFFECT_PP - 0.1) == "does not hold"
-    assert reg.c6_verdict(-1.0, 2.0) == "inconclusive"
-    assert reg.c6_verdict(math.nan, math.nan) == "inconclusive"
+    assert c6_verdict(0.1, 2.0) == "holds"
+    assert c6_verdict(-2.0, -0.5) == "does not hold"
+    assert c6_verdict(-0.2, MIN_EFFECT_PP - 0.1) == "does not hold"
+    assert c6_verdict(-1.0, 2.0) == "inconclusive"
+    assert c6_verdict(math.nan, math.nan) == "inconclusive"
 
 
 def _epoch(variant: str, seed: int, epoch: int, train_acc: float, test_acc: float) -> dict:
@@ -140,7 +139,7 @@ def test_summary_reads_the_final_gap_over_the_last_epochs_and_the_gap_at_equal_f
             records.append(_epoch("plain", seed, e, min(1.0, 0.2 * e), 0.9 - 0.01 * seed))
             records.append(_epoch("bn", seed, e, 1.0 if e >= 2 else 0.5, 0.92 - 0.01 * seed))
     config = {"seeds": [0, 1], "variants": ["plain", "bn"], "match_train_acc": 0.99}
-    s = reg.summarize(records, config)
+    s = summarize(records, config)
     plain, bn = s["variants"]["plain"], s["variants"]["bn"]
     assert plain["gap"].mean == pytest.approx(10.5)  # last 5 epochs: train 1.0, test 0.9 / 0.89
     assert bn["gap"].mean == pytest.approx(8.5)
@@ -151,47 +150,169 @@ def test_summary_reads_the_final_gap_over_the_last_epochs_and_the_gap_at_equal_f
     assert s["min_final_train_acc"] == pytest.approx(1.0)
 
 
+def test_a_seed_without_records_is_missing_not_an_error() -> None:
+    """A failed job leaves its (variant, seed) without records: left out, the rest stands."""
+    records = [_epoch(v, s, 1, 1.0, 0.9) for v in ("plain", "bn") for s in (0, 1)]
+    records = [r for r in records if (r["variant"], r["seed"]) != ("bn", 1)]
+    config = {"seeds": [0, 1], "variants": ["plain", "bn"], "match_train_acc": 0.99}
+    s = summarize(records, config)
+    assert s["variants"]["bn"]["gap"].n == 1 and s["variants"]["plain"]["gap"].n == 2
+    assert s["min_final_train_acc"] == 1.0
+
+
+# ---- jobs and chunks --------------------------------------------------------------------------
+
+
+def _tiny_data(n: int = 120) -> reg.RegData:
+    gen = torch.Generator().manual_seed(0)
+    x = to_unit_range(torch.randint(0, 256, (n, 784), dtype=torch.uint8, generator=gen))
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return reg.RegData(x[:80], y[:80], x[80:], y[80:])
+
+
+def test_plan_has_one_job_per_seed_and_variant_and_one_probe() -> None:
+    cfg = reg.Config(seeds=(3, 1), probe_batch_sizes=(2, 4))
+    jobs = reg.EXPERIMENT.plan(cfg, _tiny_data())
+    assert [j.key for j in jobs] == [f"s{s}/{v}" for s in (3, 1) for v in reg.VARIANTS]
+    assert [j.key for j in jobs if j.probe is not None] == ["s3/bn"]
+    assert all(j.total == cfg.epochs and j.unit_steps == 20 for j in jobs)
+    no_probe = reg.EXPERIMENT.plan(dataclasses.replace(cfg, probe_batch_sizes=()), _tiny_data())
+    assert all(j.probe is None for j in no_probe)
+
+
+@pytest.mark.parametrize("variant", reg.VARIANTS)
+def test_training_in_chunks_equals_training_in_one_go(variant: str) -> None:
+    """A job resumed from its state (model and Adam) continues exactly where it stopped."""
+    data = _tiny_data()
+    cfg = reg.Config(train_size=60, epochs=3, batch_size=20, hidden=(8,))
+    probe = reg.Probe((2, 4), 3, 0) if variant == "bn" else None
+    job = reg.RegJob(0, variant, cfg.training(), probe)  # type: ignore[arg-type]
+    whole = reg.EXPERIMENT.train(job, None, 0, 3, data)
+    first = reg.EXPERIMENT.train(job, None, 0, 1, data)
+    before = json.dumps({k: v.tolist() for k, v in first.state["model"].items()})
+    rest = reg.EXPERIMENT.train(job, first.state, 1, 3, data)
+    assert json.dumps({k: v.tolist() for k, v in first.state["model"].items()}) == before
+    assert first.records + rest.records == whole.records
+    assert (first.done, rest.done, whole.failed) == (1, 3, None)
+    kinds = [r["kind"] for r in whole.records]
+    assert kinds == ["epoch"] * 3 + (["probe"] * 2 if probe else [])
+    assert not [r for r in first.records if r["kind"] == "probe"]  # only after the last epoch
+
+
+def test_a_diverging_network_fails_its_job_with_the_fix() -> None:
+    cfg = reg.Config(train_size=60, epochs=2, batch_size=20, hidden=(8,), lr=1e30)
+    job = reg.RegJob(0, "plain", cfg.training())
+    result = reg.EXPERIMENT.train(job, None, 0, 2, _tiny_data())
+    assert result.failed is not None and "smaller --lr" in result.failed
+    assert result.done < 2
+
+
 # ---- the run directory ------------------------------------------------------------------------
 
 
-def test_bad_configs_are_value_errors(tmp_path: Path) -> None:
-    for bad in (
-        {"variants": ("bn", "bn-full")},
-        {"variants": ("plain", "bn", "ghost")},
-        {"batch_size": 1},
-        {"train_size": 10, "batch_size": 20},
-        {"epochs": 0},
-        {"probe_batch_sizes": (1, 2)},
-        {"seeds": ()},
-    ):
-        with pytest.raises(ValueError):
-            reg.run(reg.Config(**{**TINY, **bad, "out": tmp_path / "x"}), log=lambda _m: None)
+def test_an_interrupted_run_resumes_to_the_same_records(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnlab.experiments.regularization import train
+
+    tiny = dict(
+        seeds=(0,), variants=("plain", "bn"), train_size=100, holdout=200, epochs=4,
+        batch_size=20, hidden=(8,), probe_batch_sizes=(2, 4), probe_batches=3,
+        checkpoint_every=2, jobs=1, data=mnist_root,
+    )  # fmt: skip
+    full = reg.run(reg.Config(**tiny, out=tmp_path / "full"), log=lambda _m: None)
+    real_epoch, calls = train.train_epoch, {"n": 0}
+
+    def interrupted(*args: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 6:  # in the second round of chunks: both jobs saved epoch 2
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted)
+    cut = reg.Config(**tiny, out=tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        reg.run(cut, log=lambda _m: None)
+    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    partial = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert {r["epoch"] for r in partial} == {1, 2} and len(partial) == 4
+    resumed = reg.run(dataclasses.replace(cut, resume=True), log=lambda _m: None)
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["kind"], r.get("variant", ""), r.get("epoch", 0), r.get("batch_size", 0))
+
+    assert sorted(resumed.records, key=key) == sorted(full.records, key=key)
+    assert len([r for r in full.records if r["kind"] == "probe"]) == 2
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"variants": ("bn", "bn-full")}, "must include plain and bn"),
+        ({"variants": ("plain", "bn", "ghost")}, "unknown --variants ghost"),
+        ({"variants": ("plain", "bn", "bn")}, "must not repeat"),
+        ({"seeds": ()}, "at least one seed"),
+        ({"seeds": (0, 0)}, "must not repeat a seed"),
+        ({"seeds": (-1,)}, ">= 0"),
+        ({"batch_size": 1}, "--batch-size"),
+        ({"train_size": 10, "batch_size": 20}, "smaller than one batch"),
+        ({"epochs": 0}, "--epochs"),
+        ({"holdout": 0}, "--holdout"),
+        ({"hidden": ()}, "--hidden"),
+        ({"lr": 0.0}, "--lr"),
+        ({"match_train_acc": 1.5}, "--match-train-acc"),
+        ({"probe_batch_sizes": (1, 2)}, "--probe-batch-sizes"),
+        ({"probe_batch_sizes": (4, 4)}, "--probe-batch-sizes"),
+        ({"probe_batches": 1}, "--probe-batches"),
+        ({"checkpoint_every": 0}, "--checkpoint-every"),
+        ({"train_size": 100_000}, "exceeds the training pool"),
+    ],
+)
+def test_bad_configs_are_value_errors_before_any_work(
+    tmp_path: Path, mnist_root: Path, bad: dict[str, Any], match: str
+) -> None:
+    cfg = reg.Config(**{"data": mnist_root, "out": tmp_path / "x", **bad})
+    with pytest.raises(ValueError, match=match):
+        reg.run(cfg, log=lambda _m: None)
     assert not (tmp_path / "x").exists()  # nothing written before the config is checked
 
 
-def test_run_writes_every_output_and_a_report_rebuilt_from_files(
-    tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_files: Any
+def test_quick_run_writes_every_output_and_a_report_rebuilt_from_files(
+    tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_run_dir: Any
 ) -> None:
     out = tmp_path / "run"
     lines: list[str] = []
-    cfg = reg.Config(**TINY, data=mnist_root, out=out)
+    cfg = reg.Config(quick=True, data=mnist_root, out=out)
     result = reg.run(cfg, log=lines.append)
 
     figures = {"gap_acc.png", "gap_loss.png", "accuracy.png", "batch_spread.png"}
     meta = check_run_files(out, "regularization", figures)
-    assert meta["config"]["seeds"] == [0, 1] and meta["config"]["out"] == str(out)
+    quick = reg.EXPERIMENT.quick
+    assert meta["config"]["seeds"] == list(quick["seeds"]) and meta["config"]["out"] == str(out)
+    n_seeds, epochs = len(quick["seeds"]), quick["epochs"]
+    assert epochs > quick["checkpoint_every"]  # quick crosses a chunk boundary
+    for seed in quick["seeds"]:
+        for v in reg.VARIANTS:
+            assert (out / "checkpoints" / f"s{seed}" / f"{v}.pt").exists()
 
-    epochs = [r for r in result.records if r["kind"] == "epoch"]
-    assert len(epochs) == 2 * 3 * 3  # seeds x variants x epochs
-    for r in epochs:
+    epoch_records = [r for r in result.records if r["kind"] == "epoch"]
+    assert len(epoch_records) == n_seeds * len(reg.VARIANTS) * epochs
+    for r in epoch_records:
         assert set(r) >= {"seed", "variant", "epoch", "train_acc", "test_acc", "train_loss",
                           "test_loss", "acc_gap_pp", "loss_gap", "batch_loss"}  # fmt: skip
         assert 0 <= r["train_acc"] <= 1 and math.isfinite(r["test_loss"])
         assert r["acc_gap_pp"] == pytest.approx(100 * (r["train_acc"] - r["test_acc"]))
-    probe = [r for r in result.records if r["kind"] == "probe"]
-    assert [r["batch_size"] for r in probe] == [2, 4, 8, 16]
+    probe = sorted(
+        (r for r in result.records if r["kind"] == "probe"), key=lambda r: r["batch_size"]
+    )
+    assert [r["batch_size"] for r in probe] == list(quick["probe_batch_sizes"])
     assert all(r["logit_std_eval"] == 0.0 and r["logit_std"] > 0 for r in probe)
 
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary))  # what the run returned
+    assert [c["id"] for c in summary["claims"]] == ["C6", "C6 (cause)", "C6 (premise)"]
+    assert summary["failed"] == {} and summary["claims"][2]["verdict"] == "holds"
     assert len(lines[-1].splitlines()) == 1 and lines[-1].startswith("C6 ")
     assert "plain - bn" in lines[-1] and "report.html" in lines[-1]
 
@@ -200,10 +321,9 @@ def test_run_writes_every_output_and_a_report_rebuilt_from_files(
                  "C6 (premise)", "Paired comparisons", "data:image/png;base64"):  # fmt: skip
         assert text in html, text
 
-    sections = report_from_files(reg, "train_variant", out, "gap_acc.png")
+    sections = report_from_run_dir(reg.EXPERIMENT, out, "gap_acc.png")
     assert [s.anchor for s in sections] == ["c6", "batch-dependence"]
-    assert [c.id for c in sections[0].claims] == ["C6", "C6 (cause)", "C6 (premise)"]
-    assert sections[0].claims[2].verdict == "holds"
+    assert [c.__dict__ for c in sections[0].claims] == summary["claims"]
     assert len(sections[0].figures) == 3 and len(sections[1].figures) == 1
 
     with pytest.raises(ValueError, match="already holds a run"):

@@ -129,3 +129,24 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     assert pixels.shape == (2400, 1200)
     assert pixels.std() > 20  # text, tables and figures drawn, not a blank page
     assert (pixels < 60).mean() > 0.01  # dark pixels: text and the digit grids
+
+
+def test_runs_of_the_same_variants_are_compared_paired_by_seed(run_dir: Path, tmp_path: Path):
+    import json
+
+    from bnlab.runs import read_jsonl, write_jsonl
+
+    other = tmp_path / "four-ranks"
+    shutil.copytree(run_dir, other)
+    meta = json.loads((other / "config.json").read_text())
+    meta["config"].update(nproc=4, ddp_bn="local")
+    (other / "config.json").write_text(json.dumps(meta))
+    records = read_jsonl(other / "metrics.jsonl")
+    for r in records:
+        r["fd"] += 5.0  # every seed 5 worse: a paired difference of exactly +5
+    write_jsonl(other / "metrics.jsonl", records)
+    path = build_report([run_dir, other], tmp_path / "both.html")
+    html = path.read_text()
+    assert "GAN: runs compared" in html
+    assert "ddp_bn=local nproc=4" in html and "nproc=None" in html
+    assert "+5" in html or "5 (p=" in html

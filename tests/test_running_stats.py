@@ -1,8 +1,10 @@
-"""bnlab running-stats: precise BN, the cumulative shadow, population statistics, the run dir."""
+"""bnlab running-stats: precise BN, the cumulative shadow, population statistics, chunked
+training, the --quick run end to end and its report rebuilt from the run directory."""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 import bnlab.nn as bnn
+from bnlab.data import to_unit_range
 from bnlab.experiments import running_stats as rs
 from bnlab.models.mlp import forward_with_bn, mlp
 
@@ -165,66 +168,124 @@ def test_load_bn_stats_returns_an_eval_copy_and_leaves_the_model_alone() -> None
         rs.load_bn_stats(model, stats[:1])
 
 
+# ---- jobs and chunks --------------------------------------------------------------------------
+
+
+def _tiny_data(n: int = 140) -> rs.StatsData:
+    gen = torch.Generator().manual_seed(0)
+    x = to_unit_range(torch.randint(0, 256, (n, 784), dtype=torch.uint8, generator=gen))
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return rs.StatsData(x[:100], y[:100], x[100:], y[100:])
+
+
+def _tiny_job(trace: bool = True, **kw: Any) -> rs.RunningStatsJob:
+    cfg = rs.Config(**{"epochs": 3, "batch_size": 20, "hidden": (8, 6), **kw})
+    return rs.RunningStatsJob(0, cfg.training(), 60, trace)
+
+
+def test_plan_traces_the_first_seed_and_trains_on_the_whole_pool_by_default() -> None:
+    jobs = rs.EXPERIMENT.plan(rs.Config(seeds=(4, 2, 7)), _tiny_data())
+    assert [j.key for j in jobs] == ["s4", "s2", "s7"]
+    assert [j.trace for j in jobs] == [True, False, False]
+    assert {j.train_size for j in jobs} == {100} and {j.unit_steps for j in jobs} == {2}
+
+
+def test_training_in_chunks_equals_training_in_one_go() -> None:
+    """A job resumed from its state (model, Adam, every shadow's statistics and batch count)
+    continues exactly where it stopped."""
+    data, job = _tiny_data(), _tiny_job()
+    whole = rs.EXPERIMENT.train(job, None, 0, 3, data)
+    first = rs.EXPERIMENT.train(job, None, 0, 1, data)
+    rest = rs.EXPERIMENT.train(job, first.state, 1, 3, data)
+    assert first.records + rest.records == whole.records
+    assert (first.done, rest.done, whole.failed) == (1, 3, None)
+    names = ["ema-0.1", "ema-0.01", "ema-0.5", "cumulative", "precise", "population"]
+    epochs = [r for r in whole.records if r["kind"] == "epoch"]
+    assert [r["estimator"] for r in epochs] == names * 3
+    assert [r["step"] for r in whole.records if r["kind"] == "trace"] == list(range(1, 10))
+
+
+def test_a_diverging_network_fails_its_job_with_the_fix() -> None:
+    result = rs.EXPERIMENT.train(_tiny_job(lr=1e30), None, 0, 3, _tiny_data())
+    assert result.failed is not None and "smaller --lr" in result.failed
+    assert result.done < 3
+
+
 # ---- the run directory ------------------------------------------------------------------------
 
 
-TINY = dict(
-    seeds=(0, 1), holdout=500, train_size=200, epochs=2, batch_size=20, hidden=(16, 16),
-    shadow_momenta=(0.01,),
-)  # fmt: skip
-
-
-def test_bad_configs_are_value_errors(tmp_path: Path) -> None:
-    for bad in (
-        {"momentum": 0.0},
-        {"shadow_momenta": (0.1,)},
-        {"batch_size": 1},
-        {"precise_batch_size": 1},
-        {"epochs": 0},
-        {"seeds": (1, 1)},
-    ):
-        with pytest.raises(ValueError):
-            rs.run(rs.Config(**{**TINY, **bad, "out": tmp_path / "x"}), log=lambda _m: None)
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"momentum": 0.0}, "must be in"),
+        ({"shadow_momenta": (0.1,)}, "repeats the model's --momentum"),
+        ({"shadow_momenta": (0.2, 0.2)}, "must not repeat"),
+        ({"batch_size": 1}, "--batch-size"),
+        ({"precise_batch_size": 1}, "--precise-batch-size"),
+        ({"epochs": 0}, "--epochs"),
+        ({"seeds": (1, 1)}, "none repeated"),
+        ({"seeds": (-2,)}, ">= 0"),
+        ({"holdout": 0}, "--holdout"),
+        ({"train_size": -1}, "--train-size"),
+        ({"train_size": 10}, "smaller than one batch"),
+        ({"hidden": (4, 0)}, "--hidden"),
+        ({"lr": -1.0}, "--lr"),
+        ({"checkpoint_every": 0}, "--checkpoint-every"),
+        ({"train_size": 100_000}, "exceeds the training pool"),
+    ],
+)
+def test_bad_configs_are_value_errors_before_any_work(
+    tmp_path: Path, mnist_root: Path, bad: dict[str, Any], match: str
+) -> None:
+    cfg = rs.Config(**{"data": mnist_root, "out": tmp_path / "x", **bad})
+    with pytest.raises(ValueError, match=match):
+        rs.run(cfg, log=lambda _m: None)
     assert not (tmp_path / "x").exists()
 
 
-def test_run_writes_every_output_and_a_report_rebuilt_from_files(
-    tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_files: Any
+def test_quick_run_writes_every_output_and_a_report_rebuilt_from_files(
+    tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_run_dir: Any
 ) -> None:
     out = tmp_path / "run"
     lines: list[str] = []
-    result = rs.run(rs.Config(**TINY, data=mnist_root, out=out), log=lines.append)
+    result = rs.run(rs.Config(quick=True, data=mnist_root, out=out), log=lines.append)
 
     figures = {"stat_errors.png", "accuracy.png", "trace.png"}
     meta = check_run_files(out, "running-stats", figures)
-    assert meta["train_digits"] == 200
+    quick = rs.EXPERIMENT.quick
+    n, seeds, epochs = quick["train_size"], quick["seeds"], quick["epochs"]
+    assert meta["train_digits"] == n
+    assert epochs > quick["checkpoint_every"]  # quick crosses a chunk boundary
+    assert all((out / "checkpoints" / f"s{s}.pt").exists() for s in seeds)
 
-    names = ["ema-0.1", "ema-0.01", "cumulative", "precise", "population"]
-    epochs = [r for r in result.records if r["kind"] == "epoch"]
-    assert len(epochs) == 2 * 2 * len(names)  # seeds x epochs x estimators
-    assert {r["estimator"] for r in epochs} == set(names)
-    for r in epochs:
+    names = ["ema-0.1", "ema-0.01", "ema-0.5", "cumulative", "precise", "population"]
+    epoch_records = [r for r in result.records if r["kind"] == "epoch"]
+    assert len(epoch_records) == len(seeds) * epochs * len(names)
+    assert {r["estimator"] for r in epoch_records} == set(names)
+    for r in epoch_records:
         assert set(r) >= {"seed", "epoch", "step", "test_acc", "test_loss", "mean_err",
                           "var_err", "channel_mean", "channel_var"}  # fmt: skip
-        assert len(r["mean_err"]) == len(r["var_err"]) == 2
+        assert len(r["mean_err"]) == len(r["var_err"]) == len(quick["hidden"])
         if r["estimator"] == "population":
             assert r["mean_err"] == [0.0, 0.0] and r["var_err"] == [0.0, 0.0]
         else:
             assert all(e > 0 and math.isfinite(e) for e in r["var_err"])
     traces = [r for r in result.records if r["kind"] == "trace"]
-    assert len(traces) == 2 * (200 // 20) and {r["seed"] for r in traces} == {0}
-    assert set(traces[0]["mean"]) == {"ema-0.1", "ema-0.01", "cumulative"}
+    assert len(traces) == epochs * (n // 50) and {r["seed"] for r in traces} == {seeds[0]}
+    assert set(traces[0]["mean"]) == {"ema-0.1", "ema-0.01", "ema-0.5", "cumulative"}
 
-    s = result.summary["estimators"]
-    assert list(s) == names
-    assert s["population"]["acc_vs_population"].diff.mean == 0.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary))
+    assert list(summary["estimators"]) == names and summary["failed"] == {}
+    assert summary["estimators"]["population"]["acc_vs_population"]["diff"]["mean"] == 0.0
+    assert [e for e, _ in summary["cumulative_var_err"]] == list(range(1, epochs + 1))
     assert len(lines[-1].splitlines()) == 1 and lines[-1].startswith("held-out accuracy: ")
 
     html = (out / "report.html").read_text()
     for text in ("Eval-mode statistics", "precise", "cumulative", "data:image/png;base64"):
         assert text in html, text
 
-    sections = report_from_files(rs, "train_seed", out, "accuracy.png")
+    sections = report_from_run_dir(rs.EXPERIMENT, out, "accuracy.png")
     assert len(sections) == 1
     table = sections[0].tables[0]
     assert [row[0] for row in table.rows] == names

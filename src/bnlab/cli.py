@@ -33,18 +33,6 @@ LEGACY: dict[str, tuple[str, str, str, str]] = {
         "run",
         "Ioffe & Szegedy 2015 Figure 1: sigmoid MLP with/without BN, accuracy and percentiles",
     ),
-    "regularization": (
-        "bnlab.experiments.regularization",
-        "Config",
-        "run",
-        "claim C6: train-test gap with/without BN over seeds, and one digit's batch dependence",
-    ),
-    "running-stats": (
-        "bnlab.experiments.running_stats",
-        "Config",
-        "run",
-        "eval-mode BN statistics: EMA vs cumulative average vs precise recomputation",
-    ),
 }
 
 # name -> (module, function taking argv, one-line summary)

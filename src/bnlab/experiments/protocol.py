@@ -173,6 +173,7 @@ class Experiment(Generic[C]):
     growable: frozenset[str] = frozenset()  # fields a resume may increase (e.g. epochs)
     threads: int | None = 1  # torch threads per worker; None: the cores shared among workers
     data_parallel: bool = False  # train() works with several ranks (torchrun, DDP)
+    compare: Callable[[list[Path]], list[Section]] | None = None  # bnlab report RUN RUN ...
     observer: Callable[[C, Path], Any] | None = None  # driver-side sink: .records(), .close()
 
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnlab.experiments import ablation, gan, santurkar2018
+from bnlab.experiments import ablation, gan, regularization, running_stats, santurkar2018
 from bnlab.experiments.protocol import Experiment
 
 __all__ = ["EXPERIMENTS"]
 
 EXPERIMENTS: dict[str, Experiment[Any]] = {
-    e.name: e for e in (gan.EXPERIMENT, ablation.EXPERIMENT, santurkar2018.EXPERIMENT)
+    e.name: e
+    for e in (
+        gan.EXPERIMENT,
+        ablation.EXPERIMENT,
+        santurkar2018.EXPERIMENT,
+        regularization.EXPERIMENT,
+        running_stats.EXPERIMENT,
+    )
 }

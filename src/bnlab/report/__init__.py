@@ -18,8 +18,6 @@ __all__ = ["build_report", "experiment_of"]
 LEGACY_REPORTERS = {
     "activations": "bnlab.experiments.activations",
     "ioffe2015": "bnlab.experiments.ioffe2015",
-    "regularization": "bnlab.experiments.regularization",
-    "running-stats": "bnlab.experiments.running_stats",
 }
 
 
@@ -49,11 +47,19 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     """Write report.html for one or several run directories; returns its path.
 
     One run directory: ``RUN_DIR/report.html``. Several: ``out`` (default ./report.html), the
-    runs' sections one after another.
+    runs' sections one after another, after a comparison of the runs where the experiment
+    has one (runs of the same experiment).
     """
     if not run_dirs:
         raise ValueError("bnlab report needs at least one run directory")
+    from bnlab.experiments import EXPERIMENTS
+
     sections: list[Section] = []
+    kinds = {experiment_of(d) for d in run_dirs}
+    if len(run_dirs) > 1 and len(kinds) == 1:
+        exp = EXPERIMENTS.get(next(iter(kinds)))
+        if exp is not None and exp.compare is not None:
+            sections.extend(exp.compare([Path(d) for d in run_dirs]))
     names = []
     for run_dir in run_dirs:
         sections.extend(sections_for(run_dir))

@@ -171,7 +171,11 @@ class LocalRunner:
                         tries[js.key] = tries.get(js.key, 1) + 1
                         js.running = False
                         if tries[js.key] > MAX_TRIES:
-                            why = "its worker process died on every try (killed? out of memory?)"
+                            why = (
+                                "its worker process died on every try (killed? out of memory? "
+                                "called from a script without an `if __name__ == "
+                                '"__main__":` guard, which worker processes re-run?)'
+                            )
                             recorder.chunk_done(js, ChunkResult(js.done, js.state, failed=why))
                         else:
                             print(

@@ -11,7 +11,7 @@ from typing import Any
 from bnlab.experiments.gan.analysis import analyse, claims, result_line
 from bnlab.experiments.gan.config import DEFAULT_VARIANTS, GanConfig, GanTraining
 from bnlab.experiments.gan.observers import tensorboard_observer
-from bnlab.experiments.gan.report import report
+from bnlab.experiments.gan.report import compare_report, report
 from bnlab.experiments.gan.train import GanData, GanJob, GanTrainer, load, plan, train_chunk
 from bnlab.experiments.protocol import Experiment, Log, RunResult, run_experiment
 
@@ -50,6 +50,7 @@ EXPERIMENT: Experiment[GanConfig] = Experiment(
     threads=None,  # the cores shared among the worker processes
     observer=tensorboard_observer,
     data_parallel=True,
+    compare=compare_report,
 )
 
 

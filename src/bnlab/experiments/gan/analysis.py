@@ -7,6 +7,7 @@ writes what :func:`analyse` returns as summary.json; the report shows the same n
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +19,17 @@ from bnlab.report.html import Claim
 from bnlab.runs import read_config, read_jsonl
 from bnlab.stats import Estimate, mean_ci, paired, verdict
 
-__all__ = ["LOSSES", "METRICS", "analyse", "claims", "load_run", "result_line", "variant_names"]
+__all__ = [
+    "LOSSES",
+    "METRICS",
+    "analyse",
+    "claims",
+    "compare",
+    "load_run",
+    "result_line",
+    "run_labels",
+    "variant_names",
+]
 
 # metric key -> (title, y label, lower is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
@@ -283,3 +294,52 @@ def summary_table(records: list[dict[str, Any]], variants: list[str], seeds: lis
     if len(seeds) > 1:
         lines.append(f"(means over seeds {', '.join(map(str, seeds))})")
     return "\n".join(lines)
+
+
+# ---- several runs of the same variants and seeds, side by side ----------------------------------
+
+# Settings that only say how a run executed; the others label a run in a comparison.
+_RUN_HOW = {"out", "resume", "quick", "jobs", "runner", "ray_address", "data", "tensorboard"}
+
+
+def run_labels(metas: list[dict[str, Any]]) -> list[str]:
+    """A short label per run: the settings in which the runs differ (e.g. nproc=4 ddp_bn=sync)."""
+    configs = [m.get("config", {}) for m in metas]
+    keys = sorted({k for c in configs for k in c} - _RUN_HOW)
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    labels = []
+    for c in configs:
+        parts = [f"{k}={c.get(k)}" for k in differ]
+        if "ddp_bn" in differ and c.get("nproc", 1) == 1:  # one process: no data parallelism
+            parts = [p for p in parts if not p.startswith("ddp_bn=")]
+        labels.append(" ".join(parts) or "run")
+    return labels
+
+
+def compare(run_dirs: list[Path]) -> dict[str, Any]:
+    """Final FD (eval and train-mode G), classes covered and time per step of each run's
+    variants, with paired differences (over seeds) against the first run."""
+    runs = [load_run(Path(d)) for d in run_dirs]
+    labels = run_labels([meta for meta, _ in runs])
+    variants = [v for v in variant_names(*runs[0]) if all(v in variant_names(*r) for r in runs)]
+    keys = [k for k in ("fd", "fd_train", "classes_covered") if any(k in r for r in runs[0][1])]
+    rows = []
+    for v in variants:
+        for (meta, records), label in zip(runs, labels, strict=True):
+            row: dict[str, Any] = {"variant": v, "run": label}
+            for k in keys:
+                row[k] = dataclasses.asdict(mean_ci(list(_final(records, v, k).values())))
+                base = _final(runs[0][1], v, k)
+                mine = _final(records, v, k)
+                seeds = sorted(set(base) & set(mine))
+                if label != labels[0] and len(seeds) >= 2:
+                    p = paired([mine[s] for s in seeds], [base[s] for s in seeds])
+                    row[f"{k}_diff"] = dataclasses.asdict(p.diff) | {"p": p.p_value}
+            per_step = [
+                1000 * meta["config"].get("batch_size", 100) / r["images_per_s"]
+                for r in records
+                if r.get("variant") == v and r.get("images_per_s")
+            ]
+            row["ms_per_step"] = float(np.median(per_step)) if per_step else math.nan
+            rows.append(row)
+    return {"runs": [str(d) for d in run_dirs], "labels": labels, "keys": keys, "rows": rows}

@@ -11,12 +11,20 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bnlab.experiments.gan.analysis import LOSSES, METRICS, analyse, claims, load_run, variant_names
+from bnlab.experiments.gan.analysis import (
+    LOSSES,
+    METRICS,
+    analyse,
+    claims,
+    compare,
+    load_run,
+    variant_names,
+)
 from bnlab.report.html import Figure, Section, Table
 from bnlab.report.plots import plot_losses, plot_metric
 from bnlab.stats import Estimate
 
-__all__ = ["report"]
+__all__ = ["compare_report", "report"]
 
 
 def _sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> bytes | None:
@@ -164,3 +172,43 @@ def _variant_text(v: dict[str, Any]) -> str:
         f"init {v['init']}, BN after G layers {bits(v['g_norm'])}, D layers "
         f"{bits(v['d_norm'])}, modes {v['modes']}" + ("" if v["shuffle"] else ", unshuffled")
     )
+
+
+def compare_report(run_dirs: list[Path]) -> list[Section]:
+    """Runs of the same variants and seeds side by side (e.g. one process, N ranks with
+    per-rank BN, N ranks with SyncBN: does BN's batch matter?)."""
+    comp = compare(run_dirs)
+    names = {"fd": "FD (eval G)", "fd_train": "FD (train-mode G)", "classes_covered": "classes"}
+    header = ["variant", "run", *(names[k] for k in comp["keys"])]
+    header += [f"{names[k]} - {comp['labels'][0]}" for k in comp["keys"] if k != "classes_covered"]
+    header.append("ms/step")
+    rows = []
+    for r in comp["rows"]:
+        row = [r["variant"], r["run"]]
+        row += [_estimate(r[k]).fmt() for k in comp["keys"]]
+        for k in comp["keys"]:
+            if k == "classes_covered":
+                continue
+            d = r.get(f"{k}_diff")
+            row.append(f"{_estimate(d).fmt()} (p={d['p']:.2g})" if d else "-")
+        row.append(f"{r['ms_per_step']:.1f}")
+        rows.append(row)
+    intro = (
+        "The same variants and seeds trained in several ways: "
+        + "; ".join(f"{lab}: {d}" for lab, d in zip(comp["labels"], comp["runs"], strict=True))
+        + ". Differences are paired over seeds against the first run (95% CI). ms/step: the "
+        "median wall time of a training step (D and G) over epochs; with several ranks it "
+        "includes their communication."
+    )
+    return [
+        Section(
+            "GAN: runs compared",
+            intro,
+            tables=[Table("Final metrics per run", header, rows)],
+            anchor="gan-compare",
+        )
+    ]
+
+
+def _estimate(d: dict[str, Any]) -> Estimate:
+    return Estimate(d["mean"], d["lo"], d["hi"], d["n"])

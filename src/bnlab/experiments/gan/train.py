@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,14 @@ class GanTrainer:
         self.g_opt.load_state_dict(state["g_opt"])
         self.d_opt.load_state_dict(state["d_opt"])
 
+    def begin_epoch(self, epoch: int) -> tuple[Tensor, Tensor]:
+        """The notebooks' mode calls at an epoch's start, and the epoch's inputs (see
+        :meth:`epoch_inputs`); then :meth:`step` on each batch is the epoch."""
+        if self.variant.modes in ("notebook3", "none"):  # both nets train() at epoch start
+            self.G.train()
+            self.D.train()
+        return self.epoch_inputs(epoch)
+
     def epoch_inputs(self, epoch: int) -> tuple[Tensor, Tensor]:
         """(steps, B) batch indices and (steps, 2, B, latent) z of an epoch (0-based)."""
         cfg = self.cfg
@@ -183,10 +192,7 @@ class GanTrainer:
     ) -> dict[str, Any]:
         """Train epoch ``epoch`` (0-based); returns the epoch's means and timings."""
         start = time.perf_counter()
-        if self.variant.modes in ("notebook3", "none"):  # both nets train() at epoch start
-            self.G.train()
-            self.D.train()
-        order, z = self.epoch_inputs(epoch)
+        order, z = self.begin_epoch(epoch)
         stats = torch.zeros(5, device=self.device)
         steps = self.steps_per_epoch
         report_every = max(1, steps // 20)
@@ -281,8 +287,13 @@ class DataParallel:
         # global batch times the world size makes that average the global mean's gradient.
         self.scale = sizes[self.rank] * self.world / b
         ids = None if trainer.device.type == "cpu" else [trainer.device.index or 0]
-        self.G = DDP(trainer.G, device_ids=ids, broadcast_buffers=False)
-        self.D_pair = DDP(_RealFake(trainer), device_ids=ids, broadcast_buffers=False)
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, whose False
+            # still syncs buffers at construction; rank-local ("ghost") BN statistics need
+            # exactly what broadcast_buffers=False does.
+            warnings.simplefilter("ignore", FutureWarning)
+            self.G = DDP(trainer.G, device_ids=ids, broadcast_buffers=False)
+            self.D_pair = DDP(_RealFake(trainer), device_ids=ids, broadcast_buffers=False)
 
     def step(self, real: Tensor, z_d: Tensor, z_g: Tensor) -> tuple[Tensor, ...]:
         import torch.distributed as dist

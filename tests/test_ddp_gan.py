@@ -1,0 +1,146 @@
+"""Data-parallel GAN training (torchrun, DDP, SyncBatchNorm): N ranks with SyncBN compute the
+single-process run up to float32 reduction order; per-rank ("ghost") BN does not; bnlab gan
+--nproc launches torchrun, writes one run directory, and a rank that dies leaves a resumable
+run with a message that says how to continue."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as tmp_mp
+
+from bnlab.data import to_unit_range
+from bnlab.experiments.gan import GanTrainer, GanTraining
+from bnlab.experiments.gan.train import load_gan_data
+from bnlab.models.gan import BLOG_VARIANTS
+from bnlab.runs import read_jsonl
+
+pytestmark = pytest.mark.distributed
+
+SEED = 777
+STEPS = 50
+SRC = Path(__file__).resolve().parents[1] / "src"
+# float32 sums in another order (two halves of the batch, then an all_reduce) differ in the
+# last bits; Adam's first steps move every weight by ~lr whatever the gradient's size, and the
+# GAN's two players feed each other, so those bits grow over 50 steps to ~1e-4 relative.
+# Per-rank BN normalizes with the statistics of 50 digits instead of 100: percent-level.
+SYNC_RTOL = 2e-3
+GHOST_MIN_DIFF = 1e-2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def step_losses(variant: str, training: GanTraining, images: torch.Tensor, steps: int) -> list:
+    """Per-step [d_loss, g_loss] of the first ``steps`` steps, as train_epoch takes them."""
+    trainer = GanTrainer(BLOG_VARIANTS[variant], training, SEED, images, torch.device("cpu"))
+    out: list[list[float]] = []
+    epoch = 0
+    while len(out) < steps:
+        order, z = trainer.begin_epoch(epoch)
+        for i in range(min(trainer.steps_per_epoch, steps - len(out))):
+            d, g, *_ = trainer.step(to_unit_range(images[order[i]]), z[i, 0], z[i, 1])
+            out.append([float(d), float(g)])
+        epoch += 1
+    return out
+
+
+def _rank(rank, world, port, variant, ddp_bn, images, steps, result):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
+    )
+    try:
+        training = GanTraining(world_size=world, ddp_bn=ddp_bn)
+        losses = step_losses(variant, training, images, steps)
+        if rank == 0:
+            torch.save(losses, result)
+    finally:
+        dist.destroy_process_group()
+
+
+def _data_parallel(tmp_path, variant, ddp_bn, images, world=2):
+    result = tmp_path / f"{variant}-{ddp_bn}-{world}.pt"
+    args = (world, _free_port(), variant, ddp_bn, images, STEPS, result)
+    tmp_mp.start_processes(_rank, args=args, nprocs=world, start_method="forkserver")
+    return torch.tensor(torch.load(result))
+
+
+@pytest.fixture(scope="module")
+def images(mnist_root):
+    data = load_gan_data(
+        "mnist", mnist_root, "any", 2000, 100, False, 1, torch.device("cpu"), lambda _m: None
+    )
+    return data.images
+
+
+@pytest.mark.parametrize("variant", ["init-bn", "init-bn-nomode"])
+def test_sync_bn_on_two_ranks_gives_the_single_process_losses(tmp_path, images, variant):
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        single = torch.tensor(step_losses(variant, GanTraining(), images, STEPS))
+    sync = _data_parallel(tmp_path, variant, "sync", images)
+    torch.testing.assert_close(sync, single, rtol=SYNC_RTOL, atol=1e-5)
+    ghost = _data_parallel(tmp_path, variant, "local", images)
+    assert (ghost - single).abs().max() > GHOST_MIN_DIFF  # batch statistics over 50, not 100
+
+
+def test_three_ranks_split_the_batch_unevenly_and_still_match(tmp_path, images):
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        single = torch.tensor(step_losses("init-bn", GanTraining(), images, 20))
+    three = _data_parallel(tmp_path, "init-bn", "sync", images, world=3)[:20]  # 34 + 33 + 33
+    torch.testing.assert_close(three, single, rtol=SYNC_RTOL, atol=1e-5)
+
+
+def _bnlab(*args: str, data: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "BNLAB_DATA": str(data)}
+    cmd = [sys.executable, "-m", "bnlab", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_nproc_trains_one_run_directory_and_a_dead_rank_leaves_it_resumable(tmp_path, mnist_root):
+    out = tmp_path / "run"
+    args = ["gan", "--nproc", "2", "--variants", "init-bn", "--epochs", "6"]
+    args += ["--subset", "1000", "--checkpoint-every", "1", "--no-metrics", "--out", str(out)]
+    proc = _bnlab(*args, data=mnist_root)
+    deadline = time.monotonic() + 240
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(read_jsonl(metrics)) >= 2:
+            break
+        time.sleep(0.3)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    ranks = subprocess.run(
+        ["pgrep", "-f", "bnlab gan --variants init-bn"], capture_output=True, text=True
+    ).stdout.split()
+    assert len(ranks) == 2, ranks  # torchrun's two workers (the launcher's argv has --nproc)
+    os.kill(max(int(p) for p in ranks), signal.SIGKILL)  # the later-started rank: rank 1
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode != 0
+    assert f"continue with bnlab gan --resume --out {out} --nproc 2" in err
+    done = len(read_jsonl(metrics))
+    assert 2 <= done < 6
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["nproc"], config["ddp_bn"]) == (2, "sync")  # the run says how it ran
+    resumed = _bnlab("gan", "--resume", "--out", str(out), "--nproc", "2", data=mnist_root)
+    _, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert [r["epoch"] for r in read_jsonl(metrics)] == [1, 2, 3, 4, 5, 6]
+    assert (out / "report.html").exists() and (out / "samples" / "init-bn").is_dir()
