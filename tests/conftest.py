@@ -81,20 +81,31 @@ def check_run_files() -> Callable[[Path, str, Iterable[str]], dict[str, Any]]:
 @pytest.fixture
 def report_from_files(
     monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[ModuleType, str, Path, str], list[Section]]:
-    """``report(run_dir)`` of an experiment module with its training function made to fail
-    and ``figure`` deleted first: the report must come from the files alone and draw the lost
-    figure again from metrics.jsonl. Returns the sections."""
+) -> Callable[..., list[Section]]:
+    """``report(run_dir)`` of an experiment with its training function made to fail and
+    ``figure`` deleted first: the report must come from the files alone, draw the lost figure
+    again from metrics.jsonl, and leave summary.json (written by the run) as it was. The report
+    is ``module.report`` unless given (a ported experiment: ``EXPERIMENT.report``, with
+    ``module`` its train module). Returns the sections."""
 
-    def rebuild(module: ModuleType, train: str, run_dir: Path, figure: str) -> list[Section]:
+    def rebuild(
+        module: ModuleType,
+        train: str,
+        run_dir: Path,
+        figure: str,
+        report: Callable[[Path], list[Section]] | None = None,
+    ) -> list[Section]:
         def no_training(*_a: object, **_k: object) -> None:
-            raise AssertionError(f"{module.__name__}.report() must not train")
+            raise AssertionError(f"{module.__name__}.{train} ran: a report must not train")
 
         monkeypatch.setattr(module, train, no_training)
+        summary = run_dir / "summary.json"
+        before = summary.read_bytes() if summary.exists() else None
         (run_dir / figure).unlink()
-        sections = module.report(run_dir)
+        sections = (report or module.report)(run_dir)
         assert all(isinstance(s, Section) for s in sections)
         assert (run_dir / figure).read_bytes()[:8] == PNG_MAGIC
+        assert (summary.read_bytes() if summary.exists() else None) == before
         return sections
 
     return rebuild

@@ -1,12 +1,15 @@
-"""Tests of `bnlab activations`: the statistics, the nets, and a tiny end-to-end run.
+"""Tests of `bnlab activations`: the statistics, the nets, the chunked training, and the
+``--quick`` run end to end.
 
 The statistics are checked against NumPy / SciPy computed independently. The end-to-end test
-trains a few tiny nets on the real MNIST digits (the ``mnist_root`` fixture) and skips with
-the reason when those files are absent.
+runs on the real MNIST digits (the ``mnist_root`` fixture) and skips with the reason when those
+files are absent.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,13 @@ import torch
 from scipy import stats as sps
 
 import bnlab.nn as bnn
+from bnlab import cli
 from bnlab.experiments import activations as act
+from bnlab.experiments.activations import measure
+from bnlab.experiments.activations import train as act_train
+from bnlab.experiments.activations.report import SUMMARY_FIGURES
+from bnlab.experiments.common import Digits
+from bnlab.report import build_report
 from bnlab.runs import read_jsonl
 
 STAT_FIELDS = ("mean", "std", "p15", "p50", "p85", "skew", "kurtosis", "ks", "ks_shape", "hist")
@@ -36,7 +45,7 @@ def test_layer_stats_match_numpy_and_scipy() -> None:
     assert s["ks"] == pytest.approx(sps.kstest(v, "norm").statistic, abs=1e-12)
     z = (v - v.mean()) / v.std()
     assert s["ks_shape"] == pytest.approx(sps.kstest(z, "norm").statistic, abs=1e-12)
-    assert sum(s["hist"]["counts"]) == pytest.approx(v.size * (1 - 2 * act.HIST_TAIL), abs=2)
+    assert sum(s["hist"]["counts"]) == pytest.approx(v.size * (1 - 2 * measure.HIST_TAIL), abs=2)
 
 
 def test_ks_is_near_zero_for_standard_normal_and_large_for_a_collapsed_layer() -> None:
@@ -57,21 +66,20 @@ def test_layer_stats_of_a_dead_layer_are_defined_where_they_can_be() -> None:
 
 
 def test_plain_and_bn_nets_start_from_the_same_linear_weights() -> None:
-    cfg = act.Config(depth=3, width=8, seed=5)
-    plain = act.build_net(cfg, "tanh", "xavier", bn=False)
-    bn = act.build_net(cfg, "tanh", "xavier", bn=True)
+    plain = act.build_net("tanh", "xavier", bn=False, depth=3, width=8, seed=5)
+    bn = act.build_net("tanh", "xavier", bn=True, depth=3, width=8, seed=5)
     lin = [[m.weight for m in net if isinstance(m, torch.nn.Linear)] for net in (plain, bn)]
     assert [tuple(w.shape) for w in lin[0]] == [(8, 784), (8, 8), (8, 8), (10, 8)]
     for a, b in zip(*lin, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [type(m) for m in bn[:3]] == [torch.nn.Linear, bnn.BatchNorm1d, torch.nn.Tanh]
     assert sum(isinstance(m, bnn.BatchNorm1d) for m in bn) == 3
-    other = act.build_net(cfg, "relu", "xavier", bn=False)  # its own stream per activation
-    assert not torch.equal(other[0].weight, plain[0].weight)
+    other = act.build_net("relu", "xavier", bn=False, depth=3, width=8, seed=5)
+    assert not torch.equal(other[0].weight, plain[0].weight)  # its own stream per activation
 
 
 def test_recording_normalizes_bn_layers_and_leaves_running_stats_untouched() -> None:
-    net = act.build_net(act.Config(depth=4, width=32, seed=0), "relu", "unit", bn=True)
+    net = act.build_net("relu", "unit", bn=True, depth=4, width=32, seed=0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x = torch.randn(256, 784, generator=torch.Generator().manual_seed(2))
     rows = act.record_layers(net, x, "relu")
@@ -110,62 +118,119 @@ def test_claim_rule_turns_numbers_into_the_stated_verdicts() -> None:
     assert act.claims(worse, depth=3)[0].verdict == "does not hold"
 
 
-def test_bad_config_is_a_one_line_value_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--inits"):
-        act.run(act.Config(inits=("orthogonal",), out=tmp_path / "r"), log=lambda _m: None)
-    with pytest.raises(ValueError, match="--depth"):
-        act.run(act.Config(depth=0, out=tmp_path / "r"), log=lambda _m: None)
+def _synthetic_data(n: int = 300, eval_size: int = 60) -> act.ActivationsData:
+    """Random "digits" (uint8 pixels, labels 0..9), cut as a run would cut MNIST."""
+    gen = torch.Generator().manual_seed(7)
+    images = torch.randint(0, 256, (n, 784), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    digits = Digits("synthetic", images, labels, images, labels, "test", Path("."), False)
+    return act.ActivationsData(digits, digits.split(eval_size, 0))
 
 
-def test_tiny_run_writes_every_file_and_a_report_built_from_them(
+def _without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+@pytest.mark.usefixtures("seeded_one_thread")
+def test_a_net_trained_in_chunks_equals_the_net_trained_at_once() -> None:
+    data = _synthetic_data()
+    job = act.NetJob(
+        "tanh", "he", "bn", depth=3, width=16, steps=25, batch_size=20, lr=1e-3, seed=1
+    )
+    whole = act_train.train_net(job, None, 0, 25, data)
+    assert whole.done == 25 and whole.state is None and whole.failed is None
+    records, state, start = [], None, 0
+    for end in (7, 13, 25):  # boundaries inside loss windows: the window sum is carried
+        chunk = act_train.train_net(job, state, start, end, data)
+        assert chunk.done == end and chunk.files == {}
+        records += chunk.records
+        state, start = chunk.state, end
+    assert _without_timing(records) == _without_timing(whole.records)
+    kinds = [r["type"] for r in whole.records]
+    assert kinds.count("layer") == 3 * 2 * 2 and kinds.count("net") == 1
+    assert [r["step"] for r in whole.records if r["type"] == "loss"] == [10, 20, 25]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"inits": ("orthogonal",)}, "--inits: orthogonal not among small, unit, xavier, he"),
+        ({"inits": ()}, "--inits: nothing given"),
+        ({"norms": ("bn", "bn")}, "--norms must not repeat"),
+        ({"depth": 0}, "--depth must be at least 1"),
+        ({"steps": 0}, "--steps must be at least 1"),
+        ({"batch_size": 1}, "--batch-size must be at least 2"),
+        ({"eval_size": 1}, "--eval-size must be at least 2"),
+        ({"lr": 0.0}, "--lr must be in"),
+    ],
+)
+def test_bad_config_is_a_one_line_value_error_before_any_work(
+    tmp_path: Path, changes: dict[str, Any], match: str
+) -> None:
+    cfg = act.ActivationsConfig(out=tmp_path / "r", **changes)
+    with pytest.raises(ValueError, match=match):
+        act.run(cfg, log=lambda _m: None)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_command_line_refuses_an_unknown_init_naming_the_choices(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["activations", "--inits", "small,orthogonal", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'orthogonal' is not one of small, unit, xavier, he" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_quick_run_writes_the_run_directory_and_a_report_rebuilt_from_it(
     tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_files: Any
 ) -> None:
-    cfg = act.Config(
-        depth=3,
-        width=16,
-        inits=("he",),
-        steps=12,
-        batch_size=50,
-        eval_size=100,
-        data=mnist_root,
-        out=tmp_path / "run",
-    )
+    cfg = act.ActivationsConfig(quick=True, data=mnist_root, out=tmp_path / "run")
     lines: list[str] = []
     result = act.run(cfg, log=lines.append)
     run_dir = result.run_dir
-    assert run_dir == tmp_path / "run"
+    assert run_dir == tmp_path / "run" and result.failed == {}
 
     pngs = {p.name for p in run_dir.glob("*.png")}
     meta = check_run_files(run_dir, "activations", pngs)
-    assert meta["config"]["depth"] == 3
-    assert meta["train_size"] == 9_900 or meta["train_size"] == 60_000
-
-    nets = [f"{a}-{i}-{n}" for a in ("tanh", "relu") for i in ("he",) for n in ("plain", "bn")]
+    quick = dataclasses.replace(cfg, **act.EXPERIMENT.quick)
+    assert meta["config"]["depth"] == quick.depth and meta["config"]["quick"] is True
+    assert meta["train_size"] in (10_000 - quick.eval_size, 60_000)
+    nets = [f"{a}-{i}-{n}" for a in quick.activations for i in quick.inits for n in quick.norms]
     assert meta["settings"] == nets
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {f"{s}.pt" for s in nets}
+
     records = read_jsonl(run_dir / "metrics.jsonl")
+    assert records == result.records
     layers = [r for r in records if r["type"] == "layer"]
-    assert len(layers) == len(nets) * 3 * 2 * 2  # net x layer x stage x kind
+    assert len(layers) == len(nets) * quick.depth * 2 * 2  # net x layer x stage x kind
     for r in layers:
         assert all(k in r for k in STAT_FIELDS), r.keys()
-        assert r["stage"] in ("init", "trained") and r["kind"] in ("pre", "post")
-        assert r["finite"] == 1.0 and r["n"] == 100 * 16
+        assert r["finite"] == 1.0 and r["n"] == quick.eval_size * quick.width
     summaries = {r["setting"]: r for r in records if r["type"] == "net"}
     assert sorted(summaries) == sorted(nets)
     assert all(0 <= s["accuracy_trained"] <= 1 and not s["diverged"] for s in summaries.values())
-    losses = [r for r in records if r["type"] == "loss" and r["setting"] == nets[0]]
-    assert [r["step"] for r in losses] == [10, 12]
+    losses = [r["step"] for r in records if r["type"] == "loss" and r["setting"] == nets[0]]
+    assert losses == list(range(10, quick.steps + 1, 10))
 
-    expected = {act.hist_figure_name(s) for s in nets} | set(act.SUMMARY_FIGURES)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary))
+    assert [c["id"] for c in summary["claims"]] == ["C5", "C5 (shape only)"]
+    assert len(summary["pairs"]) == len(quick.activations) * len(quick.inits)
+    expected = {f"hist-{s}.png" for s in nets} | set(SUMMARY_FIGURES)
     assert expected | {"training-loss.png"} == pngs
     html = (run_dir / "report.html").read_text()
     assert "C5" in html and html.count("<img") == len(pngs)
+    assert lines[-1].startswith("activations: KS to N(0,1)") and "\n" not in lines[-1]
 
-    sections = report_from_files(act, "train", run_dir, "depth-std.png")
+    sections = report_from_files(act_train, "train_net", run_dir, "depth-std.png", act.report)
     assert [s.anchor for s in sections] == ["c5", "histograms", "training"]
     assert [c.id for c in sections[0].claims] == ["C5", "C5 (shape only)"]
     assert len(sections[0].figures) == 3 and len(sections[1].figures) == len(nets)
-    assert len(lines) >= 2 and lines[-1].startswith("activations: KS to N(0,1)")
-    assert "\n" not in lines[-1]
+    (run_dir / "report.html").unlink()
+    assert build_report([run_dir]) == run_dir / "report.html"  # bnlab report finds it
 
     with pytest.raises(ValueError, match="already holds a run"):
         act.run(cfg, log=lines.append)

@@ -16,7 +16,7 @@ def test_help_lists_every_experiment_and_tool(capsys):
     out = capsys.readouterr().out
     from bnlab.experiments import EXPERIMENTS
 
-    for name in [*EXPERIMENTS, *cli.LEGACY, *cli.TOOLS]:
+    for name in [*EXPERIMENTS, *cli.TOOLS]:
         assert f"  {name} " in out
 
 

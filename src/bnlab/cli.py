@@ -1,7 +1,7 @@
 """`bnlab <command>`: maps command-line flags onto an experiment's Config, nothing else.
 
-Each experiment is registered as (Config class, run function); tyro derives the flags and their
-help from the Config's fields and docstrings.
+Each experiment is an entry of ``bnlab.experiments.EXPERIMENTS``; tyro derives its flags and
+their help from its Config's fields and docstrings.
 """
 
 from __future__ import annotations
@@ -17,23 +17,6 @@ from typing import Any
 from tyro.conf import Positional
 
 from bnlab.config import IntList
-
-# Not yet on the experiment protocol: name -> (module, Config class, run function, summary).
-# Each moves into bnlab.experiments.EXPERIMENTS as it is ported; then this list goes.
-LEGACY: dict[str, tuple[str, str, str, str]] = {
-    "activations": (
-        "bnlab.experiments.activations",
-        "Config",
-        "run",
-        "per-layer activation histograms by init, with and without BN (C5, the CS231n figure)",
-    ),
-    "ioffe2015": (
-        "bnlab.experiments.ioffe2015",
-        "Config",
-        "run",
-        "Ioffe & Szegedy 2015 Figure 1: sigmoid MLP with/without BN, accuracy and percentiles",
-    ),
-}
 
 # name -> (module, function taking argv, one-line summary)
 TOOLS: dict[str, tuple[str, str, str]] = {
@@ -257,7 +240,6 @@ def _usage() -> str:
     from bnlab.experiments import EXPERIMENTS
 
     lines += [f"  {name:<18} {exp.summary}" for name, exp in EXPERIMENTS.items()]
-    lines += [f"  {name:<18} {summary}" for name, (*_, summary) in LEGACY.items()]
     if TOOLS:
         lines += ["", "tools:"]
         lines += [f"  {name:<18} {summary}" for name, (_, _, summary) in TOOLS.items()]
@@ -279,22 +261,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if name in EXPERIMENTS:
         return run_main(name, rest)
-    if name in LEGACY:
-        import tyro
-
-        module_name, config_name, run_name, _ = LEGACY[name]
-        module = importlib.import_module(module_name)
-        config_cls = getattr(module, config_name)
-        run: Callable[[Any], Any] = getattr(module, run_name)
-        cfg = tyro.cli(config_cls, args=rest, prog=f"bnlab {name}")
-        try:
-            run(cfg)
-        except KeyboardInterrupt:
-            return 130
-        except ValueError as exc:  # bad input: one clear line, no traceback
-            print(f"bnlab {name}: error: {exc}", file=sys.stderr)
-            return 2
-        return 0
     if name in TOOLS:
         module_name, func_name, _ = TOOLS[name]
         func: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), func_name)

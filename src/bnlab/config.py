@@ -7,12 +7,13 @@ these annotations make list-valued fields take one comma-separated value, as in
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import tyro
 
-__all__ = ["FloatList", "IntList", "StrList"]
+__all__ = ["FloatList", "IntList", "StrList", "choice_list"]
 
 
 def _split(text: str) -> list[str]:
@@ -32,3 +33,17 @@ def _spec(metavar: str, parse: Callable[[str], Any]) -> tyro.constructors.Primit
 IntList = Annotated[tuple[int, ...], _spec("INT,INT,...", int)]
 FloatList = Annotated[tuple[float, ...], _spec("FLOAT,FLOAT,...", float)]
 StrList = Annotated[tuple[str, ...], _spec("A,B,...", str)]
+
+
+def choice_list(literal: Any) -> tyro.constructors.PrimitiveConstructorSpec:
+    """The parser of a comma-separated list of a Literal's values, for
+    ``Annotated[tuple[Lit, ...], choice_list(Lit)]``: ``--inits small,he``. The choices come
+    from the Literal alone; any other value is a parse error naming them."""
+    allowed = tuple(str(a) for a in typing.get_args(literal))
+
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return _spec("{" + ",".join(allowed) + "},...", parse)

@@ -1,40 +1,30 @@
-"""Small pieces every experiment uses: derived seeds, devices, threads, the data split,
-batch orders, evaluation and the run directory."""
+"""Small pieces the experiments share: devices, the data directory, threads, the digits and
+their train/held-out split, batch orders, and classifier evaluation."""
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data import available_splits, batch_indices, load_dataset, to_unit_range
-from bnlab.report.html import Figure, Section, write_report
-from bnlab.runs import atomic_write_json, config_to_dict, new_run_dir, read_jsonl, write_jsonl
-from bnlab.seeding import derived_generator, derived_seed
+from bnlab.seeding import derived_generator
 
 __all__ = [
     "CLASSES",
     "PIXELS",
-    "RunResult",
+    "Digits",
+    "Split",
     "accuracy_and_loss",
     "batch_order",
-    "derived_generator",
-    "derived_seed",
-    "figure",
-    "finish_run",
-    "progress",
-    "read_run",
+    "data_dir_arg",
+    "load_digits",
     "resolve_device",
-    "start_run",
     "torch_threads",
     "train_test",
 ]
@@ -75,6 +65,97 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@dataclass(eq=False)
+class Split:
+    """One cut of :class:`Digits` into training and held-out digits, as indices (no copies)."""
+
+    train: Tensor  # (N,) indices into Digits.train_images
+    held: Tensor  # (holdout,) indices into Digits.held_images
+    description: str  # where each part came from, with sizes
+
+
+@dataclass(eq=False)
+class Digits:
+    """A dataset's labelled digits for the classifier experiments, loaded once as uint8.
+
+    ``train_*`` is the train split, or the only split present; ``held_*`` is the test split
+    when both are present, else the same tensors as ``train_*``. :meth:`split` cuts them by
+    index, so one load serves the splits of several seeds and ships to workers once.
+    """
+
+    dataset: str
+    train_images: Tensor  # (N, 784) uint8
+    train_labels: Tensor  # (N,) int64
+    held_images: Tensor  # (M, 784) uint8
+    held_labels: Tensor  # (M,) int64
+    split_name: str  # the split of train_images: "train" or "test"
+    source: Path
+    two_splits: bool  # held_* is the test split (else the held-out digits come from train_*)
+
+    def split(self, holdout: int, split_seed: int, flag: str = "--holdout") -> Split:
+        """``holdout`` held-out digits picked by a permutation seeded with ``split_seed``.
+
+        With both splits, training gets the whole train split and the held-out digits come
+        from the test split. With one split (e.g. MNIST's 10,000 test digits), the permutation
+        is cut: its first ``holdout`` digits are held out, the rest is for training.
+
+        Raises:
+            ValueError: ``holdout`` does not fit, naming ``flag`` (the option that set it).
+        """
+        pick = torch.Generator().manual_seed(split_seed)
+        n, name = len(self.train_labels), self.dataset
+        if self.two_splits:
+            m = len(self.held_labels)
+            if not 0 < holdout <= m:
+                raise ValueError(f"{flag} must be in 1..{m} (the test split), got {holdout}")
+            held = torch.randperm(m, generator=pick)[:holdout]
+            what = (
+                f"{name}: train split ({n:,} digits) for training, {holdout:,} digits "
+                f"of the test split held out, from {self.source}"
+            )
+            return Split(torch.arange(n), held, what)
+        if not 0 < holdout < n - 1:
+            raise ValueError(
+                f"{flag} must be in 1..{n - 2} (the {self.split_name} split has {n:,} "
+                f"digits and the rest is for training), got {holdout}"
+            )
+        perm = torch.randperm(n, generator=pick)
+        held, rest = perm[:holdout], perm[holdout:]
+        what = (
+            f"{name}: only the {self.split_name} split ({n:,} digits, {self.source}); a seeded "
+            f"permutation holds out {holdout:,} and leaves {len(rest):,} for training"
+        )
+        return Split(rest, held, what)
+
+    def training(self, split: Split) -> tuple[Tensor, Tensor]:
+        """(x (N, 784) float32 in [-1, 1], y (N,)) of the split's training digits."""
+        return to_unit_range(self.train_images[split.train]), self.train_labels[split.train]
+
+    def held_out(self, split: Split) -> tuple[Tensor, Tensor]:
+        """(x (holdout, 784) float32 in [-1, 1], y (holdout,)) of the held-out digits."""
+        return to_unit_range(self.held_images[split.held]), self.held_labels[split.held]
+
+
+def load_digits(dataset: str, data: Path | None, log: Log | None = None) -> Digits:
+    """The train split (or the only split present) and, when present locally, the test split.
+
+    Args:
+        dataset: "mnist" or "fashion-mnist".
+        data: directory with the IDX files (None or "" = the default lookup, see bnlab.data).
+    """
+    data_dir = data_dir_arg(data)
+    quiet: Log = log if log is not None else (lambda _msg: None)
+    ds = load_dataset(dataset, split="any", data_dir=data_dir, log=quiet)
+    images = ds.images.reshape(len(ds), -1)  # (N, 28, 28) -> (N, 784)
+    if ds.split == "train" and "test" in available_splits(dataset, data_dir):
+        test = load_dataset(dataset, split="test", data_dir=data_dir, log=quiet)
+        held_images, held_labels = test.images.reshape(len(test), -1), test.labels
+        return Digits(
+            dataset, images, ds.labels, held_images, held_labels, ds.split, ds.source, True
+        )
+    return Digits(dataset, images, ds.labels, images, ds.labels, ds.split, ds.source, False)
+
+
 def train_test(
     dataset: str,
     data: Path | None,
@@ -83,50 +164,16 @@ def train_test(
     log: Log | None = None,
     flag: str = "--holdout",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
-    """Images as float (N, 784) in [-1, 1] with labels: a training part and ``holdout`` digits.
-
-    With both splits present locally, training gets the whole train split and the held-out
-    digits are ``holdout`` test digits picked by a permutation seeded with ``split_seed``. With
-    one split only (e.g. MNIST's 10,000 test digits), a permutation seeded with ``split_seed``
-    is cut: its first ``holdout`` digits are held out, the rest is for training.
-
-    Args:
-        dataset: "mnist" or "fashion-mnist".
-        data: directory with the IDX files (None or "" = the default lookup, see bnlab.data).
-        flag: the option that set ``holdout``, named in the error when it does not fit.
+    """Images as float (N, 784) in [-1, 1] with labels: a training part and ``holdout`` digits,
+    cut as :meth:`Digits.split` says.
 
     Returns:
         (x_train (N, 784), y_train (N,), x_held (holdout, 784), y_held (holdout,), one line
         saying where each part came from, with sizes)
     """
-    data_dir = data_dir_arg(data)
-    quiet: Log = log if log is not None else (lambda _msg: None)
-    ds = load_dataset(dataset, split="any", data_dir=data_dir, log=quiet)
-    images = to_unit_range(ds.images.reshape(len(ds), -1))  # (N, 28, 28) uint8 -> (N, 784)
-    pick = torch.Generator().manual_seed(split_seed)
-    if ds.split == "train" and "test" in available_splits(dataset, data_dir):
-        test = load_dataset(dataset, split="test", data_dir=data_dir, log=quiet)
-        if not 0 < holdout <= len(test):
-            raise ValueError(f"{flag} must be in 1..{len(test)} (the test split), got {holdout}")
-        held = torch.randperm(len(test), generator=pick)[:holdout]
-        x_held = to_unit_range(test.images.reshape(len(test), -1)[held])
-        what = (
-            f"{dataset}: train split ({len(ds):,} digits) for training, {holdout:,} digits "
-            f"of the test split held out, from {ds.source}"
-        )
-        return images, ds.labels, x_held, test.labels[held], what
-    if not 0 < holdout < len(ds) - 1:
-        raise ValueError(
-            f"{flag} must be in 1..{len(ds) - 2} (the {ds.split} split has {len(ds):,} "
-            f"digits and the rest is for training), got {holdout}"
-        )
-    perm = torch.randperm(len(ds), generator=pick)
-    held, rest = perm[:holdout], perm[holdout:]
-    what = (
-        f"{dataset}: only the {ds.split} split ({len(ds):,} digits, {ds.source}); a seeded "
-        f"permutation holds out {holdout:,} and leaves {len(rest):,} for training"
-    )
-    return images[rest], ds.labels[rest], images[held], ds.labels[held], what
+    digits = load_digits(dataset, data, log)
+    split = digits.split(holdout, split_seed, flag)
+    return (*digits.training(split), *digits.held_out(split), split.description)
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> Tensor:
@@ -154,88 +201,3 @@ def accuracy_and_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, fl
     model.train(was_training)
     acc = (logits.argmax(1) == y).float().mean().item()
     return acc, F.cross_entropy(logits, y).item()
-
-
-def progress(total: int, desc: str = "") -> Any:
-    """A tqdm bar over ``total`` training steps, on stderr."""
-    from tqdm.auto import tqdm  # here: tqdm.auto is slow to import, and only runs need it
-
-    return tqdm(
-        total=total,
-        desc=desc or None,
-        unit="step",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
-
-
-def start_run(out: Path | None, experiment: str, cfg: Any, **meta: Any) -> tuple[Path, Path]:
-    """Create the run directory, write config.json first, then an empty metrics.jsonl.
-
-    The directory is ``out``, else runs/<experiment>-<date>-<time>; config.json holds
-    ``{"experiment", "config", **meta, "torch"}``.
-
-    Returns:
-        (run directory, its metrics.jsonl)
-
-    Raises:
-        ValueError: the directory already holds a run.
-    """
-    run_dir = Path(out) if out is not None else new_run_dir("runs", experiment)
-    if (run_dir / "config.json").exists():
-        raise ValueError(f"{run_dir} already holds a run; pick another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"experiment": experiment, "config": config_to_dict(cfg)}
-    atomic_write_json(run_dir / "config.json", {**config, **meta, "torch": torch.__version__})
-    metrics = run_dir / "metrics.jsonl"
-    write_jsonl(metrics, [])  # atomic, like every file of the run
-    return run_dir, metrics
-
-
-@dataclass
-class RunResult:
-    """What a classifier experiment's run() returns."""
-
-    run_dir: Path
-    records: list[dict[str, Any]]  # every line of metrics.jsonl
-    summary: dict[str, Any]  # the experiment's summarize()
-    seconds: float
-
-
-def finish_run(
-    run_dir: Path,
-    cfg: Any,
-    title: str,
-    started: float,
-    log: Log,
-    make_figures: Callable[[Path, list[dict[str, Any]], dict[str, Any]], Any],
-    summarize: Callable[[list[dict[str, Any]], dict[str, Any]], dict[str, Any]],
-    report: Callable[[Path], list[Section]],
-    result_line: Callable[[dict[str, Any], float, Path], str],
-) -> RunResult:
-    """The end every run shares: read back metrics.jsonl, draw the figures, summarize, write
-    report.html (from the files only, as ``bnlab report`` would), log the one-line result."""
-    records = read_jsonl(run_dir / "metrics.jsonl")
-    config = config_to_dict(cfg)
-    make_figures(run_dir, records, config)
-    summary = summarize(records, config)
-    write_report(run_dir / "report.html", report(run_dir), title, str(run_dir))
-    seconds = time.perf_counter() - started
-    log(result_line(summary, seconds, run_dir))
-    return RunResult(run_dir, records, summary, seconds)
-
-
-def read_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    """(run directory, config.json's contents, the records of metrics.jsonl): what a report
-    is built from."""
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text())
-    return run_dir, meta, read_jsonl(run_dir / "metrics.jsonl")
-
-
-def figure(run_dir: Path, name: str, title: str, caption: str = "") -> list[Figure]:
-    """The run directory's PNG ``name`` as a report figure: [] when the file is absent, so a
-    report adds what exists (``section.figures += figure(...)``)."""
-    path = run_dir / name
-    return [Figure(title, path.read_bytes(), caption)] if path.exists() else []

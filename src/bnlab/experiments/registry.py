@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnlab.experiments import ablation, gan, regularization, running_stats, santurkar2018
+from bnlab.experiments import (
+    ablation,
+    activations,
+    gan,
+    ioffe2015,
+    regularization,
+    running_stats,
+    santurkar2018,
+)
 from bnlab.experiments.protocol import Experiment
 
 __all__ = ["EXPERIMENTS"]
@@ -14,6 +22,8 @@ EXPERIMENTS: dict[str, Experiment[Any]] = {
     for e in (
         gan.EXPERIMENT,
         ablation.EXPERIMENT,
+        activations.EXPERIMENT,
+        ioffe2015.EXPERIMENT,
         santurkar2018.EXPERIMENT,
         regularization.EXPERIMENT,
         running_stats.EXPERIMENT,

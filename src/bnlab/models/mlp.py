@@ -9,8 +9,10 @@ after each hidden Linear, before the activation: the blog's and the paper's plac
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +22,7 @@ import bnlab.nn as bnn
 __all__ = [
     "ACTIVATIONS",
     "INITS",
+    "Init",
     "forward_with_bn",
     "init_linear_",
     "init_std",
@@ -27,7 +30,8 @@ __all__ = [
 ]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-INITS = ("small", "unit", "xavier", "he")
+Init = Literal["small", "unit", "xavier", "he"]
+INITS: tuple[Init, ...] = typing.get_args(Init)
 SMALL_STD = 0.01  # CS231n's "small random numbers": 0.01 * randn
 
 

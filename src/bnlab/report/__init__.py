@@ -6,7 +6,6 @@ right one (``config.json["experiment"]``) and lays the sections out.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from bnlab.report.html import Section, write_report
@@ -14,20 +13,14 @@ from bnlab.runs import read_config
 
 __all__ = ["build_report", "experiment_of"]
 
-# Experiments not yet on the protocol: name -> module with report(run_dir). Goes with them.
-LEGACY_REPORTERS = {
-    "activations": "bnlab.experiments.activations",
-    "ioffe2015": "bnlab.experiments.ioffe2015",
-}
-
 
 def experiment_of(run_dir: Path) -> str:
     from bnlab.experiments import EXPERIMENTS
 
     meta = read_config(run_dir)
     name = meta.get("experiment")
-    if name not in EXPERIMENTS and name not in LEGACY_REPORTERS:
-        known = ", ".join([*EXPERIMENTS, *LEGACY_REPORTERS])
+    if name not in EXPERIMENTS:
+        known = ", ".join(EXPERIMENTS)
         raise ValueError(f"{run_dir / 'config.json'}: unknown experiment {name!r}; known: {known}")
     return str(name)
 
@@ -35,12 +28,7 @@ def experiment_of(run_dir: Path) -> str:
 def sections_for(run_dir: Path) -> list[Section]:
     from bnlab.experiments import EXPERIMENTS
 
-    name = experiment_of(run_dir)
-    if name in EXPERIMENTS:
-        return EXPERIMENTS[name].report(Path(run_dir))
-    module = importlib.import_module(LEGACY_REPORTERS[name])
-    sections: list[Section] = module.report(Path(run_dir))
-    return sections
+    return EXPERIMENTS[experiment_of(run_dir)].report(Path(run_dir))
 
 
 def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from bnlab.runs import atomic_write_bytes
 
-__all__ = ["Claim", "Figure", "Section", "Table", "render", "write_report"]
+__all__ = ["Claim", "Figure", "Section", "Table", "file_figure", "render", "write_report"]
 
 Verdict = Literal["holds", "does not hold", "inconclusive"]
 
@@ -27,6 +27,12 @@ class Figure:
     png: bytes  # PNG file contents
     caption: str = ""
     width: int | None = None  # CSS pixels; None = natural size, capped to the page
+
+
+def file_figure(path: Path, title: str, caption: str = "") -> list[Figure]:
+    """The PNG at ``path`` (a run directory's figure) as a report figure, or [] when the file
+    is absent, so a report adds what exists: ``section.figures += file_figure(...)``."""
+    return [Figure(title, path.read_bytes(), caption)] if path.exists() else []
 
 
 @dataclass

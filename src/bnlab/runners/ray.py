@@ -47,7 +47,7 @@ class RayRunner:
         self.address, self.jobs, self.threads = address, jobs, threads
 
     def describe(self, n_jobs: int) -> str:
-        where = f"Ray cluster at {self.address}" if self.address else "a local Ray"
+        where = f"Ray cluster at {self.address}" if self.address else "local Ray"
         return f"{where} (one task per chunk)"
 
     def _init(self) -> bool:

@@ -28,13 +28,14 @@ from torch import Tensor, nn
 
 import bnlab.nn as bnn
 from bnlab.data import batch_indices, load_dataset, to_unit_range
-from bnlab.experiments.common import data_dir_arg, derived_generator, resolve_device
+from bnlab.experiments.common import data_dir_arg, resolve_device
 from bnlab.experiments.gan.config import GanConfig, GanTraining
 from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit
 from bnlab.images import grid_png
 from bnlab.models.gan import Variant, build_discriminator, build_generator
 from bnlab.optim import ExactAdam
 from bnlab.runners import ddp
+from bnlab.seeding import derived_generator
 
 __all__ = [
     "GanData",
