@@ -38,6 +38,19 @@ def mnist_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="module", params=["compiled", "torch"])
+def each_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs every test of a module once per bnlab backend: the compiled kernels and the
+    plain-torch path. Use with ``pytestmark = pytest.mark.usefixtures("each_backend")``."""
+    from bnlab import kernels
+    from bnlab.kernels import cpu
+
+    if request.param == "compiled" and not cpu.load():
+        pytest.skip(f"bnlab's compiled kernels are unavailable here: {cpu.status()}")
+    with kernels.use_backend(request.param):
+        yield request.param
+
+
 @pytest.fixture
 def seeded_one_thread() -> Iterator[None]:
     """Seeded, and one torch thread as in the experiments' run(): tiny GEMMs crawl on a shared

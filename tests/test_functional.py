@@ -10,6 +10,9 @@ import torch.nn.functional as TF
 from bnlab import reference
 from bnlab.functional import batch_norm
 
+# Every claim holds for the compiled kernels and for the plain-torch path.
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 SHAPES = [(6, 5), (8, 4, 7), (4, 3, 5, 6), (3, 2, 3, 4, 5)]
 
 

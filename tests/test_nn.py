@@ -14,6 +14,9 @@ from torch import nn
 import bnlab.nn as bnn
 from bnlab import reference
 
+# Every claim holds for the compiled kernels and for the plain-torch path.
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 PAIRS = [
     (bnn.BatchNorm1d, nn.BatchNorm1d, (8, 5)),
     (bnn.BatchNorm1d, nn.BatchNorm1d, (8, 5, 7)),

@@ -27,11 +27,13 @@ All arithmetic works on a *canonical view* of the input: ``(M, C)`` with the red
 dim 0 for 2D and channels_last inputs (channels_last is exactly a contiguous ``(N*H*W, C)``
 matrix), ``(N, C, S)`` with the reduction over dims (0, 2) for contiguous N-d inputs.
 
-The kernels are written for few passes over memory and few dispatches: one full-size
-allocation per direction (its buffer doubles as scratch), per-channel coefficients folded so
-that y = x * scale + shift and dx = a * dy + b * x + c are single fused passes. Small inputs
-(an MLP's (100, 256)) are dominated by per-op overhead, so the small per-channel arithmetic is
-kept to a handful of ops. Faster backends plug in at ``_forward_kernel`` / ``_backward_kernel``.
+The math is written once, here, in plain torch, as four stages (statistics, normalize;
+backward sums, dx) that one process composes and a distributed BN cuts apart. Per-channel
+coefficients are folded so that y = x * scale + shift and dx = a * dy + b * x + c are single
+fused passes. Compiled renditions of the same stages (:mod:`bnlab.kernels`: C++ on CPU, Triton
+on CUDA) run where they apply and the backend allows (``BNLAB_BACKEND``); this plain-torch path
+serves every other input and every double backward. ``batch_norm_act`` fuses a ReLU or leaky
+ReLU after the affine map.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnlab import kernels as _kernels
+
 __all__ = [
     "batch_norm",
+    "batch_norm_act",
     "batch_norm_backward_elemt",
     "batch_norm_backward_reduce",
     "batch_norm_elemt",
@@ -171,132 +176,288 @@ def update_running_stats(
         running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * unbias)
 
 
-def _forward_kernel(
-    x: Tensor,
-    layout: _Layout,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """y = gamma * (x - mean) * inv_std + beta, evaluated as y = x * scale + shift.
+# ---- the math in plain torch, as stages ---------------------------------------------------------
+#
+# One process:   stats -> elemt            and   backward_reduce -> backward_elemt
+# Several ranks: stats -> [all_gather] -> merge_stats -> elemt, and backward_reduce ->
+# [all_reduce] -> backward_elemt. bnlab.nn.SyncBatchNorm inserts the communication;
+# _TorchKernels composes the same stages for one process. The compiled kernels (bnlab.kernels)
+# implement these formulas, cut the same way; the core tests run against both.
+#
+# An optional activation is fused after the affine map (bnlab.nn.BatchNormAct*d):
+# y = act(z), z = gamma * x_hat + beta. Backward recomputes z from x (not saved) and uses
+# dz = dy * act'(z) in place of dy.
+#
+# Contract: called with grad mode on and an input that requires grad (a backward with
+# create_graph=True), the stages are plain differentiable torch ops: SyncBatchNorm's double
+# backward composes them under autograd. The compiled kernels serve them otherwise.
 
-    Returns ``(y, mean, inv_std)``: the (C,) statistics backward needs. Runs without a graph.
-    """
-    stat = _stat_dtype(x)
-    xv = layout.view(x)
-    if xv.dtype != stat:
-        xv = xv.to(stat)
-    pc = layout.pc
-    if training:
-        inv_m = 1.0 / layout.count
-        mean = xv.sum(layout.dims).mul_(inv_m)
-        out = torch.sub(xv, pc(mean))  # the only full-size allocation: scratch, then y
-        var = out.square_().sum(layout.dims).mul_(inv_m)  # second pass: mean squared deviation
-        update_running_stats(running_mean, running_var, mean, var, layout.count, momentum)
-        inv_std = var.add_(eps).rsqrt_()
-    else:
-        assert running_mean is not None and running_var is not None
-        mean = running_mean.to(stat, copy=True)  # a copy: the buffer may change before backward
-        inv_std = running_var.to(stat, copy=True).add_(eps).rsqrt_()
-        out = torch.empty_like(xv)
+_ACTS = {"identity": 0, "relu": 1, "leaky_relu": 2}  # the codes of bnlab::batch_norm
+
+
+def _stats(xv: Tensor, layout: _Layout) -> tuple[Tensor, Tensor]:
+    """Per-channel (mean, m2) of a canonical view in the statistics dtype; two passes."""
+    mean = xv.sum(layout.dims).div_(max(layout.count, 1))  # an empty batch: mean 0, m2 0
+    m2 = torch.sub(xv, layout.pc(mean)).square_().sum(layout.dims)
+    return mean, m2
+
+
+def _affine(
+    mean: Tensor, inv_std: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """scale = gamma * inv_std, shift = beta - mean * scale, so that z = x * scale + shift."""
+    stat = mean.dtype
     scale = inv_std if weight is None else weight.to(stat) * inv_std
     if bias is None:
         shift = torch.mul(mean, scale).neg_()
     else:
         shift = torch.addcmul(bias.to(stat), mean, scale, value=-1)
-    torch.addcmul(pc(shift), xv, pc(scale), out=out)
-    y = layout.unview(out)
-    return (y if y.dtype == x.dtype else y.to(x.dtype)), mean, inv_std
+    return scale, shift
 
 
-def _backward_kernel(
-    dy: Tensor,
-    x: Tensor,
+def _elemt(
+    xv: Tensor,
     layout: _Layout,
     mean: Tensor,
     inv_std: Tensor,
     weight: Tensor | None,
-    training: bool,
-    needs: tuple[bool, bool, bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The hand-derived gradients of reference.batch_norm_backward, on the canonical view.
+    bias: Tensor | None,
+    act: int = 0,
+    slope: float = 0.0,
+) -> Tensor:
+    """y = act(x * scale + shift) on a canonical view, in the statistics dtype."""
+    scale, shift = _affine(mean, inv_std, weight, bias)
+    z = torch.addcmul(layout.pc(shift), xv, layout.pc(scale))
+    if act == 0:
+        return z
+    return torch.nn.functional.leaky_relu_(z, slope) if act == 2 else z.relu_()
 
-    With S0 = sum(dy), S1 = sum(dy * (x - mean)) per channel, m values per channel and
-    a = gamma * inv_std:
-        dbeta  = S0
-        dgamma = inv_std * S1
-        dx     = a * dy - a / m * (S0 + inv_std^2 * S1 * (x - mean))     (training)
-        dx     = a * dy                                                 (eval: fixed stats)
-    The training dx is evaluated as a * dy + b * x + c with per-channel
-    b = -a * inv_std^2 * S1 / m and c = -a * S0 / m - b * mean: two fused passes into one
-    buffer, which served as scratch for S1 before. Runs without a graph.
+
+def _act_grad(
+    dyv: Tensor,
+    xv: Tensor,
+    layout: _Layout,
+    scale_shift: tuple[Tensor, Tensor],
+    act: int,
+    slope: float,
+) -> Tensor:
+    """dz = dy * act'(z), z recomputed from x exactly as in forward (act'(0) = slope, as torch)."""
+    if act == 0:
+        return dyv
+    scale, shift = scale_shift
+    positive = torch.addcmul(layout.pc(shift), xv, layout.pc(scale)) > 0
+    if act == 1 or slope == 0.0:
+        return dyv.where(positive, 0.0)
+    return dyv.where(positive, dyv * slope)
+
+
+def _backward_reduce(
+    dyv: Tensor,
+    xv: Tensor,
+    layout: _Layout,
+    mean: Tensor,
+    inv_std: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    act: int = 0,
+    slope: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Per-channel (S0, S1) = (sum dz, sum dz * x_hat): dbeta and dgamma."""
+    if act:
+        dyv = _act_grad(dyv, xv, layout, _affine(mean, inv_std, weight, bias), act, slope)
+    s0 = dyv.sum(layout.dims)
+    s1 = torch.sub(xv, layout.pc(mean)).mul_(dyv).sum(layout.dims).mul_(inv_std)
+    return s0, s1
+
+
+def _backward_elemt(
+    dyv: Tensor,
+    xv: Tensor,
+    layout: _Layout,
+    mean: Tensor,
+    inv_std: Tensor,
+    weight: Tensor | None,
+    sums: tuple[Tensor, Tensor] | None,
+    count: int,
+    bias: Tensor | None = None,
+    act: int = 0,
+    slope: float = 0.0,
+) -> Tensor:
+    """dx on a canonical view, from the sums (S0, S1) over all ``count`` values of a channel.
+
+    With a = gamma * inv_std and m = count:
+        dx = a / m * (m * dz - S0 - x_hat * S1) = a * dz + b * x + c,
+        b = -a * inv_std * S1 / m,   c = -a * S0 / m - b * mean:
+    two fused passes. ``sums=None`` is evaluation mode (fixed statistics): dx = a * dz.
     """
-    need_dx, need_dw, need_db = needs
-    stat = mean.dtype
+    if act:
+        dyv = _act_grad(dyv, xv, layout, _affine(mean, inv_std, weight, bias), act, slope)
+    a = inv_std if weight is None else weight.to(mean.dtype) * inv_std
     pc = layout.pc
-    dims = layout.dims
-    xv, dyv = layout.view(x), layout.view(dy)
-    if xv.dtype != stat:
-        xv, dyv = xv.to(stat), dyv.to(stat)
-    need_stats = training and need_dx
-    s0 = dyv.sum(dims) if (need_db or need_stats) else None
-    buf = dgamma = None
-    if need_dw or need_stats:
-        buf = torch.sub(xv, pc(mean))
-        dgamma = buf.mul_(dyv).sum(dims).mul_(inv_std)  # inv_std * S1
-    dx = None
-    if need_dx:
-        a = inv_std if weight is None else weight.to(stat) * inv_std
+    if sums is None:
+        return dyv * pc(a)
+    s0, s1 = sums
+    neg_inv_m = -1.0 / max(count, 1)
+    b = (a * s1).mul_(inv_std).mul_(neg_inv_m)
+    c = torch.addcmul(torch.mul(a, s0).mul_(neg_inv_m), b, mean, value=-1)
+    return torch.addcmul(pc(c), xv, pc(b)).addcmul_(dyv, pc(a))
+
+
+def _canonical(t: Tensor, layout: _Layout, stat: torch.dtype) -> Tensor:
+    tv = layout.view(t)
+    return tv if tv.dtype == stat else tv.to(stat)
+
+
+def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+class _TorchKernels:
+    """The single-process forward and backward composed from the stages above; the same
+    signatures as the compiled kernels (``torch.ops.bnlab``, ``bnlab.kernels.triton_bn``)."""
+
+    @staticmethod
+    def forward(
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        training: bool,
+        momentum: float,
+        eps: float,
+        act: int = 0,
+        slope: float = 0.0,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(y, mean, inv_std)``: the (C,) statistics backward needs. No graph."""
+        layout = _Layout(x)
+        stat = _stat_dtype(x)
+        xv = _canonical(x, layout, stat)
         if training:
-            assert s0 is not None and dgamma is not None and buf is not None
-            neg_inv_m = -1.0 / layout.count
-            b = (a * dgamma).mul_(inv_std).mul_(neg_inv_m)  # -a * inv_std^2 * S1 / m
-            c = torch.addcmul(torch.mul(a, s0).mul_(neg_inv_m), b, mean, value=-1)
-            dxv = torch.addcmul(pc(c), xv, pc(b), out=buf).addcmul_(dyv, pc(a))
+            mean, var = _stats(xv, layout)
+            var.div_(layout.count)  # biased: normalizes the batch
+            update_running_stats(running_mean, running_var, mean, var, layout.count, momentum)
+            inv_std = var.add_(eps).rsqrt_()
         else:
-            dxv = dyv * pc(a)
-        dx = layout.unview(dxv)
-        if dx.dtype != x.dtype:
-            dx = dx.to(x.dtype)
-    dweight = None
-    if need_dw and weight is not None and dgamma is not None:
-        dweight = dgamma if dgamma.dtype == weight.dtype else dgamma.to(weight.dtype)
-    dbias = s0 if need_db else None
-    return dx, dweight, dbias
+            assert running_mean is not None and running_var is not None
+            mean = running_mean.to(stat, copy=True)  # a copy: the buffer may change later
+            inv_std = running_var.to(stat, copy=True).add_(eps).rsqrt_()
+        y = layout.unview(_elemt(xv, layout, mean, inv_std, weight, bias, act, slope))
+        return _to(y, x.dtype), mean, inv_std
+
+    @staticmethod
+    def backward(
+        dy: Tensor,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        mean: Tensor,
+        inv_std: Tensor,
+        training: bool,
+        act: int,
+        slope: float,
+        needs: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Returns ``(dx, dweight, dbias)``, None where not needed. No graph."""
+        need_dx, need_dw, need_db = needs
+        layout = _Layout(x)
+        xv, dyv = _canonical(x, layout, mean.dtype), _canonical(dy, layout, mean.dtype)
+        sums = None
+        if need_dw or need_db or (training and need_dx):
+            sums = _backward_reduce(dyv, xv, layout, mean, inv_std, weight, bias, act, slope)
+        dx = None
+        if need_dx:
+            dxv = _backward_elemt(
+                dyv,
+                xv,
+                layout,
+                mean,
+                inv_std,
+                weight,
+                sums if training else None,
+                layout.count,
+                bias,
+                act,
+                slope,
+            )
+            dx = _to(layout.unview(dxv), x.dtype)
+        s0, s1 = sums if sums is not None else (None, None)
+        dweight = (
+            _to(s1, weight.dtype) if need_dw and weight is not None and s1 is not None else None
+        )
+        dbias = _to(s0, bias.dtype) if need_db and bias is not None and s0 is not None else None
+        return dx, dweight, dbias
+
+
+# ---- dispatch: which rendition runs an input ----------------------------------------------------
+
+_FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _compiled_takes(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
+    """Whether the compiled kernels handle these tensors: a float dtype, a non-empty input that
+    is contiguous or channels_last, (C,) parameters of a float dtype on the same device. Anything
+    else (other strides, empty batches, ...) runs the plain-torch path. (Written for speed: an
+    MLP's batch norm calls this every step.)"""
+    if x.dtype not in _FAST_DTYPES or x.numel() == 0:
+        return False
+    if not (x.is_contiguous() or _is_channels_last(x)):
+        return False
+    device = x.device
+    for p in params:
+        if p is not None and (not p.is_floating_point() or p.device != device):
+            return False
+    return True
+
+
+def _kernels_for(x: Tensor, *params: Tensor | None) -> Any:
+    """torch.ops.bnlab for CPU, the Triton module for CUDA, or None (plain torch)."""
+    if torch.compiler.is_compiling():  # torch.compile traces the plain-torch formulas
+        return None
+    if x.is_cpu:  # _compiled_takes, unrolled for the CPU: the per-step cost of an MLP's BN
+        if x.dtype not in _FAST_DTYPES or x.numel() == 0:
+            return None
+        if not (x.is_contiguous() or _is_channels_last(x)):
+            return None
+        for p in params:
+            if p is not None and not (p.is_cpu and p.is_floating_point()):
+                return None
+        return _kernels.cpu_ops()
+    if x.is_cuda and _compiled_takes(x, params):
+        return _kernels.cuda_kernels()
+    return None
+
+
+def _stage_kernels_for(x: Tensor, *tensors: Tensor | None) -> Any:
+    """As _kernels_for, but None under autograd: with grad mode on and an input that requires
+    grad, the stages must be differentiable torch ops (SyncBatchNorm's double backward composes
+    them), which the compiled kernels are not."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors)):
+        return None
+    return _kernels_for(x, *tensors)
 
 
 # ---- stages: the same math cut where a distributed BN communicates ------------------------------
 #
-# One process:   stats -> elemt            and   backward_reduce -> backward_elemt
-# Several ranks: stats -> [all_gather] -> merge_stats -> elemt, and backward_reduce ->
-# [all_reduce] -> backward_elemt. bnlab.nn.SyncBatchNorm inserts the communication; the closed
-# forms stay here.
-#
-# Contract: called with grad mode on (a backward with create_graph=True), the stages are plain
-# differentiable torch ops. SyncBatchNorm's double backward composes them under autograd, so a
-# compiled kernel behind one of these names must fall back to the torch ops in that case.
+# (The merge across ranks, batch_norm_merge_stats, is a stage of its own; see the notes on the
+# math in plain torch above for the cut and the contract under autograd.)
 
 
 def batch_norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel ``(mean, m2)`` of an (N, C, *) tensor in the statistics dtype, where m2 is
-    the sum of squared deviations from the mean (var = m2 / count). Two passes.
+    the sum of squared deviations from the mean (var = m2 / count).
 
     ``(mean, m2, count)`` triples merge exactly across ranks with Chan et al.'s parallel
     formula; a channel of an empty input has mean 0 and m2 0, computed by the same ops (sums
     over nothing), so that under autograd an empty rank's graph has the same shape as the
     others' (SyncBatchNorm's double backward runs the same collectives on every rank).
     """
+    fast = _stage_kernels_for(x)
+    if fast is not None:
+        return fast.batch_norm_stats(x)
     layout = _Layout(x)
-    xv = layout.view(x)
-    if xv.dtype != _stat_dtype(x):
-        xv = xv.to(_stat_dtype(x))
-    mean = xv.sum(layout.dims).div_(max(layout.count, 1))
-    m2 = torch.sub(xv, layout.pc(mean)).square_().sum(layout.dims)
-    return mean, m2
+    # an empty batch goes through the same ops (sums over nothing: mean 0, m2 0)
+    return _stats(_canonical(x, layout, _stat_dtype(x)), layout)
 
 
 def batch_norm_merge_stats(count: Tensor, mean: Tensor, m2: Tensor) -> tuple[Tensor, Tensor]:
@@ -330,18 +491,14 @@ def batch_norm_elemt(
 ) -> Tensor:
     """y = gamma * (x - mean) * inv_std + beta with given (C,) statistics; x's dtype and
     memory format."""
+    fast = _stage_kernels_for(x, mean, inv_std, weight, bias)
+    if fast is not None:
+        return fast.batch_norm_elemt(x, mean, inv_std, weight, bias)
     layout = _Layout(x)
-    stat = mean.dtype
-    xv = layout.view(x)
-    if xv.dtype != stat:
-        xv = xv.to(stat)
-    scale = inv_std if weight is None else weight.to(stat) * inv_std
-    if bias is None:
-        shift = torch.mul(mean, scale).neg_()
-    else:
-        shift = torch.addcmul(bias.to(stat), mean, scale, value=-1)
-    y = layout.unview(torch.addcmul(layout.pc(shift), xv, layout.pc(scale)))
-    return y if y.dtype == x.dtype else y.to(x.dtype)
+    y = layout.unview(
+        _elemt(_canonical(x, layout, mean.dtype), layout, mean, inv_std, weight, bias)
+    )
+    return _to(y, x.dtype)
 
 
 def batch_norm_backward_reduce(
@@ -349,14 +506,14 @@ def batch_norm_backward_reduce(
 ) -> tuple[Tensor, Tensor]:
     """Per-channel ``(sum dy, sum dy * x_hat)`` with x_hat = (x - mean) * inv_std: dbeta and
     dgamma of one process, and what ranks all_reduce before ``batch_norm_backward_elemt``."""
+    fast = _stage_kernels_for(x, dy, mean, inv_std)
+    if fast is not None:
+        return fast.batch_norm_backward_reduce(dy, x, mean, inv_std)
     layout = _Layout(x)
     stat = mean.dtype
-    xv, dyv = layout.view(x), layout.view(dy)
-    if xv.dtype != stat:
-        xv, dyv = xv.to(stat), dyv.to(stat)
-    s0 = dyv.sum(layout.dims)
-    s1 = torch.sub(xv, layout.pc(mean)).mul_(dyv).sum(layout.dims).mul_(inv_std)
-    return s0, s1
+    return _backward_reduce(
+        _canonical(dy, layout, stat), _canonical(x, layout, stat), layout, mean, inv_std
+    )
 
 
 def batch_norm_backward_elemt(
@@ -371,39 +528,51 @@ def batch_norm_backward_elemt(
 ) -> Tensor:
     """dx = gamma * inv_std / m * (m * dy - sum(dy) - x_hat * sum(dy * x_hat)), with the sums
     and m = ``count`` over every value of a channel (all ranks' together)."""
+    fast = _stage_kernels_for(x, dy, mean, inv_std, weight, sum_dy, sum_dy_xhat)
+    if fast is not None:
+        return fast.batch_norm_backward_elemt(
+            dy, x, mean, inv_std, weight, sum_dy, sum_dy_xhat, count
+        )
     layout = _Layout(x)
     stat = mean.dtype
-    xv, dyv = layout.view(x), layout.view(dy)
-    if xv.dtype != stat:
-        xv, dyv = xv.to(stat), dyv.to(stat)
-    a = inv_std if weight is None else weight.to(stat) * inv_std
-    neg_inv_m = -1.0 / max(count, 1)
-    b = (a * sum_dy_xhat).mul_(inv_std).mul_(neg_inv_m)  # -a * inv_std * S1' / m, S1' = dgamma
-    c = torch.addcmul(torch.mul(a, sum_dy).mul_(neg_inv_m), b, mean, value=-1)
-    pc = layout.pc
-    dxv = torch.addcmul(pc(c), xv, pc(b)).addcmul_(dyv, pc(a))
-    dx = layout.unview(dxv)
-    return dx if dx.dtype == x.dtype else dx.to(x.dtype)
+    dxv = _backward_elemt(
+        _canonical(dy, layout, stat),
+        _canonical(x, layout, stat),
+        layout,
+        mean,
+        inv_std,
+        weight,
+        (sum_dy, sum_dy_xhat),
+        count,
+    )
+    return _to(layout.unview(dxv), x.dtype)
+
+
+# ---- autograd ---------------------------------------------------------------------------------
 
 
 def _differentiable_backward(
     dy: Tensor,
     x: Tensor,
-    layout: _Layout,
     saved_mean: Tensor,
     saved_inv_std: Tensor,
     weight: Tensor | None,
+    bias: Tensor | None,
     eps: float,
     training: bool,
+    act: int = 0,
+    slope: float = 0.0,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """The same formula, written plainly with out-of-place differentiable ops.
 
     Used when the caller builds a graph of the backward (``create_graph=True``: double
-    backward). In training mode the batch statistics are functions of x, so they are
-    recomputed from x with autograd on, and the formula's dependence on them is differentiated
-    too. The fast kernel above cannot serve here: its in-place passes would hide values that
-    autograd needs.
+    backward), by every backend. In training mode the batch statistics are functions of x, so
+    they are recomputed from x with autograd on, and the formula's dependence on them is
+    differentiated too. The fused kernels cannot serve here: their in-place passes would hide
+    values that autograd needs. The activation's derivative is piecewise constant, so its mask
+    enters as a constant.
     """
+    layout = _Layout(x)
     stat = saved_mean.dtype
     xv, dyv = layout.view(x).to(stat), layout.view(dy).to(stat)
     pc = layout.pc
@@ -413,6 +582,11 @@ def _differentiable_backward(
         inv_std = torch.rsqrt(var + eps)
     else:
         mean, inv_std = saved_mean, saved_inv_std
+    if act:
+        with torch.no_grad():
+            affine = _affine(saved_mean, saved_inv_std, weight, bias)
+            mask = _act_grad(torch.ones_like(xv), xv, layout, affine, act, slope)
+        dyv = dyv * mask
     gamma = torch.ones_like(inv_std) if weight is None else weight.to(stat)
     x_hat = (xv - pc(mean)) * pc(inv_std)
     dbeta = dyv.sum(dims)
@@ -426,7 +600,33 @@ def _differentiable_backward(
     return dx, (None if weight is None else dgamma.to(weight.dtype)), dbeta
 
 
+def _graph_backward_op(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    inv_std: Tensor,
+    training: bool,
+    eps: float,
+    act: int,
+    slope: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``bnlab::batch_norm_backward_graph`` operator that the C++ autograd calls under
+    ``create_graph=True`` (an operator returns tensors: an empty one stands for None)."""
+    dx, dw, db = _differentiable_backward(
+        dy, x, mean, inv_std, weight, bias, eps, training, act, slope
+    )
+    return dx, (dx.new_empty(0) if dw is None else dw), db
+
+
+_kernels.set_graph_backward(_graph_backward_op)
+
+
 class _BatchNormFunction(torch.autograd.Function):
+    """Autograd for the plain-torch kernels and the Triton ones (``impl``); the C++ kernels
+    carry their own autograd, in C++."""
+
     @staticmethod
     def forward(
         ctx: Any,
@@ -438,35 +638,33 @@ class _BatchNormFunction(torch.autograd.Function):
         training: bool,
         momentum: float,
         eps: float,
+        act: int,
+        slope: float,
+        impl: Any,
     ) -> Tensor:
-        layout = _Layout(x)
-        y, mean, inv_std = _forward_kernel(
-            x, layout, weight, bias, running_mean, running_var, training, momentum, eps
+        y, mean, inv_std = impl.forward(
+            x, weight, bias, running_mean, running_var, training, momentum, eps, act, slope
         )
         # x is saved as is (no copy); mean and inv_std are fresh (C,) tensors, never the
         # running buffers, which later steps update in place.
-        ctx.save_for_backward(x, weight, mean, inv_std)
-        ctx.layout = layout
-        ctx.training = training
-        ctx.eps = eps
+        ctx.save_for_backward(x, weight, bias, mean, inv_std)
+        ctx.settings = (training, eps, act, slope, impl)
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, mean, inv_std = ctx.saved_tensors
-        layout: _Layout = ctx.layout
+        x, weight, bias, mean, inv_std = ctx.saved_tensors
+        training, eps, act, slope, impl = ctx.settings
         needs = ctx.needs_input_grad[:3]
-        if layout.channels_last:
-            dy = dy.contiguous(memory_format=_memory_format(dy.dim()))
         grads: tuple[Tensor | None, Tensor | None, Tensor | None]
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
             grads = _differentiable_backward(
-                dy, x, layout, mean, inv_std, weight, ctx.eps, ctx.training
+                dy, x, mean, inv_std, weight, bias, eps, training, act, slope
             )
-            grads = tuple(g if n else None for g, n in zip(grads, needs, strict=True))  # type: ignore[assignment]
         else:
-            grads = _backward_kernel(dy, x, layout, mean, inv_std, weight, ctx.training, needs)
-        return (*grads, None, None, None, None, None)
+            grads = impl.backward(dy, x, weight, bias, mean, inv_std, training, act, slope, needs)
+        grads = tuple(g if n else None for g, n in zip(grads, needs, strict=True))  # type: ignore[assignment]
+        return (*grads, None, None, None, None, None, None, None, None)
 
 
 def _check(
@@ -594,6 +792,39 @@ def batch_norm(
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
+def batch_norm_act(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    act: str = "relu",
+    negative_slope: float = 0.01,
+) -> Tensor:
+    """``act(batch_norm(...))`` in one fused pass each way, for ``act`` in "relu",
+    "leaky_relu" (with ``negative_slope``, as torch.nn.functional.leaky_relu) and "identity".
+
+    Same arguments and numbers as :func:`batch_norm` followed by the activation; backward
+    recomputes the pre-activation from the input instead of saving it.
+    """
+    code, slope = _act_code(act, negative_slope)
+    _check(input, running_mean, running_var, weight, bias, training, eps)
+    return _batch_norm(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, code, slope
+    )
+
+
+def _act_code(act: str, negative_slope: float = 0.01) -> tuple[int, float]:
+    """``(code, slope)`` of an activation name for ``_batch_norm`` (the C++ operator's codes)."""
+    code = _ACTS.get(act)
+    if code is None:
+        raise ValueError(f"batch_norm_act: unknown act {act!r}; choose one of {tuple(_ACTS)}")
+    return code, (float(negative_slope) if code == 2 else 0.0)
+
+
 def _batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -603,13 +834,24 @@ def _batch_norm(
     training: bool,
     momentum: float,
     eps: float,
+    act: int = 0,
+    slope: float = 0.0,
 ) -> Tensor:
-    """batch_norm after ``_check`` (bnlab.nn runs the check itself first, to name the layer)."""
+    """batch_norm (+ the activation of code ``act``) after ``_check`` (bnlab.nn runs the check
+    itself first, to name the layer)."""
     if input.numel() == 0:
         return _empty_batch_norm(input, weight, bias)
     if not input.is_contiguous() and not _is_channels_last(input):
         input = input.contiguous(memory_format=_output_memory_format(input))
-    out: Tensor = _BatchNormFunction.apply(
-        input, weight, bias, running_mean, running_var, training, momentum, eps
-    )
+    fast = _kernels_for(input, weight, bias, running_mean, running_var)
+    out: Tensor
+    if fast is not None and input.is_cpu:  # torch.ops.bnlab: autograd in C++
+        out = fast.batch_norm(
+            input, weight, bias, running_mean, running_var, training, momentum, eps, act, slope
+        )
+    else:  # autograd here, over the Triton kernels or the plain-torch ones
+        out = _BatchNormFunction.apply(
+            input, weight, bias, running_mean, running_var, training, momentum, eps, act, slope,
+            _TorchKernels if fast is None else fast,
+        )  # fmt: skip
     return out

@@ -1,7 +1,8 @@
 """bnlab's batch-norm modules (subclasses of torch.nn's, drop-in; SyncBatchNorm on every
-torch.distributed backend), converters, layer lookup."""
+torch.distributed backend; fused BN + activation), converters, layer lookup."""
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from bnlab.nn.convert import from_torch, to_torch
 from bnlab.nn.find import batch_norm_layers, is_batch_norm
 from bnlab.nn.sync_batchnorm import SyncBatchNorm
@@ -10,6 +11,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormAct1d",
+    "BatchNormAct2d",
+    "BatchNormAct3d",
     "SyncBatchNorm",
     "batch_norm_layers",
     "from_torch",

@@ -62,8 +62,11 @@ def _layer_forward(
     track_running_stats: bool,
     momentum: float | None,
     eps: float,
+    act: int = 0,
+    slope: float = 0.0,
 ) -> Tensor:
-    """One forward step of a BN layer: check the input, count the batch, normalize.
+    """One forward step of a BN layer: check the input, count the batch, normalize (and apply
+    the activation of code ``act``, for bnlab.nn.BatchNormAct*d).
 
     Everything is checked before any state changes, so a bad input leaves the layer as it was.
     """
@@ -91,7 +94,7 @@ def _layer_forward(
         if momentum is None:  # cumulative moving average
             factor = 1.0 / float(num_batches_tracked)
     # = F.batch_norm without repeating the check above
-    return F._batch_norm(x, mean_in, var_in, weight, bias, use_batch_stats, factor, eps)
+    return F._batch_norm(x, mean_in, var_in, weight, bias, use_batch_stats, factor, eps, act, slope)
 
 
 class _BatchNorm(nn.modules.batchnorm._BatchNorm):
