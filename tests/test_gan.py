@@ -12,6 +12,7 @@ from torch import nn
 
 import bnlab.experiments.gan as gan
 import bnlab.nn as bnn
+from bnlab.data import to_unit_range
 from bnlab.experiments.gan import GanConfig, GanTrainer, GanTraining, run
 from bnlab.experiments.gan.train import load_gan_data
 from bnlab.experiments.protocol import RunFailed
@@ -373,3 +374,34 @@ def test_tensorboard_without_the_package_says_how_to_install_it(mnist_root, tmp_
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(ValueError, match=r"pip install 'bnlab\[tensorboard\]'"):
         run(_cfg(mnist_root, tmp_path, variants=("init",), tensorboard=True), log=_quiet)
+
+
+def test_fused_bn_act_layers_replace_bn_then_leaky_relu():
+    v = BLOG_VARIANTS["init-bn-nomode"]  # BN after every Linear, the output layers too
+    g = build_generator(v, fused=True)
+    fused = [m for m in g if isinstance(m, bnn.BatchNormAct1d)]
+    assert len(fused) == 2 and all(m.act == "leaky_relu" for m in fused)
+    assert fused[0].negative_slope == 0.2
+    assert type(g[-2]) is bnn.BatchNorm1d and isinstance(g[-1], nn.Tanh)  # output BN stays
+    assert not any(isinstance(m, nn.LeakyReLU) for m in g)
+    plain = build_generator(v)
+    assert set(plain.state_dict()) != set()  # same parameters, renumbered: load by values
+    assert [t.shape for t in g.state_dict().values()] == [
+        t.shape for t in plain.state_dict().values()
+    ]
+
+
+def test_fused_training_matches_unfused_up_to_rounding(mnist_root):
+    images = _images(mnist_root, 1000)
+    losses = {}
+    for fused in (False, True):
+        trainer = GanTrainer(
+            BLOG_VARIANTS["init-bn"], GanTraining(fused=fused), 0, images, torch.device("cpu")
+        )
+        order, z = trainer.begin_epoch(0)
+        out = []
+        for i in range(10):
+            d, g, *_ = trainer.step(to_unit_range(images[order[i]]), z[i, 0], z[i, 1])
+            out.append([float(d), float(g)])
+        losses[fused] = torch.tensor(out)
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-5)

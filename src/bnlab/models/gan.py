@@ -170,18 +170,29 @@ def parse_variant(spec: str) -> Variant:
 NormLayer = Callable[[int], nn.Module]
 
 
+SLOPE = 0.2  # the notebooks' LeakyReLU(0.2)
+
+
 def _mlp(
     sizes: list[int],
     norm: Flags3,
     out_act: nn.Module,
     norm_layer: NormLayer,
+    fused: bool = False,
 ) -> nn.Sequential:
+    """Linear - [BN] - activation per layer. ``fused``: a hidden layer's BN and LeakyReLU are
+    one :class:`bnlab.nn.BatchNormAct1d` (one kernel each way); the output layer's BN, before
+    Tanh or Sigmoid, stays a plain BN."""
     layers: list[nn.Module] = []
     for k, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        hidden = k < len(sizes) - 2
         layers.append(nn.Linear(fan_in, fan_out))
+        if norm[k] and hidden and fused:
+            layers.append(bnn.BatchNormAct1d(fan_out, act="leaky_relu", negative_slope=SLOPE))
+            continue
         if norm[k]:
             layers.append(norm_layer(fan_out))
-        layers.append(nn.LeakyReLU(0.2) if k < len(sizes) - 2 else out_act)
+        layers.append(nn.LeakyReLU(SLOPE) if hidden else out_act)
     return nn.Sequential(*layers)
 
 
@@ -191,7 +202,7 @@ def _init(model: nn.Sequential, init: Init) -> None:
         return
     linears = [m for m in model if isinstance(m, nn.Linear)]
     for lin in linears[:-1]:
-        nn.init.kaiming_normal_(lin.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+        nn.init.kaiming_normal_(lin.weight, a=SLOPE, mode="fan_in", nonlinearity="leaky_relu")
     nn.init.xavier_normal_(linears[-1].weight)
 
 
@@ -201,8 +212,9 @@ def build_generator(
     hidden: int = 256,
     image: int = 784,
     norm_layer: NormLayer = bnn.BatchNorm1d,
+    fused: bool = False,
 ) -> nn.Sequential:
-    g = _mlp([latent, hidden, hidden, image], variant.g_norm, nn.Tanh(), norm_layer)
+    g = _mlp([latent, hidden, hidden, image], variant.g_norm, nn.Tanh(), norm_layer, fused)
     _init(g, variant.init)
     return g
 
@@ -212,7 +224,8 @@ def build_discriminator(
     hidden: int = 256,
     image: int = 784,
     norm_layer: NormLayer = bnn.BatchNorm1d,
+    fused: bool = False,
 ) -> nn.Sequential:
-    d = _mlp([image, hidden, hidden, 1], variant.d_norm, nn.Sigmoid(), norm_layer)
+    d = _mlp([image, hidden, hidden, 1], variant.d_norm, nn.Sigmoid(), norm_layer, fused)
     _init(d, variant.init)
     return d

@@ -55,6 +55,7 @@ class GanTraining:
     metrics_at: Literal["sample-epochs", "last"] = "sample-epochs"
     metric_samples: int = 10_000
     sample_mode: Literal["eval", "train", "both"] = "eval"
+    fused: bool = False  # hidden BN + LeakyReLU as one bnlab.nn.BatchNormAct1d
     world_size: int = 1  # ranks that train each job together (torchrun); 1 = one process
     ddp_bn: Literal["sync", "local"] = "sync"
 
@@ -77,6 +78,11 @@ class GanTraining:
             raise ValueError(
                 f"--metric-samples must be at least 2 (a covariance), got {self.metric_samples}"
             )
+        if self.fused and self.bn != "bnlab":
+            raise ValueError("--fused uses bnlab's BatchNormAct1d: it needs --bn bnlab")
+        if self.fused and self.world_size > 1:
+            # convert_sync_batchnorm makes a SyncBatchNorm of every BN layer, activation lost
+            raise ValueError("--fused has no data-parallel (SyncBatchNorm) form: drop --nproc")
         if self.world_size < 1:
             raise ValueError(f"--nproc must be at least 1, got {self.world_size}")
         per_rank = self.batch_size // self.world_size
@@ -117,6 +123,9 @@ class GanConfig(RunOptions):
     """where to train; auto = cuda if available"""
     bn: Literal["bnlab", "torch"] = "bnlab"
     """whose BatchNorm1d the BN variants use (torch's for comparison)"""
+    fused: bool = False
+    """a hidden layer's BN and LeakyReLU as one fused bnlab.nn.BatchNormAct1d (one kernel each
+    way; the same numbers up to float32 rounding)"""
     batch_size: int = 100
     """the notebooks' batch size (drop_last)"""
     lr: float = 2e-4
@@ -172,6 +181,7 @@ class GanConfig(RunOptions):
             metrics_at=self.metrics_at,
             metric_samples=self.metric_samples,
             sample_mode=self.sample_mode,
+            fused=self.fused,
             world_size=self.nproc,
             ddp_bn=self.ddp_bn,
         )

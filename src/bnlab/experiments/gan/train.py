@@ -89,8 +89,9 @@ class GanTrainer:
         self.device = device
         torch.manual_seed(seed)  # init: same Linear weights for variants with the same init
         norm = _norm_layer(cfg.bn)
-        self.G = build_generator(variant, cfg.latent, cfg.hidden, images.shape[1], norm).to(device)
-        self.D = build_discriminator(variant, cfg.hidden, images.shape[1], norm).to(device)
+        size, fused = images.shape[1], cfg.fused
+        self.G = build_generator(variant, cfg.latent, cfg.hidden, size, norm, fused).to(device)
+        self.D = build_discriminator(variant, cfg.hidden, size, norm, fused).to(device)
         self.g_params = list(self.G.parameters())
         self.d_params = list(self.D.parameters())
         # The notebooks' Adam (default betas), bit for bit; see bnlab.optim for why not torch's.
