@@ -32,6 +32,8 @@ bench: setup
 	$(PY) bench/bench_bn.py
 	$(PY) bench/bench_adam.py
 	BNLAB_DATA="$(DATA)" $(PY) bench/bench_gan.py --epochs 20
+	$(PY) bench/bench_syncbn.py
+	BNLAB_DATA="$(DATA)" $(PY) bench/cluster_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -10,7 +10,10 @@ Prints, for the same variants and epochs:
   1. per-step loss agreement (max |difference| over the first steps, both sides torch BN);
   2. one variant alone: images/s of bnlab (one process, all threads) vs the notebook loop;
   3. all variants: wall time of the notebook loop run variant after variant, vs `bnlab gan`
-     (processes, load balanced), and the ratio.
+     (processes, load balanced), and the ratio;
+  4. what the BN implementation buys end to end: init-bn images/s in one process with
+     torch.nn.BatchNorm1d, bnlab's plain-torch path, bnlab's compiled kernels and the fused
+     BN+LeakyReLU (--fused), rounds interleaved; and the fused run's per-step loss difference.
 
     python bench/bench_gan.py --epochs 10
 """
@@ -28,6 +31,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bnlab import kernels
 from bnlab.data import to_unit_range
 from bnlab.experiments.gan import DEFAULT_VARIANTS, GanConfig, GanTrainer, GanTraining, run
 from bnlab.experiments.gan.train import load_gan_data
@@ -151,6 +155,9 @@ def main() -> None:
     parser.add_argument("--single", default="init-bn", help="variant for the one-variant test")
     parser.add_argument("--loss-steps", type=int, default=200)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--bn-steps", type=int, default=300, help="steps per timing in part 4")
+    parser.add_argument("--bn-rounds", type=int, default=5, help="interleaved rounds, part 4")
+    parser.add_argument("--only-bn", action="store_true", help="run part 4 alone")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     variants = [parse_variant(v) for v in args.variants.split(",")]
@@ -164,6 +171,10 @@ def main() -> None:
     )
     images, seed, training = data.images, cfg.seed, cfg.training("cpu")
     print(f"torch {torch.__version__}, {threads} threads; {data.description}; {args.epochs} epochs")
+
+    if args.only_bn:
+        bn_backends(parse_variant(args.single), training, seed, images, args)
+        return
 
     print(f"\n1. per-step losses, first {args.loss_steps} steps, both sides torch.nn.BatchNorm1d")
     tcfg = dataclasses.replace(training, bn="torch")
@@ -210,6 +221,47 @@ def main() -> None:
     print(f"   notebook loop, variant after variant: {nb_total:7.1f} s")
     print(f"   bnlab gan (processes, wall incl. startup): {mine_all:7.1f} s")
     print(f"   aggregate speed-up {nb_total / mine_all:.2f}x")
+    bn_backends(single, training, seed, images, args)
+
+
+def bn_backends(
+    variant: Variant, cfg: GanTraining, seed: int, images: torch.Tensor, args: argparse.Namespace
+) -> None:
+    """Part 4: one GAN variant's training steps with each BN implementation, interleaved."""
+    setups = {  # name -> (GanTraining, bnlab backend)
+        "torch.nn.BatchNorm1d": (dataclasses.replace(cfg, bn="torch"), "torch"),
+        "bnlab, plain-torch path": (dataclasses.replace(cfg, bn="bnlab"), "torch"),
+        "bnlab, compiled": (dataclasses.replace(cfg, bn="bnlab"), "compiled"),
+        "bnlab, compiled + --fused": (dataclasses.replace(cfg, bn="bnlab", fused=True), "compiled"),
+    }
+    steps = args.bn_steps
+    print(
+        f"\n4. {variant.name}, {steps} steps per timing, {args.bn_rounds} interleaved rounds, "
+        f"{torch.get_num_threads()} threads: images/s by BN implementation"
+    )
+    with kernels.use_backend("compiled"):
+        bnlab_losses(variant, setups["bnlab, compiled"][0], seed, images, 2)  # build/load once
+    times: dict[str, list[float]] = {k: [] for k in setups}
+    for _ in range(args.bn_rounds):
+        for name, (c, backend) in setups.items():
+            with kernels.use_backend(backend):
+                t0 = time.perf_counter()
+                bnlab_losses(variant, c, seed, images, steps)
+                times[name].append(time.perf_counter() - t0)
+    base = float(np.median(times["torch.nn.BatchNorm1d"]))
+    for name, ts in times.items():
+        med = float(np.median(ts))
+        print(f"   {name:<28} {steps * 100 / med:8.0f} img/s   time ratio {med / base:.2f}")
+    with kernels.use_backend("compiled"):
+        plain = bnlab_losses(variant, setups["bnlab, compiled"][0], seed, images, args.loss_steps)
+        fused = bnlab_losses(
+            variant, setups["bnlab, compiled + --fused"][0], seed, images, args.loss_steps
+        )
+    diff = np.abs(plain - fused)
+    print(
+        f"   fused vs unfused, first {args.loss_steps} steps: max |d loss| {diff[:, 0].max():.2e}"
+        f"  max |g loss| {diff[:, 1].max():.2e}"
+    )
 
 
 if __name__ == "__main__":
