@@ -22,7 +22,7 @@ import torch.multiprocessing as tmp_mp
 
 from bnlab.data import to_unit_range
 from bnlab.experiments.gan import GanTrainer, GanTraining
-from bnlab.experiments.gan.train import load_gan_data
+from bnlab.experiments.gan.train import data_parallel_note, load_gan_data
 from bnlab.models.gan import BLOG_VARIANTS
 from bnlab.runs import read_jsonl
 
@@ -108,6 +108,14 @@ def test_three_ranks_split_the_batch_unevenly_and_still_match(tmp_path, images):
     torch.testing.assert_close(three, single, rtol=SYNC_RTOL, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("ddp_bn", "says"),
+    [("sync", "2 ranks x 50 rows; SyncBatchNorm"), ("local", "each rank's 33-34 rows")],
+)
+def test_config_says_what_bn_normalizes_over(ddp_bn, says):
+    assert says in data_parallel_note(2 if ddp_bn == "sync" else 3, 100, ddp_bn)
+
+
 def _bnlab(*args: str, data: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "BNLAB_DATA": str(data)}
     cmd = [sys.executable, "-m", "bnlab", *args]
@@ -137,8 +145,10 @@ def test_nproc_trains_one_run_directory_and_a_dead_rank_leaves_it_resumable(tmp_
     assert f"continue with bnlab gan --resume --out {out} --nproc 2" in err
     done = len(read_jsonl(metrics))
     assert 2 <= done < 6
-    config = json.loads((out / "config.json").read_text())["config"]
+    stored = json.loads((out / "config.json").read_text())
+    config = stored["config"]
     assert (config["nproc"], config["ddp_bn"]) == (2, "sync")  # the run says how it ran
+    assert "statistics over the global batch of 100" in stored["data_parallel"]
     resumed = _bnlab("gan", "--resume", "--out", str(out), "--nproc", "2", data=mnist_root)
     _, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err.decode()[-2000:]

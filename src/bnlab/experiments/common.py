@@ -156,6 +156,17 @@ def load_digits(dataset: str, data: Path | None, log: Log | None = None) -> Digi
     return Digits(dataset, images, ds.labels, images, ds.labels, ds.split, ds.source, False)
 
 
+@dataclass(eq=False)
+class TrainTest:
+    """What every worker of a classifier experiment needs, shipped once: the training pool and
+    the held-out digits, as float (N, 784) in [-1, 1] with their labels (N,)."""
+
+    x_pool: Tensor
+    y_pool: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
 def train_test(
     dataset: str,
     data: Path | None,

@@ -457,7 +457,28 @@ def load(cfg: GanConfig, log: Log) -> Loaded:
     for v in cfg.variants:
         log("  " + v.describe())
     real = grid_png(to_unit_range(data.images[:100]))
-    return Loaded(data, {"data": data.description}, files={"real.png": real})
+    meta: dict[str, Any] = {"data": data.description}
+    if cfg.nproc > 1:
+        meta["data_parallel"] = data_parallel_note(cfg.nproc, cfg.batch_size, cfg.ddp_bn)
+        log(meta["data_parallel"])
+    return Loaded(data, meta, files={"real.png": real})
+
+
+def data_parallel_note(nproc: int, batch_size: int, ddp_bn: str) -> str:
+    """What a data-parallel run's BN layers normalize over, as config.json records it."""
+    per_rank = f"{batch_size // nproc}" + (
+        "" if batch_size % nproc == 0 else "-" + str(batch_size // nproc + 1)
+    )
+    if ddp_bn == "sync":
+        return (
+            f"{nproc} ranks x {per_rank} rows; SyncBatchNorm: statistics over the global batch "
+            f"of {batch_size}, as the one-process run (equal up to float32 reduction order)"
+        )
+    return (
+        f"{nproc} ranks x {per_rank} rows; per-rank BN: statistics over each rank's {per_rank} "
+        f"rows ('ghost' batches), not the global {batch_size}: results differ from the "
+        "one-process run"
+    )
 
 
 def plan(cfg: GanConfig, data: GanData) -> list[GanJob]:

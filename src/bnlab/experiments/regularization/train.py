@@ -60,15 +60,7 @@ class RegJob:
         return self.training.steps_per_epoch
 
 
-@dataclass(eq=False)
-class RegData:
-    """What every worker needs, shipped once: the training pool and the held-out digits, as
-    float (N, 784) in [-1, 1] with their labels (N,)."""
-
-    x_pool: Tensor
-    y_pool: Tensor
-    x_test: Tensor
-    y_test: Tensor
+RegData = common.TrainTest  # the pool and the held-out digits
 
 
 def load(cfg: Config, log: Log) -> Loaded:

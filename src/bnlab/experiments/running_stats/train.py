@@ -71,15 +71,7 @@ class RunningStatsJob:
         return self.train_size // self.training.batch_size  # drop_last
 
 
-@dataclass(eq=False)
-class StatsData:
-    """What every worker needs, shipped once: the training pool and the held-out digits, as
-    float (N, 784) in [-1, 1] with their labels (N,)."""
-
-    x_pool: Tensor
-    y_pool: Tensor
-    x_test: Tensor
-    y_test: Tensor
+StatsData = common.TrainTest  # the pool and the held-out digits
 
 
 def load(cfg: Config, log: Log) -> Loaded:
