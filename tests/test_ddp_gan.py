@@ -59,26 +59,29 @@ def step_losses(variant: str, training: GanTraining, images: torch.Tensor, steps
     return out
 
 
-def _rank(rank, world, port, variant, ddp_bn, images, steps, result):
+def _rank(rank, world, port, cases, images, steps, result):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
     )
     try:
-        training = GanTraining(world_size=world, ddp_bn=ddp_bn)
-        losses = step_losses(variant, training, images, steps)
+        out = {}
+        for variant, ddp_bn in cases:  # one launch for every case: process start-up is the cost
+            training = GanTraining(world_size=world, ddp_bn=ddp_bn)
+            out[variant, ddp_bn] = step_losses(variant, training, images, steps)
         if rank == 0:
-            torch.save(losses, result)
+            torch.save(out, result)
     finally:
         dist.destroy_process_group()
 
 
-def _data_parallel(tmp_path, variant, ddp_bn, images, world=2):
-    result = tmp_path / f"{variant}-{ddp_bn}-{world}.pt"
-    args = (world, _free_port(), variant, ddp_bn, images, STEPS, result)
+def _data_parallel(tmp_path, cases, images, world=2):
+    """{(variant, ddp_bn): (steps, 2) losses} of ``world`` gloo ranks, in one launch."""
+    result = tmp_path / f"losses-{world}.pt"
+    args = (world, _free_port(), cases, images, STEPS, result)
     tmp_mp.start_processes(_rank, args=args, nprocs=world, start_method="forkserver")
-    return torch.tensor(torch.load(result))
+    return {k: torch.tensor(v) for k, v in torch.load(result).items()}
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +92,22 @@ def images(mnist_root):
     return data.images
 
 
-@pytest.mark.parametrize("variant", ["init-bn", "init-bn-nomode"])
-def test_sync_bn_on_two_ranks_gives_the_single_process_losses(tmp_path, images, variant):
+VARIANTS = ("init-bn", "init-bn-nomode")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, images):
+    cases = [(v, bn) for v in VARIANTS for bn in ("sync", "local")]
+    return _data_parallel(tmp_path_factory.mktemp("ddp"), cases, images)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sync_bn_on_two_ranks_gives_the_single_process_losses(two_ranks, images, variant):
     with torch.random.fork_rng():
         torch.set_num_threads(1)
         single = torch.tensor(step_losses(variant, GanTraining(), images, STEPS))
-    sync = _data_parallel(tmp_path, variant, "sync", images)
-    torch.testing.assert_close(sync, single, rtol=SYNC_RTOL, atol=1e-5)
-    ghost = _data_parallel(tmp_path, variant, "local", images)
+    torch.testing.assert_close(two_ranks[variant, "sync"], single, rtol=SYNC_RTOL, atol=1e-5)
+    ghost = two_ranks[variant, "local"]
     assert (ghost - single).abs().max() > GHOST_MIN_DIFF  # batch statistics over 50, not 100
 
 
@@ -104,7 +115,8 @@ def test_three_ranks_split_the_batch_unevenly_and_still_match(tmp_path, images):
     with torch.random.fork_rng():
         torch.set_num_threads(1)
         single = torch.tensor(step_losses("init-bn", GanTraining(), images, 20))
-    three = _data_parallel(tmp_path, "init-bn", "sync", images, world=3)[:20]  # 34 + 33 + 33
+    three = _data_parallel(tmp_path, [("init-bn", "sync")], images, world=3)  # 34 + 33 + 33
+    three = three["init-bn", "sync"][:20]
     torch.testing.assert_close(three, single, rtol=SYNC_RTOL, atol=1e-5)
 
 
