@@ -111,7 +111,7 @@ def test_claim_rule_turns_numbers_into_the_stated_verdicts() -> None:
 
     holds = rows(0.02, 0.3, "small") + rows(0.05, 0.2, "he")
     c5 = {c.id: c for c in act.claims(holds, depth=3)}
-    assert c5["C5"].verdict == "holds" and "2/2" in c5["C5"].value
+    assert c5["C5a"].verdict == "holds" and "2/2" in c5["C5a"].value
     too_far = rows(0.2, 0.3, "small") + rows(0.05, 0.2, "he")  # lower, but not Gaussian-like
     assert act.claims(too_far, depth=3)[0].verdict == "inconclusive"
     worse = rows(0.4, 0.3, "small") + rows(0.05, 0.2, "he")
@@ -217,17 +217,17 @@ def test_quick_run_writes_the_run_directory_and_a_report_rebuilt_from_it(
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary == json.loads(json.dumps(result.summary))
-    assert [c["id"] for c in summary["claims"]] == ["C5", "C5 (shape only)"]
+    assert [c["id"] for c in summary["claims"]] == ["C5a", "C5a (shape only)"]
     assert len(summary["pairs"]) == len(quick.activations) * len(quick.inits)
     expected = {f"hist-{s}.png" for s in nets} | set(SUMMARY_FIGURES)
     assert expected | {"training-loss.png"} == pngs
     html = (run_dir / "report.html").read_text()
-    assert "C5" in html and html.count("<img") == len(pngs)
+    assert "C5a" in html and html.count("<img") == len(pngs)
     assert lines[-1].startswith("activations: KS to N(0,1)") and "\n" not in lines[-1]
 
     sections = report_from_files(act_train, "train_net", run_dir, "depth-std.png", act.report)
     assert [s.anchor for s in sections] == ["c5", "histograms", "training"]
-    assert [c.id for c in sections[0].claims] == ["C5", "C5 (shape only)"]
+    assert [c.id for c in sections[0].claims] == ["C5a", "C5a (shape only)"]
     assert len(sections[0].figures) == 3 and len(sections[1].figures) == len(nets)
     (run_dir / "report.html").unlink()
     assert build_report([run_dir]) == run_dir / "report.html"  # bnlab report finds it

@@ -47,7 +47,7 @@ __all__ = [
 
 EXPERIMENT: Experiment[ActivationsConfig] = Experiment(
     name="activations",
-    summary="per-layer activation histograms by init, with and without BN (C5, the CS231n figure)",
+    summary="per-layer activation histograms by init, with and without BN (C5a, the CS231n figure)",
     title="bnlab activations: seeing covariate shift",
     config=ActivationsConfig,
     load=load,

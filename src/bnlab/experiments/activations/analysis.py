@@ -95,7 +95,8 @@ def _bn_vs_plain(
 
 
 def claims(records: list[dict[str, Any]], depth: int) -> list[Claim]:
-    """C5, judged twice: against N(0,1) itself (scale and shape), and on shape alone."""
+    """C5a (the distributional half of the post's C5; why BN helps, C5b, is santurkar2018's),
+    judged twice: against N(0,1) itself (scale and shape), and on shape alone."""
     k = last_layers(depth)
     where = f"pre-activations of the last {k} of {depth} layers, after training"
     out = []
@@ -126,9 +127,9 @@ def claims(records: list[dict[str, Any]], depth: int) -> list[Claim]:
         )
         out.append(
             Claim(
-                id="C5" + label,
-                statement="BN keeps per-layer activations Gaussian-like (removes internal "
-                "covariate shift)",
+                id="C5a" + label,
+                statement="BN keeps per-layer activation distributions near N(0,1) (the "
+                "distributional half of internal covariate shift)",
                 quantity=f"KS distance to N(0,1) of the {what}; {where}; mean over pairs",
                 value=value,
                 verdict=verdict,
@@ -180,12 +181,12 @@ def result_line(summary: dict[str, Any], run_dir: Path) -> str:
         if p["ks_bn_trained"] is not None and p["ks_plain_trained"] is not None
     )
     verdict = next(
-        (c["verdict"] for c in summary["claims"] if c["id"] == "C5"),
+        (c["verdict"] for c in summary["claims"] if c["id"] == "C5a"),
         "not judged (needs plain and bn)",
     )
     k = summary["last_layers"]
     deepest = "last layer's" if k == 1 else f"last {k} layers'"
     return (
         f"activations: KS to N(0,1) of the {deepest} pre-activations after training, "
-        f"BN vs plain: {found or '-'} -> C5 {verdict}"
+        f"BN vs plain: {found or '-'} -> C5a {verdict}"
     )

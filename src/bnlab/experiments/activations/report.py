@@ -352,7 +352,7 @@ def report(run_dir: Path) -> list[Section]:
         f"last {k} layers, where the distortion is largest."
     )
     summary = Section(
-        "C5: BN keeps per-layer activations Gaussian-like",
+        "C5a: BN keeps per-layer activations near N(0,1)",
         intro,
         claims=[Claim(**c) for c in summ["claims"]],
         tables=_tables(summ, records, depth),
