@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bnlab import cli
 from bnlab.experiments import protocol
@@ -96,6 +97,32 @@ def test_resume_refuses_a_different_setting_naming_the_flag(tmp_path):
         run_experiment(TOY, ToyConfig(out=out, resume=True, chunk=3), log=_quiet)
     with pytest.raises(ValueError, match=r"--steps 6, not 4 \(it may only grow"):
         run_experiment(TOY, ToyConfig(out=out, resume=True, steps=4), log=_quiet)
+
+
+def test_resume_refuses_other_data_but_not_a_moved_directory(tmp_path):
+    out = tmp_path / "run"
+    toy = dataclasses.replace(TOY, load=_toy_load("mnist test split, 10 from /a"))
+    run_experiment(toy, ToyConfig(out=out, jobs=1, n=1), log=_quiet)
+    moved = dataclasses.replace(TOY, load=_toy_load("mnist test split, 10 from /b"))
+    run_experiment(moved, ToyConfig(out=out, resume=True), log=_quiet)  # same data, moved
+    other = dataclasses.replace(TOY, load=_toy_load("mnist train split, 60 from /b"))
+    with pytest.raises(
+        ValueError,
+        match=r"trained on mnist test split, 10 from /b, but this resume found mnist train",
+    ):
+        run_experiment(other, ToyConfig(out=out, resume=True), log=_quiet)
+    missing = dataclasses.replace(TOY, load=_toy_load(None))
+    with pytest.raises(ValueError, match=r"no data here\n\(this run was trained on mnist test"):
+        run_experiment(missing, ToyConfig(out=out, resume=True), log=_quiet)
+
+
+def _toy_load(data):
+    def load(cfg, log):
+        if data is None:
+            raise ValueError("no data here")
+        return protocol.Loaded(torch.arange(10.0), {"data": data})
+
+    return load
 
 
 def test_resume_may_grow_a_growable_setting_and_records_it(tmp_path, reference, monkeypatch):

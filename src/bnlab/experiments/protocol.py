@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import re
 import time
 import types
 import typing
@@ -481,6 +482,20 @@ class Recorder:
 # ---- the driver ---------------------------------------------------------------------------------
 
 
+def _same_data(run_dir: Path, stored: Any, found: Any) -> None:
+    """A resume trains on the data the run started with: the same dataset, split and size
+    (the directory may move). Refuses otherwise, naming both."""
+
+    def what(desc: Any) -> str:
+        return re.sub(r" from \S+", "", str(desc))
+
+    if stored is not None and found is not None and what(stored) != what(found):
+        raise ValueError(
+            f"{run_dir}: the run was trained on {stored}, but this resume found {found}; "
+            "point --data (or BNLAB_DATA) at the data the run used"
+        )
+
+
 def run_experiment(
     exp: Experiment[C], cfg: C, log: Log = print, given: Collection[str] | None = None
 ) -> RunResult:
@@ -519,7 +534,14 @@ def run_experiment(
             )
             cfg.validate()
         # A new run loads its data before its directory exists: bad data leaves nothing behind.
-        loaded = exp.load(cfg, log)
+        try:
+            loaded = exp.load(cfg, log)
+        except ValueError as e:
+            if cfg.resume and previous.get("data"):
+                raise ValueError(f"{e}\n(this run was trained on {previous['data']})") from e
+            raise
+        if cfg.resume:
+            _same_data(run_dir, previous.get("data"), loaded.meta.get("data"))
         jobs = exp.plan(cfg, loaded.data)
         keys = [j.key for j in jobs]
         if len(set(keys)) != len(keys):
