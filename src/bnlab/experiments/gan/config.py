@@ -99,8 +99,8 @@ class GanConfig(RunOptions):
     """Reproduce the blog's MNIST GAN notebooks side by side: all variants, same batches and z.
 
     Defaults are the blog's: five variants, seed 777, 200 epochs over whatever MNIST split is
-    present. On a 2-core CPU that takes about 10 minutes on the 10k test split and about an
-    hour on the full 60k train split; --epochs shortens it, --quick runs a 30-second taste.
+    present. On a 2-core CPU that takes 10-20 minutes on the 10k test split and one to two
+    hours on the full 60k train split; --epochs shortens it, --quick runs a 30-second taste.
     """
 
     variants: VariantList = DEFAULT_VARIANTS
