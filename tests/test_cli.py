@@ -31,7 +31,7 @@ def test_gan_help_states_the_defaults_and_run_time(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--epochs" in out and "--seeds" in out and "--resume" in out
-    assert "10 minutes" in out and "an hour" in out
+    assert "10-20 minutes" in out and "two hours" in out
 
 
 def test_bad_input_is_a_clear_error_and_exit_code_2(capsys, tmp_path):
