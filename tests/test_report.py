@@ -150,3 +150,22 @@ def test_runs_of_the_same_variants_are_compared_paired_by_seed(run_dir: Path, tm
     assert "GAN: runs compared" in html
     assert "ddp_bn=local nproc=4" in html and "nproc=None" in html
     assert "+5" in html or "5 (p=" in html
+
+
+def test_markdown_report_quotes_the_same_claims_and_tables(run_dir: Path):
+    from bnlab import cli
+    from bnlab.experiments.gan.analysis import claims
+    from bnlab.runs import read_jsonl
+
+    assert cli.main(["report", str(run_dir), "--markdown"]) == 0
+    md = (run_dir / "report.md").read_text()
+    assert md.startswith("# bnlab report") and not (run_dir / "report.html").exists()
+    expected = claims(read_jsonl(run_dir / "metrics.jsonl"))
+    assert expected
+    for c in expected:  # every claim row, with its value and verdict, as the html shows it
+        assert f"| {c.id} |" in md and c.value.replace("|", "\\|") in md
+        assert f"**{c.verdict}**" in md
+    table_rows = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert all(ln.endswith("|") for ln in table_rows)
+    assert len({ln.count(" | ") for ln in table_rows if ln.startswith("| C")}) == 1
+    assert "<table" not in md and "<p>" not in md  # no html

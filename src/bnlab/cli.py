@@ -33,6 +33,9 @@ class ReportArgs:
     """run directories written by bnlab experiments"""
     out: Path | None = None
     """where to write (default: RUN_DIR/report.html for one run, ./report.html for several)"""
+    markdown: bool = False
+    """write report.md instead: the claims, tables and prose as Markdown, to quote in a README
+    or an issue (every number from the run directories)"""
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def report_main(argv: list[str]) -> int:
 
     args = tyro.cli(ReportArgs, args=argv, prog="bnlab report")
     try:
-        path = build_report(list(args.run_dirs), args.out)
+        path = build_report(list(args.run_dirs), args.out, args.markdown)
     except ValueError as exc:
         print(f"bnlab report: error: {exc}", file=sys.stderr)
         return 2

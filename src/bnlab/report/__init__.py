@@ -31,8 +31,9 @@ def sections_for(run_dir: Path) -> list[Section]:
     return EXPERIMENTS[experiment_of(run_dir)].report(Path(run_dir))
 
 
-def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
-    """Write report.html for one or several run directories; returns its path.
+def build_report(run_dirs: list[Path], out: Path | None = None, markdown: bool = False) -> Path:
+    """Write report.html (or with ``markdown``, report.md) for one or several run directories;
+    returns its path.
 
     One run directory: ``RUN_DIR/report.html``. Several: ``out`` (default ./report.html), the
     runs' sections one after another, after a comparison of the runs where the experiment
@@ -52,6 +53,11 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     for run_dir in run_dirs:
         sections.extend(sections_for(run_dir))
         names.append(f"{experiment_of(run_dir)} ({run_dir})")
+    name = "report.md" if markdown else "report.html"
     if out is None:
-        out = run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")
+        out = run_dirs[0] / name if len(run_dirs) == 1 else Path(name)
+    if markdown:
+        from bnlab.report.markdown import write_markdown
+
+        return write_markdown(out, sections, "bnlab report", "; ".join(names))
     return write_report(out, sections, "bnlab report", "; ".join(names))
