@@ -592,7 +592,8 @@ def run_experiment(
     seconds = time.perf_counter() - started
     records = [r for r in read_jsonl(metrics) if "event" not in r]
     result = RunResult(run_dir, records, summary, failed, seconds)
-    log(f"{exp.result_line(summary, run_dir)} ({_minutes(seconds)}, {run_dir / 'report.html'})")
+    took = _minutes(seconds) + (" since the resume" if cfg.resume else "")
+    log(f"{exp.result_line(summary, run_dir)} ({took}, {run_dir / 'report.html'})")
     for key, message in failed.items():
         log(f"FAILED {key}: {message}")
     if failed:
