@@ -216,7 +216,9 @@ def test_workers_exit_promptly_when_the_driver_is_killed(tmp_path, toy_dir):
     assert len(workers) == 2, "the workers never started"
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    deadline = time.monotonic() + 5
+    # The watchdog polls every second; 12 s leaves room for a loaded machine and is still well
+    # short of the 20 s the chunk would take (400 x 0.05 s) if the workers finished it.
+    deadline = time.monotonic() + 12
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers), "workers outlived their driver"
