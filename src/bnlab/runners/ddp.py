@@ -16,10 +16,11 @@ finished chunk is checkpointed. Collectives time out after ``TIMEOUT`` instead o
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import signal
+import sys
+import traceback
 from typing import Any
 
 import torch
@@ -123,6 +124,10 @@ def follow(exp: Any, log: Any = None) -> None:
     jobs = exp.plan(cfg, loaded.data)
     while (order := _broadcast(None)) is not None:
         index, start, end, state = order
-        # rank 0 records a failure; every rank fails the same chunk alike
-        with contextlib.suppress(Exception):
+        # rank 0 records a failure; every rank fails the same chunk alike. Say it here too: a
+        # failure on this rank alone leaves rank 0 waiting in a collective.
+        try:
             exp.train(jobs[index], state, start, end, loaded.data)
+        except Exception:
+            print(f"rank {dist.get_rank()}: job {index} failed:", file=sys.stderr)
+            traceback.print_exc()
