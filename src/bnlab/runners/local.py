@@ -135,16 +135,28 @@ class LocalRunner:
         def on_term(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt  # kill -> the same clean stop as Ctrl-C
 
-        def submit(js: JobState) -> None:
+        def submit(js: JobState) -> bool:
+            """False if the pool broke (a worker died) before this chunk could be queued."""
             end = min(js.job.total, js.done + chunk)
+            try:
+                fut = pool.submit(_chunk, train, js.job, js.state, js.done, end)
+            except BrokenProcessPool:
+                return False
             js.running = True
-            running[pool.submit(_chunk, train, js.job, js.state, js.done, end)] = (js, end)
+            running[fut] = (js, end)
+            return True
 
         signal.signal(signal.SIGTERM, on_term)
         try:
             while True:
+                queued = True
                 while len(running) < n and (js := next_job(states)) is not None:
-                    submit(js)
+                    if not (queued := submit(js)):
+                        break
+                if not queued and not running:  # broke with nothing in flight: nothing lost
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = new_pool()
+                    continue
                 if not running:
                     break
                 finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
