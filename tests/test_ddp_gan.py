@@ -130,7 +130,7 @@ def test_config_says_what_bn_normalizes_over(ddp_bn, says):
 
 def _errors(err: str) -> str:
     """Every rank's error lines (tracebacks included), not only the launcher's last words."""
-    keep = [ln for ln in err.splitlines() if "step/s" not in ln]
+    keep = [ln for ln in err.replace("\r", "\n").splitlines() if "step/s" not in ln]
     return "\n".join(keep)[-6000:]
 
 
