@@ -168,7 +168,7 @@ def test_nproc_trains_one_run_directory_and_a_dead_rank_leaves_it_resumable(tmp_
     assert (config["nproc"], config["ddp_bn"]) == (2, "sync")  # the run says how it ran
     assert "statistics over the global batch of 100" in stored["data_parallel"]
     # Open bug: on a loaded machine the first resume after a dead rank sometimes loses rank 1
-    # ("Connection reset by peer", no traceback; about 1 run in 3 beside a 2-process load).
+    # ("Connection reset by peer", no traceback; 1 run in 4 beside a 2-process load).
     # That run still stops cleanly and resumable, so a second resume must finish it.
     for attempt in (1, 2):
         resumed = _bnlab("gan", "--resume", "--out", str(out), "--nproc", "2", data=mnist_root)
