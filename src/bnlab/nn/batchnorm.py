@@ -131,6 +131,11 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
     def _layer_name(self) -> str:
         return f"{type(self).__name__}({self.num_features})"
 
+    def _activation(self) -> tuple[int, float]:
+        """(code, slope) of the activation fused after the normalization: none here;
+        bnlab.nn.BatchNormAct*d override it."""
+        return 0, 0.0
+
     def forward(self, input: Tensor) -> Tensor:
         return _layer_forward(
             input,
@@ -146,6 +151,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             self.track_running_stats,
             self.momentum,
             self.eps,
+            *self._activation(),
         )
 
 

@@ -16,14 +16,13 @@ activation: fold a BatchNorm*d, or keep the activation after the folded convolut
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from bnlab import functional as F
-from bnlab.nn.batchnorm import _BatchNorm, _layer_forward
+from bnlab.nn.batchnorm import _BatchNorm
 
 __all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d"]
 
-torch.fx.wrap("_layer_forward")  # this module's name for it too: one node in a traced graph
 
 ACTS = ("relu", "leaky_relu", "identity")
 
@@ -57,25 +56,8 @@ class _BatchNormAct(_BatchNorm):
         self.act = act
         self.negative_slope = negative_slope
 
-    def forward(self, input: Tensor) -> Tensor:
-        code, slope = F._act_code(self.act, self.negative_slope)
-        return _layer_forward(  # bnlab.nn.BatchNorm*d's forward step, with the activation
-            input,
-            self.weight,
-            self.bias,
-            self.running_mean,
-            self.running_var,
-            self.num_batches_tracked,
-            self._layer_name(),
-            self._expected_dims,
-            self.num_features,
-            self.training,
-            self.track_running_stats,
-            self.momentum,
-            self.eps,
-            code,
-            slope,
-        )
+    def _activation(self) -> tuple[int, float]:
+        return F._act_code(self.act, self.negative_slope)
 
     def extra_repr(self) -> str:
         slope = f", negative_slope={self.negative_slope}" if self.act == "leaky_relu" else ""
