@@ -167,15 +167,11 @@ def test_nproc_trains_one_run_directory_and_a_dead_rank_leaves_it_resumable(tmp_
     config = stored["config"]
     assert (config["nproc"], config["ddp_bn"]) == (2, "sync")  # the run says how it ran
     assert "statistics over the global batch of 100" in stored["data_parallel"]
-    # Open bug: on a loaded machine the first resume after a dead rank sometimes loses rank 1
-    # ("Connection reset by peer", no traceback; 1 run in 4 beside a 2-process load).
-    # That run still stops cleanly and resumable, so a second resume must finish it.
-    for attempt in (1, 2):
-        resumed = _bnlab("gan", "--resume", "--out", str(out), "--nproc", "2", data=mnist_root)
-        _, err = resumed.communicate(timeout=240)
-        if resumed.returncode == 0 or attempt == 2:
-            break
-        assert "continue with bnlab gan --resume" in err.decode(), _errors(err.decode())
+    # A resume trains on at once. (It used to fail when rank 0's collective broke inside the
+    # chunk before torchrun's SIGTERM came: that was recorded as the job's failure; see
+    # tests/test_ddp_runner.py.)
+    resumed = _bnlab("gan", "--resume", "--out", str(out), "--nproc", "2", data=mnist_root)
+    _, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, _errors(err.decode())
     assert [r["epoch"] for r in read_jsonl(metrics)] == [1, 2, 3, 4, 5, 6]
     assert (out / "report.html").exists() and (out / "samples" / "init-bn").is_dir()

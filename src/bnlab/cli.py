@@ -114,11 +114,11 @@ def run_main(name: str, argv: list[str]) -> int:
 
 
 def _drive(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
-    from bnlab.experiments.protocol import RunFailed, run_experiment
+    from bnlab.experiments.protocol import RunFailed, RunStopped, run_experiment
 
     try:
         run_experiment(exp, cfg, given=given)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped):
         return 130
     except RunFailed as exc:
         print(f"bnlab {name}: {exc}", file=sys.stderr)

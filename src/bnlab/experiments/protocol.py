@@ -65,6 +65,7 @@ __all__ = [
     "RunFailed",
     "RunOptions",
     "RunResult",
+    "RunStopped",
     "config_from_dict",
     "emit",
     "run_experiment",
@@ -344,6 +345,12 @@ class RunFailed(RuntimeError):
         super().__init__(f"{len(result.failed)} job(s) failed: {jobs}")
 
 
+class RunStopped(RuntimeError):
+    """The run stopped for a reason outside its jobs (a data-parallel rank was lost): nothing
+    is recorded for the chunk in flight, every finished chunk is checkpointed, and the run
+    resumes like one stopped by Ctrl-C. Not a job failure: a resume trains the job on."""
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -508,6 +515,7 @@ def run_experiment(
         ValueError: bad configuration or run directory (before any work).
         RunFailed: some jobs failed (everything else was written, the report too).
         KeyboardInterrupt: Ctrl-C or SIGTERM; the run directory can be resumed.
+        RunStopped: the runner lost a worker it cannot replace; resumable the same way.
     """
     from bnlab.runners import make_runner  # here: the runner pulls in multiprocessing or ray
 
@@ -576,9 +584,10 @@ def run_experiment(
         try:
             chunk = max(1, exp.chunk_size(cfg))
             runner.run(states, exp.train, loaded.data, chunk, recorder, config=cfg)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RunStopped) as exc:
             bars.close()
-            log(f"\ninterrupted; continue with: bnlab {exp.name} --resume --out {run_dir}")
+            why = f"stopped: {exc}" if isinstance(exc, RunStopped) else "interrupted"
+            log(f"\n{why}; continue with: bnlab {exp.name} --resume --out {run_dir}")
             raise
         finally:
             if observer is not None:

@@ -9,9 +9,15 @@ lockstep, from the state rank 0 sends (its checkpoint: after a resume the follow
 from it too). Inside a chunk the experiment trains data-parallel (DistributedDataParallel,
 SyncBatchNorm); :func:`rank` and :func:`world_size` tell it where it is.
 
-Failure: torchrun's agent stops every rank when one dies. Rank 0 turns the SIGTERM into a
-KeyboardInterrupt, so the run ends like a Ctrl-C: the message says how to resume, and every
-finished chunk is checkpointed. Collectives time out after ``TIMEOUT`` instead of hanging.
+Failure: every chunk ends with all ranks exchanging how it went (:func:`_outcomes`). A job
+fails only where its code raised; a rank that died or stopped answering is not the job's
+fault: rank 0 records nothing for that chunk and raises
+:class:`~bnlab.experiments.protocol.RunStopped`, so the run ends like a Ctrl-C (resumable, every
+finished chunk checkpointed) and a resume trains the job on. Before that exchange, rank 0's own
+collective failed with "Connection reset by peer" inside the chunk, which was recorded as the
+job's failure, so the resume had nothing left to train and failed again. torchrun's agent
+stops every rank when one dies; rank 0 turns the SIGTERM into a KeyboardInterrupt, to the same
+end. Collectives time out after ``TIMEOUT`` instead of hanging.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bnlab.experiments.protocol import ChunkResult, JobState, set_sink
+from bnlab.experiments.protocol import ChunkResult, JobState, RunStopped, set_sink
 from bnlab.runners.local import Train, failure, next_job
 
 __all__ = [
@@ -70,6 +76,20 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def _outcomes(failed: str | None) -> list[str | None]:
+    """Every rank's outcome of the chunk just run (None = trained), gathered on every rank.
+
+    Raises:
+        RunStopped: a rank is gone or stopped answering (the exchange itself failed).
+    """
+    box: list[str | None] = [None] * world_size()
+    try:
+        dist.all_gather_object(box, failed)
+    except RuntimeError as exc:  # gloo: "Connection closed by peer"; any backend: the timeout
+        raise RunStopped(f"a data-parallel rank was lost ({exc})") from exc
+    return box
+
+
 class DistributedRunner:
     """Rank 0's runner: one chunk at a time, announced to the followers, run by all."""
 
@@ -104,9 +124,15 @@ class DistributedRunner:
                 js.running = True
                 try:
                     result = train(js.job, js.state, js.done, end, data)
-                except Exception as exc:  # every rank raises alike: the job fails, not the run
+                except Exception as exc:  # maybe the job's fault; the exchange below tells
                     result = ChunkResult(js.done, js.state, failed=failure(exc))
+                # Raises RunStopped if a peer is gone: then a collective inside the chunk
+                # failed for that reason, not for the job's, and nothing is recorded.
+                outcomes = _outcomes(result.failed)
                 js.running = False
+                if result.failed is None and any(outcomes):  # another rank's code raised
+                    r, why = next((r, m) for r, m in enumerate(outcomes) if m)
+                    result = ChunkResult(js.done, js.state, failed=f"rank {r}: {why}")
                 recorder.chunk_done(js, result)
             _broadcast(None)
         finally:
@@ -124,10 +150,13 @@ def follow(exp: Any, log: Any = None) -> None:
     jobs = exp.plan(cfg, loaded.data)
     while (order := _broadcast(None)) is not None:
         index, start, end, state = order
-        # rank 0 records a failure; every rank fails the same chunk alike. Say it here too: a
-        # failure on this rank alone leaves rank 0 waiting in a collective.
+        # rank 0 records the failure; say it here too, with the traceback. (A failure on this
+        # rank alone, mid-chunk, leaves rank 0 waiting in a collective until TIMEOUT.)
+        failed = None
         try:
             exp.train(jobs[index], state, start, end, loaded.data)
-        except Exception:
+        except Exception as exc:
             print(f"rank {dist.get_rank()}: job {index} failed:", file=sys.stderr)
             traceback.print_exc()
+            failed = f"{type(exc).__name__}: {exc}"
+        _outcomes(failed)
