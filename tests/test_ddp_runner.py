@@ -48,6 +48,17 @@ def train(job: Job, state: Any, start: int, end: int, data: Any) -> ChunkResult:
     return ChunkResult(end, {"sum": float(t.sum())}, records=[{"step": end}])
 
 
+# One launch runs every case, each a job, in this order (longest-remaining first, then list
+# order): process start-up is the cost. The lost rank goes last: it ends the launch.
+JOBS = [
+    Job("clean", 2),
+    Job("raises-everywhere", 1),
+    Job("raises-on-rank-1", 1),
+    Job("rank-1-dies", 1),
+    Job("never-reached", 1),
+]
+
+
 class Experiment:  # the three methods a follower calls
     @staticmethod
     def load(cfg: Any, log: Any) -> Any:
@@ -55,7 +66,7 @@ class Experiment:  # the three methods a follower calls
 
     @staticmethod
     def plan(cfg: Any, data: Any) -> list[Job]:
-        return [Job(cfg, 2)]
+        return JOBS
 
     train = staticmethod(train)
 
@@ -70,7 +81,7 @@ class Recorder:
         self.results.append((js.key, result))
 
 
-def _rank(rank: int, port: int, key: str, out: str) -> None:
+def _rank(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     timeout = datetime.timedelta(seconds=60)
@@ -78,54 +89,53 @@ def _rank(rank: int, port: int, key: str, out: str) -> None:
     if rank == 1:
         ddp.follow(Experiment)
         return
-    states = [JobState(Job(key, 2))]
+    states = [JobState(job) for job in JOBS]
     recorder = Recorder()
     try:
-        ddp.DistributedRunner(threads=1).run(states, train, None, 1, recorder, config=key)
+        ddp.DistributedRunner(threads=1).run(states, train, None, 1, recorder, config="cfg")
         raised = None
     except RunStopped as exc:
         raised = str(exc)
-    torch.save({"raised": raised, "results": recorder.results, "done": states[0].done}, out)
-    if raised is None:
-        dist.destroy_process_group()
+    done = {js.key: js.done for js in states}
+    torch.save({"raised": raised, "results": recorder.results, "done": done}, out)
 
 
-def _run(tmp_path, key: str) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory) -> dict[str, Any]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    out = str(tmp_path / f"{key}.pt")
+    out = str(tmp_path_factory.mktemp("ddp-runner") / "out.pt")
     ctx = tmp_mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(r, port, key, out)) for r in (0, 1)]
+    procs = [ctx.Process(target=_rank, args=(r, port, out)) for r in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=120)
     assert all(p.exitcode is not None for p in procs), "a rank hung"
-    return torch.load(out, weights_only=False)
+    got = torch.load(out, weights_only=False)
+    results: dict[str, list[ChunkResult]] = {}
+    for key, result in got["results"]:
+        results.setdefault(key, []).append(result)
+    return {**got, "results": results}
 
 
-def test_a_lost_rank_stops_the_run_and_records_nothing_for_the_chunk(tmp_path):
-    got = _run(tmp_path, "rank-1-dies")
-    assert got["raised"] is not None and "data-parallel rank was lost" in got["raised"]
-    assert got["results"] == [] and got["done"] == 0  # a resume starts this chunk again
+def test_a_clean_job_trains_every_chunk(launch):
+    assert [r.failed for r in launch["results"]["clean"]] == [None, None]
+    assert launch["done"]["clean"] == 2
 
 
-def test_a_job_that_raises_on_every_rank_fails_with_its_own_reason(tmp_path):
-    got = _run(tmp_path, "raises-everywhere")
-    assert got["raised"] is None
-    [(_key, result)] = got["results"]  # failed at the first chunk: no second one
+def test_a_job_that_raises_on_every_rank_fails_with_its_own_reason(launch):
+    [result] = launch["results"]["raises-everywhere"]
     assert result.failed.startswith("FloatingPointError: the loss is NaN")
 
 
-def test_a_job_that_raises_on_another_rank_fails_and_names_it(tmp_path):
-    got = _run(tmp_path, "raises-on-rank-1")
-    assert got["raised"] is None
-    [(_key, result)] = got["results"]
+def test_a_job_that_raises_on_another_rank_fails_and_names_it(launch):
+    [result] = launch["results"]["raises-on-rank-1"]
     assert result.failed == "rank 1: ValueError: rank 1's own bug"
 
 
-def test_a_clean_job_trains_every_chunk(tmp_path):
-    got = _run(tmp_path, "clean")
-    assert got["raised"] is None and got["done"] == 2
-    assert [r.failed for _, r in got["results"]] == [None, None]
+def test_a_lost_rank_stops_the_run_and_records_nothing_for_the_chunk(launch):
+    assert launch["raised"] is not None and "data-parallel rank was lost" in launch["raised"]
+    assert "rank-1-dies" not in launch["results"]  # nothing recorded: a resume runs it again
+    assert launch["done"]["rank-1-dies"] == 0 and "never-reached" not in launch["results"]
