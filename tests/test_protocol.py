@@ -190,6 +190,34 @@ def test_a_chunk_whose_worker_dies_runs_again_from_the_last_state(tmp_path, toy_
     assert _numbers(result.records) == reference and result.failed == {}
 
 
+def test_a_pool_that_breaks_before_a_submit_is_rebuilt_and_loses_nothing(
+    tmp_path, monkeypatch, reference
+):
+    """A worker that dies between one chunk's result and the next submit breaks the pool at
+    submit() (BrokenProcessPool), not at a future: the runner drains what is in flight, builds
+    a new pool and queues the chunk there. Simulated: the third submit breaks its pool, and
+    every later submit to that pool raises as a broken pool's does."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    real_submit = ProcessPoolExecutor.submit
+    calls, broken, pools = [0], set(), set()
+
+    def submit(self, *args, **kwargs):
+        pools.add(id(self))
+        calls[0] += 1
+        if calls[0] == 3:
+            broken.add(id(self))
+        if id(self) in broken:
+            raise BrokenProcessPool("a child process terminated abruptly")
+        return real_submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    result = _run(tmp_path / "run", jobs=2)
+    assert _numbers(result.records) == reference and result.failed == {}
+    assert len(pools) == 2  # the broken pool and the one that replaced it
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
