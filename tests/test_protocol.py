@@ -105,22 +105,56 @@ def test_resume_refuses_other_data_but_not_a_moved_directory(tmp_path):
     run_experiment(toy, ToyConfig(out=out, jobs=1, n=1), log=_quiet)
     moved = dataclasses.replace(TOY, load=_toy_load("mnist test split, 10 from /b"))
     run_experiment(moved, ToyConfig(out=out, resume=True), log=_quiet)  # same data, moved
-    other = dataclasses.replace(TOY, load=_toy_load("mnist train split, 60 from /b"))
+    other = dataclasses.replace(TOY, load=_toy_load("mnist train split, 60 from /b", 60))
     with pytest.raises(
         ValueError,
         match=r"trained on mnist test split, 10 from /b, but this resume found mnist train",
     ):
         run_experiment(other, ToyConfig(out=out, resume=True), log=_quiet)
+    # the same description over other numbers (a re-downloaded, changed file): the data's
+    # fingerprint tells
+    changed = dataclasses.replace(TOY, load=_toy_load("mnist test split, 10 from /b", 10, 1.0))
+    with pytest.raises(ValueError, match=r"but this resume found mnist test split, 10 from /b"):
+        run_experiment(changed, ToyConfig(out=out, resume=True), log=_quiet)
     missing = dataclasses.replace(TOY, load=_toy_load(None))
     with pytest.raises(ValueError, match=r"no data here\n\(this run was trained on mnist test"):
         run_experiment(missing, ToyConfig(out=out, resume=True), log=_quiet)
+    # a run from before fingerprints: compared by description, without the path
+    stored = json.loads((out / "config.json").read_text())
+    del stored["data_fingerprint"]
+    (out / "config.json").write_text(json.dumps(stored))
+    run_experiment(changed, ToyConfig(out=out, resume=True), log=_quiet)
+    with pytest.raises(ValueError, match=r"but this resume found mnist train"):
+        run_experiment(other, ToyConfig(out=out, resume=True), log=_quiet)
 
 
-def _toy_load(data):
+def test_the_data_fingerprint_sees_values_shapes_and_dtypes_not_descriptions():
+    @dataclasses.dataclass
+    class Data:
+        x: torch.Tensor
+        y: torch.Tensor
+        description: str
+
+    x, y = torch.rand(5, 3), torch.arange(5)
+    base = protocol.data_fingerprint(Data(x, y, "from /a"))
+    assert protocol.data_fingerprint(Data(x.clone(), y.clone(), "from /b")) == base
+    changed = x.clone()
+    changed[4, 2] += 1e-6
+    for other in (
+        Data(changed, y, "from /a"),
+        Data(x.reshape(3, 5), y, "from /a"),
+        Data(x.double(), y, "from /a"),
+        Data(x, y[:4], "from /a"),
+        (x, y),
+    ):
+        assert protocol.data_fingerprint(other) != base
+
+
+def _toy_load(data, n=10, shift=0.0):
     def load(cfg, log):
         if data is None:
             raise ValueError("no data here")
-        return protocol.Loaded(torch.arange(10.0), {"data": data})
+        return protocol.Loaded(torch.arange(float(n)) + shift, {"data": data})
 
     return load
 

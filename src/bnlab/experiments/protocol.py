@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import os
 import re
 import time
@@ -489,17 +490,57 @@ class Recorder:
 # ---- the driver ---------------------------------------------------------------------------------
 
 
-def _same_data(run_dir: Path, stored: Any, found: Any) -> None:
-    """A resume trains on the data the run started with: the same dataset, split and size
-    (the directory may move). Refuses otherwise, naming both."""
+def data_fingerprint(data: Any) -> str:
+    """A digest of the loaded data itself (every tensor's dtype, shape and bytes, through
+    dataclasses, dicts and sequences): the same data wherever it was loaded from, and any other
+    dataset, split, subset or preprocessing differs. Hand-written: no library walks arbitrary
+    containers of tensors; hashlib does the hashing."""
+    digest = hashlib.blake2b(digest_size=16)
 
-    def what(desc: Any) -> str:
-        return re.sub(r" from \S+", "", str(desc))
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                digest.update(t.view(torch.uint8).numpy().data)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            for f in dataclasses.fields(obj):
+                if f.name != "description":  # how it is described is not what it is
+                    digest.update(f.name.encode())
+                    walk(getattr(obj, f.name))
+        elif isinstance(obj, Mapping):
+            for k in sorted(obj, key=str):
+                digest.update(str(k).encode())
+                walk(obj[k])
+        elif isinstance(obj, (list, tuple)):
+            digest.update(f"S{len(obj)}".encode())
+            for item in obj:
+                walk(item)
+        elif obj is None or isinstance(obj, (bool, int, float, str)):
+            digest.update(repr(obj).encode())
+        else:  # anything else: its kind only (functions, devices, ...)
+            digest.update(type(obj).__qualname__.encode())
 
-    if stored is not None and found is not None and what(stored) != what(found):
+    walk(data)
+    return digest.hexdigest()
+
+
+def _same_data(run_dir: Path, stored: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    """A resume trains on the data the run started with (the directory may move): compared
+    by :func:`data_fingerprint`, or for runs from before it, by the description without its
+    path. Refuses otherwise, naming both."""
+    if stored.get("data_fingerprint") and found.get("data_fingerprint"):
+        same = stored["data_fingerprint"] == found["data_fingerprint"]
+    else:
+
+        def what(desc: Any) -> str:
+            return re.sub(r" from \S+", "", str(desc))
+
+        same = stored.get("data") is None or what(stored.get("data")) == what(found.get("data"))
+    if not same:
         raise ValueError(
-            f"{run_dir}: the run was trained on {stored}, but this resume found {found}; "
-            "point --data (or BNLAB_DATA) at the data the run used"
+            f"{run_dir}: the run was trained on {stored.get('data')}, but this resume found "
+            f"{found.get('data')}; point --data (or BNLAB_DATA) at the data the run used"
         )
 
 
@@ -548,8 +589,9 @@ def run_experiment(
             if cfg.resume and previous.get("data"):
                 raise ValueError(f"{e}\n(this run was trained on {previous['data']})") from e
             raise
+        meta = {**loaded.meta, "data_fingerprint": data_fingerprint(loaded.data)}
         if cfg.resume:
-            _same_data(run_dir, previous.get("data"), loaded.meta.get("data"))
+            _same_data(run_dir, previous, meta)
         jobs = exp.plan(cfg, loaded.data)
         keys = [j.key for j in jobs]
         if len(set(keys)) != len(keys):
@@ -560,7 +602,7 @@ def run_experiment(
                 raise ValueError(f"{run_dir} already holds a run; pick another --out")
         states = [JobState(j) for j in jobs]
         metrics = run_dir / "metrics.jsonl"
-        config = {"experiment": exp.name, "config": config_to_dict(cfg), **loaded.meta}
+        config = {"experiment": exp.name, "config": config_to_dict(cfg), **meta}
         config.update(torch=torch.__version__, bnlab=_version())
         if cfg.resume:
             _restore(states, run_dir)
