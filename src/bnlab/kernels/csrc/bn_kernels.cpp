@@ -98,8 +98,14 @@ Geom geom(const Tensor& x) {
 // 2 MiB pages that costs a fifth of the time (51 MB: 13 ms instead of 62 ms on the 2-core VM
 // this was measured on, where faulting dominated a (64, 64, 56, 56) batch norm). Freed
 // normally: nothing is cached or held back.
+// Why 32 MiB: that is glibc's largest dynamic mmap threshold. Smaller blocks, once one has
+// been freed, come from the heap and are reused without faulting (torch's allocator, as
+// native BN gets them); 2 MiB-aligned blocks of this allocator were given back and faulted in
+// again on every call. With the threshold at 4 MiB, a (32, 256, 14, 14) channels_last forward
+// in a loop took 1.4-1.9 ms, 0.2-0.5 ms with torch's allocator; bench/bench_bn.py's geomean
+// went from fwd 0.70 / fwd+bwd 0.65 to 0.49 / 0.60 (two runs back to back, 2026-12-02).
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugeOutput = size_t(4) << 20;
+constexpr size_t kHugeOutput = size_t(32) << 20;
 
 #ifdef __linux__
 struct HugePageAllocator final : c10::Allocator {
