@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats as sps
 
 __all__ = ["Estimate", "Paired", "format_ci", "mean_ci", "paired", "verdict"]
 
@@ -60,6 +59,8 @@ def format_ci(est: Estimate, spec: str = "{:.2f}", unit: str = "") -> str:
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
     """Mean and the t confidence interval over independent replicates (seeds)."""
+    from scipy import stats as sps  # here: SciPy costs start-up time
+
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     n = len(x)
     if n == 0:
@@ -80,6 +81,8 @@ def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Paire
     the mean is 0 up to the same tolerance) and the effect size infinite (0), rather than a
     t-test on rounding noise.
     """
+    from scipy import stats as sps  # here: SciPy costs start-up time
+
     if len(a) != len(b):
         raise ValueError(f"paired comparison needs matched seeds, got {len(a)} and {len(b)}")
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)

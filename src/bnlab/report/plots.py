@@ -7,22 +7,30 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
 
 from bnlab.runs import atomic_write_bytes
 
-__all__ = ["curves_by_variant", "plot_losses", "plot_metric", "save_figure"]
+__all__ = ["curves_by_variant", "plot_losses", "plot_metric", "pyplot", "save_figure"]
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend, imported on first use: matplotlib
+    costs about a second of start-up that the CLI, the workers and data-parallel ranks never
+    need (they import every experiment's report module)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> bytes:
     """Write a figure as PNG atomically; returns the bytes (the HTML report embeds them)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     return data
@@ -59,7 +67,7 @@ def plot_metric(
     if not curves:
         return None
     order = [v for v in (variants or sorted(curves)) if v in curves]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for variant in order:
         epochs, values = curves[variant]
         mean = values.mean(0)

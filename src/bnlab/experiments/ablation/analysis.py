@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from bnlab.experiments.ablation.config import (
     FACTOR_TEXT,
@@ -103,6 +102,8 @@ def effects(
     :func:`_contrasts` (for an interaction, a ratio of ratios). The 95% CI uses the residual
     variance of the fit (higher-order interactions and seed noise).
     """
+    from scipy import stats as sps
+
     rows, y = [], []
     for name, cell in cells.items():
         if cell.label:  # the notebooks' own cells sit outside the factorial
@@ -216,6 +217,8 @@ def _modes_once_fixed(
 ) -> list[dict[str, Any]]:
     """Mode switching where placement follows the DCGAN guideline (no BN on G's output, D's
     input or logit), paired over seeds: is it still needed?"""
+    from scipy import stats as sps
+
     fixed = dict(logit_bn=False, g_out_bn=False, d_in_bn=False, joint=False)
     base = _find(cells, **fixed, modes="none")
     out = []

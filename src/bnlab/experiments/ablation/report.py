@@ -28,7 +28,9 @@ def _fmt_ratio(e: dict[str, Any]) -> str:
 
 
 def _effects_figure(ranking: list[dict[str, Any]], title: str, path: Path) -> bytes:
-    import matplotlib.pyplot as plt
+    from bnlab.report.plots import pyplot
+
+    plt = pyplot()
 
     from bnlab.report.plots import save_figure
 

@@ -48,7 +48,9 @@ def plot_setting(records: list[dict[str, Any]], setting: str, depth: int, steps:
     panels carry the Gaussian with the layer's own mean and std (dotted) to judge shape;
     each panel's title gives the layer and its std (its scale).
     """
-    import matplotlib.pyplot as plt
+    from bnlab.report.plots import pyplot
+
+    plt = pyplot()
 
     rows = {
         (r["stage"], r["kind"], r["layer"]): r
@@ -118,7 +120,9 @@ def plot_depth(
 ) -> Any:
     """Per-layer ``key`` of the pre-activations vs depth: one line per net, a panel per
     (activation, stage). Colour = init, solid = plain, dashed = BN."""
-    import matplotlib.pyplot as plt
+    from bnlab.report.plots import pyplot
+
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     layers = layer_rows(records)
@@ -168,7 +172,9 @@ def plot_depth(
 
 def plot_losses(records: list[dict[str, Any]]) -> Any:
     """Training loss (mean over LOSS_EVERY steps) of every net, a panel per activation."""
-    import matplotlib.pyplot as plt
+    from bnlab.report.plots import pyplot
+
+    plt = pyplot()
 
     losses = [r for r in records if r.get("type") == "loss" and r.get("loss") is not None]
     activations = list(dict.fromkeys(r["activation"] for r in layer_rows(records)))

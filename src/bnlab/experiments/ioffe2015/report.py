@@ -33,7 +33,9 @@ FIGURE = "figure1.png"
 def plot_figure1(records: list[dict[str, Any]], unit: int) -> Any:
     """Figure 1 of the paper: (a) test accuracy of both nets, (b, c) percentiles of one
     sigmoid input without and with BN (first seed)."""
-    import matplotlib.pyplot as plt
+    from bnlab.report.plots import pyplot
+
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter
 
     seeds = seeds_of(records)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from bnlab.experiments.regularization.config import CI_LEVEL
 from bnlab.report.html import Claim, Verdict
@@ -90,6 +89,8 @@ def c6_verdict(lo: float, hi: float) -> Verdict:
 
 def fit_slope(bs: list[float], ys: list[float]) -> dict[str, float]:
     """Log-log slope of ``ys`` against batch sizes ``bs`` >= FIT_MIN_BATCH, with a t CI."""
+    from scipy import stats
+
     pts = [(b, y) for b, y in zip(bs, ys, strict=True) if b >= FIT_MIN_BATCH and y > 0]
     if len(pts) < 2:
         return {"slope": math.nan, "lo": math.nan, "hi": math.nan, "n": len(pts)}

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from bnlab.experiments.regularization.config import CI_LEVEL
@@ -33,6 +32,8 @@ def _rms_std(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def _spread_ci(outs: np.ndarray, seed: int) -> tuple[float, float]:
     """Percentile-bootstrap CI (over batches) of the RMS spread of (K, C) outputs."""
+    from scipy import stats
+
     if outs.shape[0] < 3 or not np.any(np.std(outs, axis=0) > 0):
         value = float(_rms_std(outs.T)) if outs.shape[0] > 1 else math.nan
         return value, value

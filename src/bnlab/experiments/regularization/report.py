@@ -29,7 +29,9 @@ __all__ = ["make_figures", "report"]
 
 def _plot_accuracy(records: list[dict[str, Any]], variants: list[str], path: Path) -> bytes:
     """Train (solid) and held-out (dashed) accuracy per variant, mean over seeds."""
-    import matplotlib.pyplot as plt
+    from bnlab.report.plots import pyplot
+
+    plt = pyplot()
 
     from bnlab.report.plots import curves_by_variant, save_figure
 
@@ -52,7 +54,9 @@ def _plot_accuracy(records: list[dict[str, Any]], variants: list[str], path: Pat
 
 def _plot_spread(summary: dict[str, Any], path: Path) -> bytes | None:
     """Spread of one digit's outputs vs batch size, log-log, with the 1/sqrt(B) guide."""
-    import matplotlib.pyplot as plt
+    from bnlab.report.plots import pyplot
+
+    plt = pyplot()
 
     from bnlab.report.plots import save_figure
 

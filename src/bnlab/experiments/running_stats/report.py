@@ -31,7 +31,9 @@ def make_figures(
 ) -> dict[str, bytes]:
     """stat_errors.png, accuracy.png and trace.png (with a trace) from the run's records,
     written into the run directory; name -> PNG bytes of those drawn."""
-    import matplotlib.pyplot as plt
+    from bnlab.report.plots import pyplot
+
+    plt = pyplot()
 
     from bnlab.report.plots import save_figure
 

@@ -10,10 +10,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from bnlab.experiments.santurkar2018.analysis import (
@@ -26,7 +22,7 @@ from bnlab.experiments.santurkar2018.analysis import (
 )
 from bnlab.experiments.santurkar2018.measure import QUANTILES
 from bnlab.report.html import Claim, Figure, Section, Table
-from bnlab.report.plots import save_figure
+from bnlab.report.plots import pyplot, save_figure
 from bnlab.stats import mean_ci
 
 __all__ = ["report"]
@@ -116,7 +112,7 @@ def _pp(pair: dict[str, Any]) -> str:
 def _curves_figure(records: list[dict[str, Any]], nets: list[str], path: Path) -> bytes | None:
     if not nets:
         return None
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         len(nets), 2, figsize=(11, 3.3 * len(nets)), squeeze=False, layout="constrained"
     )
     for row, net in zip(axes, nets, strict=True):
@@ -152,7 +148,7 @@ def _acts_figure(records: list[dict[str, Any]], net: str, path: Path) -> bytes |
     if not first:
         return None
     n_layers = max(len(rows[0]["layers"]) for rows in first.values())
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         n_layers,
         len(first),
         figsize=(3.6 * len(first), 2.2 * n_layers + 0.6),
@@ -276,7 +272,7 @@ def _ics_cos(r: dict[str, Any]) -> float:
 def _ics_figure(records: list[dict[str, Any]], nets: list[str], path: Path) -> bytes | None:
     if not nets:
         return None
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         3, len(nets), figsize=(4.6 * len(nets), 10), squeeze=False, layout="constrained"
     )
     for col, net in enumerate(nets):
@@ -398,7 +394,7 @@ def _part2(summary: dict[str, Any], records: list[dict[str, Any]], run_dir: Path
 def _landscape_figure(records: list[dict[str, Any]], nets: list[str], path: Path) -> bytes | None:
     if not nets:
         return None
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         3, len(nets), figsize=(4.6 * len(nets), 10), squeeze=False, layout="constrained"
     )
     for col, net in enumerate(nets):
@@ -491,7 +487,7 @@ def _lr_figure(part: dict[str, Any], path: Path) -> bytes | None:
     nets = list(part["nets"])
     if not nets:
         return None
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False, layout="constrained"
     )
     for ax, net in zip(axes[0], nets, strict=True):
