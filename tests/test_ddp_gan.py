@@ -67,9 +67,9 @@ def _rank(rank, world, port, cases, images, steps, result):
     )
     try:
         out = {}
-        for variant, ddp_bn in cases:  # one launch for every case: process start-up is the cost
-            training = GanTraining(world_size=world, ddp_bn=ddp_bn)
-            out[variant, ddp_bn] = step_losses(variant, training, images, steps)
+        for variant, ddp_bn, batch in cases:  # one launch for every case: start-up is the cost
+            training = GanTraining(world_size=world, ddp_bn=ddp_bn, batch_size=batch)
+            out[variant, ddp_bn, batch] = step_losses(variant, training, images, steps)
         if rank == 0:
             torch.save(out, result)
     finally:
@@ -77,7 +77,7 @@ def _rank(rank, world, port, cases, images, steps, result):
 
 
 def _data_parallel(tmp_path, cases, images, world=2):
-    """{(variant, ddp_bn): (steps, 2) losses} of ``world`` gloo ranks, in one launch."""
+    """{(variant, ddp_bn, batch): (steps, 2) losses} of ``world`` gloo ranks, in one launch."""
     result = tmp_path / f"losses-{world}.pt"
     args = (world, _free_port(), cases, images, STEPS, result)
     tmp_mp.start_processes(_rank, args=args, nprocs=world, start_method="forkserver")
@@ -93,11 +93,13 @@ def images(mnist_root):
 
 
 VARIANTS = ("init-bn", "init-bn-nomode")
+ODD_BATCH = 99  # split 50 + 49: the ranks' slices differ in size
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, images):
-    cases = [(v, bn) for v in VARIANTS for bn in ("sync", "local")]
+    cases = [(v, bn, 100) for v in VARIANTS for bn in ("sync", "local")]
+    cases.append(("init-bn", "sync", ODD_BATCH))
     return _data_parallel(tmp_path_factory.mktemp("ddp"), cases, images)
 
 
@@ -106,18 +108,23 @@ def test_sync_bn_on_two_ranks_gives_the_single_process_losses(two_ranks, images,
     with torch.random.fork_rng():
         torch.set_num_threads(1)
         single = torch.tensor(step_losses(variant, GanTraining(), images, STEPS))
-    torch.testing.assert_close(two_ranks[variant, "sync"], single, rtol=SYNC_RTOL, atol=1e-5)
-    ghost = two_ranks[variant, "local"]
+    torch.testing.assert_close(two_ranks[variant, "sync", 100], single, rtol=SYNC_RTOL, atol=1e-5)
+    ghost = two_ranks[variant, "local", 100]
     assert (ghost - single).abs().max() > GHOST_MIN_DIFF  # batch statistics over 50, not 100
 
 
-def test_three_ranks_split_the_batch_unevenly_and_still_match(tmp_path, images):
+def test_uneven_slices_of_an_odd_batch_still_match(two_ranks, images):
+    """50 + 49 rows: per-rank sums weighted by their counts (SyncBN's merge, DDP's gradient
+    average rescaled), not averaged as equals. (SyncBN alone on 3 uneven ranks, zero rows
+    included: tests/test_sync_batchnorm.py.)"""
     with torch.random.fork_rng():
         torch.set_num_threads(1)
-        single = torch.tensor(step_losses("init-bn", GanTraining(), images, 20))
-    three = _data_parallel(tmp_path, [("init-bn", "sync")], images, world=3)  # 34 + 33 + 33
-    three = three["init-bn", "sync"][:20]
-    torch.testing.assert_close(three, single, rtol=SYNC_RTOL, atol=1e-5)
+        single = torch.tensor(
+            step_losses("init-bn", GanTraining(batch_size=ODD_BATCH), images, STEPS)
+        )
+    torch.testing.assert_close(
+        two_ranks["init-bn", "sync", ODD_BATCH], single, rtol=SYNC_RTOL, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
