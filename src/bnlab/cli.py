@@ -212,8 +212,12 @@ def _launch_torchrun(name: str, cfg: Any, argv: list[str]) -> int:
             f"chunk is checkpointed: continue with {again}",
             file=sys.stderr,
         )
-        codes = {f.exitcode for f in exc.failures.values()}
-        return 2 if codes == {2} else 1
+        codes = {r: f.exitcode for r, f in exc.failures.items()}
+        if set(codes.values()) == {2}:
+            return 2  # bad input on every rank: nothing started
+        if codes.get(0, 1) == 1:
+            return 1  # the run finished with failed jobs (or a rank failed after it)
+        return 130  # stopped before the end (a rank lost, SIGTERM): resumable
     return 0
 
 
