@@ -13,11 +13,10 @@ Failure: every chunk ends with all ranks exchanging how it went (:func:`_outcome
 fails only where its code raised; a rank that died or stopped answering is not the job's
 fault: rank 0 records nothing for that chunk and raises
 :class:`~bnlab.experiments.protocol.RunStopped`, so the run ends like a Ctrl-C (resumable, every
-finished chunk checkpointed) and a resume trains the job on. Before that exchange, rank 0's own
-collective failed with "Connection reset by peer" inside the chunk, which was recorded as the
-job's failure, so the resume had nothing left to train and failed again. torchrun's agent
-stops every rank when one dies; rank 0 turns the SIGTERM into a KeyboardInterrupt, to the same
-end. Collectives time out after ``TIMEOUT`` instead of hanging.
+finished chunk checkpointed) and a resume trains the job on (rank 0's own collective fails
+first, with "Connection reset by peer": that is not the job's failure). torchrun's agent stops
+every rank when one dies; rank 0 turns the SIGTERM into a KeyboardInterrupt, to the same end.
+Collectives time out after ``TIMEOUT`` instead of hanging.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import datetime
 import os
 import signal
 import sys
-import traceback
 from typing import Any
 
 import torch
@@ -157,6 +155,5 @@ def follow(exp: Any, log: Any = None) -> None:
             exp.train(jobs[index], state, start, end, loaded.data)
         except Exception as exc:
             print(f"rank {dist.get_rank()}: job {index} failed:", file=sys.stderr)
-            traceback.print_exc()
-            failed = f"{type(exc).__name__}: {exc}"
+            failed = failure(exc)  # the traceback to stderr, the reason to rank 0
         _outcomes(failed)
