@@ -1,10 +1,11 @@
 """Rebuild the README's GAN figures from a `bnlab gan` run directory (no hand edits).
 
-    python scripts/readme_figures.py RUN_DIR [--out docs/img]
+    python scripts/readme_figures.py RUN_DIR [--out docs/img] [--prefix gan]
 
-Writes gan_samples_epoch<E>.png (the last epoch's samples of the first seed, G in train mode
-as the blog showed them, one panel per variant) and gan_fd.png (the run's Frechet-distance
-curves, G in eval mode). The claims table comes from `bnlab report RUN_DIR --markdown`.
+Writes <prefix>_samples_epoch<E>.png (the last epoch's samples of the first seed, G in train mode
+as the blog showed them, one panel per variant) and <prefix>_fd.png (the run's Frechet-distance
+curves, G in eval mode); the README's MNIST figures use the prefix gan, its Fashion-MNIST ones
+fashion. The claims table comes from `bnlab report RUN_DIR --markdown`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    parser.add_argument("--prefix", default="gan", help="file name prefix (gan, fashion)")
     args = parser.parse_args()
     run, out = args.run_dir, args.out
     config = json.loads((run / "config.json").read_text())["config"]
@@ -46,10 +48,11 @@ def main() -> None:
         ax.set_title(TITLES.get(variant, variant), fontsize=9, loc="left")
         ax.axis("off")
     fig.tight_layout()
-    samples = out / f"gan_samples_epoch{epoch}.png"
+    samples = out / f"{args.prefix}_samples_epoch{epoch}.png"
     fig.savefig(samples, dpi=100)
-    shutil.copyfile(run / "metric_fd.png", out / "gan_fd.png")
-    print(f"wrote {samples} and {out / 'gan_fd.png'} from {run}")
+    fd = out / f"{args.prefix}_fd.png"
+    shutil.copyfile(run / "metric_fd.png", fd)
+    print(f"wrote {samples} and {fd} from {run}")
 
 
 if __name__ == "__main__":
