@@ -133,6 +133,12 @@ def test_the_data_fingerprint_sees_values_shapes_and_dtypes_not_descriptions():
     class Data:
         x: torch.Tensor
         y: torch.Tensor
+        description: str = protocol.not_data()
+
+    @dataclasses.dataclass
+    class Unmarked:  # a string field not marked not_data is part of the data
+        x: torch.Tensor
+        y: torch.Tensor
         description: str
 
     x, y = torch.rand(5, 3), torch.arange(5)
@@ -148,6 +154,8 @@ def test_the_data_fingerprint_sees_values_shapes_and_dtypes_not_descriptions():
         (x, y),
     ):
         assert protocol.data_fingerprint(other) != base
+    unmarked = protocol.data_fingerprint(Unmarked(x, y, "from /a"))
+    assert protocol.data_fingerprint(Unmarked(x, y, "from /b")) != unmarked
 
 
 def _toy_load(data, n=10, shift=0.0):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data import available_splits, batch_indices, load_dataset, to_unit_range
+from bnlab.experiments.protocol import not_data
 from bnlab.seeding import derived_generator
 
 __all__ = [
@@ -71,7 +72,7 @@ class Split:
 
     train: Tensor  # (N,) indices into Digits.train_images
     held: Tensor  # (holdout,) indices into Digits.held_images
-    description: str  # where each part came from, with sizes
+    description: str = not_data()  # where each part came from, with sizes
 
 
 @dataclass(eq=False)

@@ -490,10 +490,21 @@ class Recorder:
 # ---- the driver ---------------------------------------------------------------------------------
 
 
+_NOT_DATA = "bnlab_not_data"
+
+
+def not_data() -> Any:
+    """A dataclass field that describes the data without being it (a path, a caption):
+    ``description: str = not_data()``. :func:`data_fingerprint` leaves it out, so the same data
+    loaded from another directory has the same fingerprint."""
+    return field(metadata={_NOT_DATA: True})
+
+
 def data_fingerprint(data: Any) -> str:
     """A digest of the loaded data itself (every tensor's dtype, shape and bytes, through
-    dataclasses, dicts and sequences): the same data wherever it was loaded from, and any other
-    dataset, split, subset or preprocessing differs. Hand-written: no library walks arbitrary
+    dataclasses, dicts and sequences; dataclass fields marked :func:`not_data` are left out):
+    the same data wherever it was loaded from, and any other dataset, split, subset or
+    preprocessing differs. Hand-written: no library walks arbitrary
     containers of tensors; hashlib does the hashing."""
     digest = hashlib.blake2b(digest_size=16)
 
@@ -505,7 +516,7 @@ def data_fingerprint(data: Any) -> str:
                 digest.update(t.view(torch.uint8).numpy().data)
         elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             for f in dataclasses.fields(obj):
-                if f.name != "description":  # how it is described is not what it is
+                if not f.metadata.get(_NOT_DATA):  # how it is described is not what it is
                     digest.update(f.name.encode())
                     walk(getattr(obj, f.name))
         elif isinstance(obj, Mapping):

@@ -30,7 +30,7 @@ import bnlab.nn as bnn
 from bnlab.data import batch_indices, load_dataset, to_unit_range
 from bnlab.experiments.common import data_dir_arg, resolve_device
 from bnlab.experiments.gan.config import GanConfig, GanTraining
-from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit
+from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit, not_data
 from bnlab.images import grid_png
 from bnlab.models.gan import Variant, build_discriminator, build_generator
 from bnlab.optim import ExactAdam
@@ -395,7 +395,7 @@ class GanData:
 
     images: Tensor  # (N, 784) uint8, the whole training split
     evaluator: Any  # bnlab.metrics.GanEvaluator, or None without metrics
-    description: str  # where the images came from
+    description: str = not_data()  # where the images came from
 
 
 def load_gan_data(

@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from bnlab.data import load_dataset, to_unit_range
 from bnlab.experiments.common import batch_order, data_dir_arg
-from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit
+from bnlab.experiments.protocol import ChunkResult, Loaded, Log, emit, not_data
 from bnlab.experiments.santurkar2018.config import Config, Training
 from bnlab.experiments.santurkar2018.measure import (
     activation_summary,
@@ -75,7 +75,7 @@ class Data:
     y_test: Tensor  # (M,)
     dln: tuple[Tensor, Tensor, Tensor, Tensor] | None  # x_train, y_train, x_test, y_test
     eval_size: int  # test images scored at each measured step
-    description: str
+    description: str = not_data()  # where the data came from
 
 
 def _pool(images_uint8: Tensor) -> Tensor:
