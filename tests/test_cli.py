@@ -107,3 +107,40 @@ def test_report_rebuilds_from_a_gan_run(capsys, tmp_path, mnist_root):
         assert section in html
     assert html.count("data:image/png;base64,") >= 5
     assert (run_dir / "summary.json").exists()  # written by the run
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        ({0: 2, 1: 2}, 2),  # bad input on every rank: nothing started
+        ({0: 1}, 1),  # rank 0 finished the run with failed jobs
+        ({1: 1}, 1),  # a rank failed after rank 0 ended cleanly
+        ({0: 130, 1: -15}, 130),  # stopped resumably (rank lost, SIGTERM)
+        ({0: -15}, 130),
+        ({0: 2, 1: 130}, 130),
+    ],
+)
+def test_nproc_exit_code_says_what_the_ranks_ended_with(
+    monkeypatch, capsys, tmp_path, codes, expected
+):
+    # torchrun's failure report, mapped to bnlab's exit codes (the real launches are in
+    # test_ddp_gan.py; this covers every branch without starting processes)
+    import torch.distributed.run as run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    seen: list[list[str]] = []
+
+    def fake_torchrun(args: list[str]) -> None:
+        seen.append(args)
+        failures = {
+            r: ProcessFailure(local_rank=r, pid=1000 + r, exitcode=c, error_file="")
+            for r, c in codes.items()
+        }
+        raise ChildFailedError("bnlab", failures)
+
+    monkeypatch.setattr(run, "main", fake_torchrun)
+    out = tmp_path / "r"
+    assert cli.main(["gan", "--quick", "--nproc", "2", "--out", str(out)]) == expected
+    assert "--nproc-per-node=2" in seen[0] and "--nproc" not in seen[0]
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"continue with bnlab gan --resume --out {out} --nproc 2" in err
