@@ -3,7 +3,8 @@
 Training mode (batch statistics + running-stat update), CPU, float32. For each shape and memory
 format it times forward and forward+backward of both implementations, interleaved round by
 round so that drift of the machine hits both sides alike, and prints the median time per call
-and the ratio bnlab / native. Then:
+and the ratio bnlab / native: the median over rounds of each round's ratio, with the rounds'
+range. Then:
 
 - achieved bandwidth on (64, 64, 56, 56): the bytes bnlab's kernels must move (forward reads x
   twice and writes y; backward reads x and dy twice and writes dx: 8 tensor passes) per second,
@@ -81,12 +82,22 @@ def _time(fn: Callable, t: dict[str, torch.Tensor], backward: bool, min_s: float
 
 def _compare(
     mine_fn: Callable, native_fn: Callable, t: dict[str, torch.Tensor], backward: bool, args
-) -> tuple[float, float]:
+) -> tuple[float, float, list[float]]:
+    """Median seconds per call of each side, and the per-round ratios mine / native.
+
+    Each round times both sides back to back (alternating which goes first), so a round's
+    ratio compares the two under the same machine state; the median of the rounds' ratios is
+    the number to quote (drift between rounds, which a ratio of medians would keep, cancels)."""
     mine, native = [], []
-    for _ in range(args.rounds):  # interleaved: drift hits both sides alike
-        native.append(_time(native_fn, t, backward, args.min_seconds))
-        mine.append(_time(mine_fn, t, backward, args.min_seconds))
-    return statistics.median(mine), statistics.median(native)
+    for r in range(args.rounds):
+        if r % 2 == 0:
+            native.append(_time(native_fn, t, backward, args.min_seconds))
+            mine.append(_time(mine_fn, t, backward, args.min_seconds))
+        else:
+            mine.append(_time(mine_fn, t, backward, args.min_seconds))
+            native.append(_time(native_fn, t, backward, args.min_seconds))
+    ratios = [m / n for m, n in zip(mine, native, strict=True)]
+    return statistics.median(mine), statistics.median(native), ratios
 
 
 def _copy_bandwidth(shape: tuple[int, ...], rounds: int) -> float:
@@ -135,12 +146,14 @@ def main() -> None:
                 ("fused fwd+bwd", _bnlab_bn_relu, _native_bn_relu, True),
             ]
             for kind, mine_fn, native_fn, backward in cases:
-                m, n = _compare(mine_fn, native_fn, t, backward, args)
-                ratios[kind].append(m / n)
+                m, n, rounds = _compare(mine_fn, native_fn, t, backward, args)
+                ratio = statistics.median(rounds)
+                ratios[kind].append(ratio)
                 label = "bn+relu" if kind.startswith("fused") else "bn"
                 print(
                     f"shape {shape!s:19} {fmt:13} {label:7} {kind.split()[-1]:7}  "
-                    f"bnlab {m * 1e3:8.3f} ms   torch {n * 1e3:8.3f} ms   ratio {m / n:5.2f}",
+                    f"bnlab {m * 1e3:8.3f} ms   torch {n * 1e3:8.3f} ms   ratio {ratio:5.2f} "
+                    f"(rounds {min(rounds):.2f}-{max(rounds):.2f})",
                     flush=True,
                 )
                 if shape == BANDWIDTH_SHAPE and kind == "fwd+bwd" and bandwidth is None:
