@@ -40,7 +40,7 @@ class Config(RunOptions):
     The paper trains VGG on CIFAR-10 for thousands of steps on a GPU; here a VGG-style CNN and
     an MLP learn Fashion-MNIST (images average-pooled to 14x14) and a 25-layer deep linear
     network learns a random linear map on Gaussian data, as the paper's. The defaults fit
-    about 20 minutes on a 2-core CPU (two single-threaded jobs at a time); --quick runs a
+    about 15 minutes on a 2-core CPU (two single-threaded jobs at a time); --quick runs a
     taste of every part in under a minute.
     """
 
