@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -68,27 +69,37 @@ def _step(fn: Callable, t: dict[str, torch.Tensor], backward: bool) -> None:
         torch.autograd.grad(y, (t["x"], t["w"], t["b"]), t["dy"])
 
 
-def _time(fn: Callable, t: dict[str, torch.Tensor], backward: bool, min_s: float) -> float:
-    """Seconds per call: repeat until min_s has elapsed."""
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _time(
+    fn: Callable, t: dict[str, torch.Tensor], backward: bool, min_s: float
+) -> tuple[float, float]:
+    """Seconds per call, and minor page faults per call (memory the allocator had to map
+    afresh: at sizes of a few MB it can cost more than the batch norm itself), repeating until
+    min_s has elapsed."""
     _step(fn, t, backward)
-    n, start = 0, time.perf_counter()
+    n, start, faults = 0, time.perf_counter(), _minor_faults()
     while True:
         _step(fn, t, backward)
         n += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_s:
-            return elapsed / n
+            return elapsed / n, (_minor_faults() - faults) / n
 
 
 def _compare(
     mine_fn: Callable, native_fn: Callable, t: dict[str, torch.Tensor], backward: bool, args
-) -> tuple[float, float, list[float]]:
-    """Median seconds per call of each side, and the per-round ratios mine / native.
+) -> tuple[float, float, list[float], tuple[float, float]]:
+    """Median seconds per call of each side, the per-round ratios mine / native, and the median
+    page faults per call of each side.
 
     Each round times both sides back to back (alternating which goes first), so a round's
     ratio compares the two under the same machine state; the median of the rounds' ratios is
     the number to quote (drift between rounds, which a ratio of medians would keep, cancels)."""
-    mine, native = [], []
+    mine: list[tuple[float, float]] = []
+    native: list[tuple[float, float]] = []
     for r in range(args.rounds):
         if r % 2 == 0:
             native.append(_time(native_fn, t, backward, args.min_seconds))
@@ -96,8 +107,14 @@ def _compare(
         else:
             mine.append(_time(mine_fn, t, backward, args.min_seconds))
             native.append(_time(native_fn, t, backward, args.min_seconds))
-    ratios = [m / n for m, n in zip(mine, native, strict=True)]
-    return statistics.median(mine), statistics.median(native), ratios
+    ratios = [m[0] / n[0] for m, n in zip(mine, native, strict=True)]
+    faults = (statistics.median(m[1] for m in mine), statistics.median(n[1] for n in native))
+    return (
+        statistics.median(m[0] for m in mine),
+        statistics.median(n[0] for n in native),
+        ratios,
+        faults,
+    )
 
 
 def _copy_bandwidth(shape: tuple[int, ...], rounds: int) -> float:
@@ -146,14 +163,15 @@ def main() -> None:
                 ("fused fwd+bwd", _bnlab_bn_relu, _native_bn_relu, True),
             ]
             for kind, mine_fn, native_fn, backward in cases:
-                m, n, rounds = _compare(mine_fn, native_fn, t, backward, args)
+                m, n, rounds, (mf, nf) = _compare(mine_fn, native_fn, t, backward, args)
                 ratio = statistics.median(rounds)
                 ratios[kind].append(ratio)
                 label = "bn+relu" if kind.startswith("fused") else "bn"
+                faults = f"   page faults/call {mf:.0f} vs {nf:.0f}" if mf + nf >= 1 else ""
                 print(
                     f"shape {shape!s:19} {fmt:13} {label:7} {kind.split()[-1]:7}  "
                     f"bnlab {m * 1e3:8.3f} ms   torch {n * 1e3:8.3f} ms   ratio {ratio:5.2f} "
-                    f"(rounds {min(rounds):.2f}-{max(rounds):.2f})",
+                    f"(rounds {min(rounds):.2f}-{max(rounds):.2f}){faults}",
                     flush=True,
                 )
                 if shape == BANDWIDTH_SHAPE and kind == "fwd+bwd" and bandwidth is None:

@@ -132,6 +132,69 @@ def test_outputs_larger_than_the_caches_match_the_torch_path(channels_last, act)
     torch.testing.assert_close(dx[same_side], dx_ref[same_side], rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture
+def output_cache():
+    """The output cache at 256 MiB for the test, emptied before and after, limit restored."""
+    previous = kernels.set_output_cache_limit(0)
+    kernels.set_output_cache_limit(256)
+    yield
+    kernels.set_output_cache_limit(0)
+    kernels.set_output_cache_limit(previous)
+
+
+@pytest.mark.usefixtures("compiled", "output_cache")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_reused_output_block_is_overwritten_whole(channels_last):
+    # outputs of 1 MiB and more reuse freed blocks: stale contents (NaN here) must never show
+    x, dy, w, b = _x((16, 32, 24, 25), channels_last, dtype=torch.float32, seed=3)  # 1.2 MB
+    xg = x.clone().requires_grad_()
+    y = F.batch_norm(xg, None, None, w, b, training=True)
+    (dx,) = torch.autograd.grad(y, xg, dy)
+    pointers = {y.data_ptr(), dx.data_ptr()}
+    y.detach().fill_(float("nan"))
+    dx.fill_(float("nan"))
+    del y, dx
+    assert kernels.output_cache_bytes() == 2 * 2**21  # two blocks of one 2 MiB page each
+    y = F.batch_norm(xg, None, None, w, b, training=True)
+    (dx,) = torch.autograd.grad(y, xg, dy)
+    assert {y.data_ptr(), dx.data_ptr()} == pointers  # the same blocks, taken back
+    assert kernels.output_cache_bytes() == 0
+    with kernels.use_backend("torch"):
+        y_ref = F.batch_norm(xg, None, None, w, b, training=True)
+        (dx_ref,) = torch.autograd.grad(y_ref, xg, dy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("compiled", "output_cache")
+def test_the_output_cache_stays_within_its_limit_and_keeps_the_newest():
+    x = torch.randn(64, 64, 64)  # 1 MiB: one 2 MiB block per output
+    a, b, c = (F.batch_norm(x, None, None, training=True) for _ in range(3))
+    assert kernels.set_output_cache_limit(4) == 256  # 4 MiB: room for two blocks
+    pointers = [t.data_ptr() for t in (a, b, c)]
+    del a, b, c  # freed in this order: a's block is dropped, c's is taken next
+    assert kernels.output_cache_bytes() == 4 * 2**20
+    y = F.batch_norm(x, None, None, training=True)
+    assert y.data_ptr() == pointers[2]
+    del y
+    kernels.set_output_cache_limit(0)  # off: gives back what it holds, and holds nothing
+    assert kernels.output_cache_bytes() == 0
+    y = F.batch_norm(x, None, None, training=True)
+    del y
+    assert kernels.output_cache_bytes() == 0
+    with pytest.raises(ValueError, match="give a size >= 0"):
+        kernels.set_output_cache_limit(-1)
+
+
+@pytest.mark.parametrize("raw", ["lots", "-5", "nan"])
+def test_a_malformed_output_cache_size_is_a_clear_error(monkeypatch, raw):
+    monkeypatch.setenv("BNLAB_OUTPUT_CACHE_MB", raw)
+    with pytest.raises(ValueError, match=r"BNLAB_OUTPUT_CACHE_MB=.* is not a size in MiB"):
+        cpu._output_cache_limit_from_env()
+    monkeypatch.setenv("BNLAB_OUTPUT_CACHE_MB", "64")
+    assert cpu._output_cache_limit_from_env() == 64 * 2**20
+
+
 @pytest.mark.usefixtures("compiled")
 def test_one_thread_and_two_threads_agree():
     x, dy, w, b = _x((64, 64, 9, 9), True, dtype=torch.float32)

@@ -26,7 +26,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["BACKENDS", "cpu_ops", "cuda_kernels", "get_backend", "set_backend", "use_backend"]
+__all__ = [
+    "BACKENDS",
+    "cpu_ops",
+    "cuda_kernels",
+    "get_backend",
+    "output_cache_bytes",
+    "set_backend",
+    "set_output_cache_limit",
+    "use_backend",
+]
 
 BACKENDS = ("auto", "compiled", "torch")
 
@@ -91,6 +100,24 @@ def cpu_ops() -> Any | None:
     _graph_library.impl("batch_norm_backward_graph", _graph_backward, "CompositeImplicitAutograd")
     _cpu_ready = True
     return torch.ops.bnlab
+
+
+def set_output_cache_limit(mib: float) -> float:
+    """Most MiB the C++ kernels keep of freed full-size outputs for reuse (0 = none, and give
+    back what they hold); returns the previous limit. Default 256, or ``$BNLAB_OUTPUT_CACHE_MB``.
+    A no-op returning 0 where the C++ kernels are not loaded."""
+    if mib < 0:
+        raise ValueError(f"set_output_cache_limit: {mib} MiB; give a size >= 0 (0 = no cache)")
+    ops = cpu_ops()
+    if ops is None:
+        return 0.0
+    return float(ops.set_output_cache_limit(int(mib * 2**20))) / 2**20
+
+
+def output_cache_bytes() -> int:
+    """Bytes of freed outputs the C++ kernels hold for reuse now (0 where not loaded)."""
+    ops = cpu_ops()
+    return 0 if ops is None else int(ops.output_cache_bytes())
 
 
 def cuda_kernels() -> Any | None:

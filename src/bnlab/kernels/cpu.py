@@ -19,6 +19,11 @@ Why these means:
   must be present, else bnlab says so once and runs the plain-torch path.
 - ``-march=native``: the library is built on the machine that runs it (the CPU is in the cache
   key), so the compiler may use every vector instruction it has.
+- Full-size outputs of 1 MiB and more come from a small cache of blocks that earlier outputs
+  freed, in transparent huge pages (the page faults of fresh multi-MB outputs cost more than a
+  batch norm itself; see bn_kernels.cpp). It holds at most ``$BNLAB_OUTPUT_CACHE_MB`` MiB
+  (default 256; 0 turns it off), read when the library loads;
+  :func:`bnlab.kernels.set_output_cache_limit` changes it at run time.
 """
 
 from __future__ import annotations
@@ -105,6 +110,23 @@ def _build(target: Path) -> None:
     )
 
 
+def _output_cache_limit_from_env() -> int | None:
+    """Bytes from ``$BNLAB_OUTPUT_CACHE_MB`` (None when unset); a clear error when malformed."""
+    raw = os.environ.get("BNLAB_OUTPUT_CACHE_MB")
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise ValueError(
+            f"BNLAB_OUTPUT_CACHE_MB={raw!r} is not a size in MiB: give a number >= 0 "
+            "(0 turns the output cache off), or unset it for the default 256"
+        )
+    return int(mb * 2**20)
+
+
 def load(required: bool = False) -> bool:
     """Load the library (building it first if needed); True when ``torch.ops.bnlab`` is loaded.
 
@@ -117,10 +139,13 @@ def load(required: bool = False) -> bool:
     if _state is None:
         try:
             target = library_path()
+            limit = _output_cache_limit_from_env()
             if target.exists():
                 torch.ops.load_library(str(target))
             else:
                 _build(target)
+            if limit is not None:
+                torch.ops.bnlab.set_output_cache_limit(limit)
             _state = "ok"
             return True
         except Exception as exc:  # no compiler, no ninja, read-only cache, ...

@@ -53,4 +53,12 @@ std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& dy, const Tensor& x,
                                             bool training, int64_t act, double slope,
                                             std::array<bool, 3> needs);
 
+// ---- memory: the cache of freed full-size outputs (see bn_kernels.cpp) -----------------------
+
+// Sets the most bytes the cache may hold (0 = no cache); returns the previous limit.
+int64_t set_output_cache_limit(int64_t bytes);
+
+// Bytes the cache holds now.
+int64_t output_cache_bytes();
+
 }  // namespace bnlab

@@ -32,6 +32,8 @@
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
+#include <mutex>
+#include <new>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -39,10 +41,9 @@
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
+#include <cstdlib>
 #ifdef __linux__
 #include <sys/mman.h>
-
-#include <cstdlib>
 #endif
 
 namespace bnlab {
@@ -93,46 +94,131 @@ Geom geom(const Tensor& x) {
   return g;
 }
 
-// Full-size outputs (y, dx) of kHugeOutput bytes and more live in transparent huge pages. A
-// fresh output is written to memory the kernel must first fault in and zero page by page; with
-// 2 MiB pages that costs a fifth of the time (51 MB: 13 ms instead of 62 ms on the 2-core VM
-// this was measured on, where faulting dominated a (64, 64, 56, 56) batch norm). Freed
-// normally: nothing is cached or held back.
-// Why 32 MiB: that is glibc's largest dynamic mmap threshold. Smaller blocks, once one has
-// been freed, come from the heap and are reused without faulting (torch's allocator, as
-// native BN gets them); 2 MiB-aligned blocks of this allocator were given back and faulted in
-// again on every call. With the threshold at 4 MiB, a (32, 256, 14, 14) channels_last forward
-// in a loop took 1.4-1.9 ms, 0.2-0.5 ms with torch's allocator; bench/bench_bn.py's geomean
-// went from fwd 0.70 / fwd+bwd 0.65 to 0.49 / 0.60 (two runs back to back, 2026-12-02).
+// ---- memory for full-size outputs (y, dx) -----------------------------------------------------
+//
+// A fresh output is memory the OS must fault in and zero page by page before the kernel writes
+// it, and whether an allocation is fresh is the allocator's lottery: glibc and jemalloc give
+// multi-MB blocks back to the OS and map them again depending on thresholds that move with the
+// allocation history. Measured on the 2-core VM (bench/bench_bn.py prints page faults per
+// call): a (64, 64, 56, 56) batch norm faulted in 51 MB per call (62 ms of a 75 ms call with
+// 4 KiB pages, 13 ms with 2 MiB pages); a (32, 256, 14, 14) channels_last forward+backward took
+// 2.7 ms or 14 ms in the same benchmark depending on whether its 6.4 MB outputs were fresh.
+//
+// So outputs of kCacheMin bytes and more are blocks of 2 MiB multiples, 2 MiB-aligned and in
+// transparent huge pages where the OS has them, and a freed block goes to a small cache that
+// the next output of the same block size takes (a training loop asks for the same sizes every
+// step): the faulting and zeroing happen once. The cache holds at most its limit (default
+// 256 MiB; BNLAB_OUTPUT_CACHE_MB, or bnlab.kernels.set_output_cache_limit, 0 = off), least
+// recently freed blocks first out. Written by hand: torch's CPU allocator caches nothing, and
+// a process-wide malloc (jemalloc, tcmalloc) is the user's choice, not a library's.
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugeOutput = size_t(32) << 20;
+constexpr size_t kCacheMin = size_t(1) << 20;
 
-#ifdef __linux__
-struct HugePageAllocator final : c10::Allocator {
+struct Block {
+  void* p;
+  size_t size;
+};
+
+class OutputCache {
+ public:
+  static OutputCache& get() {
+    static OutputCache* cache = new OutputCache();  // never destroyed: tensors may outlive exit
+    return *cache;
+  }
+
+  bool enabled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return limit_ > 0;
+  }
+
+  void* take(size_t size) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = free_.size(); i-- > 0;) {  // the most recently freed first
+      if (free_[i].size == size) {
+        void* p = free_[i].p;
+        bytes_ -= size;
+        free_.erase(free_.begin() + i);
+        return p;
+      }
+    }
+    return nullptr;
+  }
+
+  void give(void* p, size_t size) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_.push_back({p, size});
+      bytes_ += size;
+      trim(drop);
+    }
+    for (void* q : drop) std::free(q);
+  }
+
+  // Sets the limit; returns the previous one. Blocks beyond it are freed now.
+  int64_t set_limit(int64_t bytes) {
+    std::vector<void*> drop;
+    int64_t previous;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      previous = int64_t(limit_);
+      limit_ = size_t(std::max<int64_t>(0, bytes));
+      trim(drop);
+    }
+    for (void* q : drop) std::free(q);
+    return previous;
+  }
+
+  int64_t bytes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return int64_t(bytes_);
+  }
+
+ private:
+  void trim(std::vector<void*>& drop) {  // the least recently freed go first
+    size_t n = 0, kept = bytes_;
+    while (n < free_.size() && kept > limit_) kept -= free_[n++].size;
+    for (size_t i = 0; i < n; ++i) drop.push_back(free_[i].p);
+    free_.erase(free_.begin(), free_.begin() + n);
+    bytes_ = kept;
+  }
+
+  std::mutex mu_;
+  std::vector<Block> free_;
+  size_t bytes_ = 0;
+  size_t limit_ = size_t(256) << 20;
+};
+
+struct CachingAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
     const size_t size = (n + kHugePage - 1) / kHugePage * kHugePage;
-    void* p = nullptr;
-    if (posix_memalign(&p, kHugePage, size) != 0) return c10::GetCPUAllocator()->allocate(n);
-    madvise(p, size, MADV_HUGEPAGE);  // a hint: ignored where THP is off
-    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
+    void* p = OutputCache::get().take(size);
+    if (p == nullptr) {
+      if (posix_memalign(&p, kHugePage, size) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+      madvise(p, size, MADV_HUGEPAGE);  // a hint: ignored where THP is off
+#endif
+    }
+    return {p, new Block{p, size}, &release, c10::Device(c10::DeviceType::CPU)};
   }
-  static void release(void* p) { std::free(p); }
+  static void release(void* ctx) {
+    auto* block = static_cast<Block*>(ctx);
+    OutputCache::get().give(block->p, block->size);
+    delete block;
+  }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
   }
 };
-#endif
 
 // A tensor like x (same sizes and strides: x is dense here) for a kernel's full-size output.
 Tensor empty_output(const Tensor& x) {
-#ifdef __linux__
-  if (size_t(x.numel()) * x.element_size() >= kHugeOutput) {
-    static HugePageAllocator allocator;
+  if (size_t(x.numel()) * x.element_size() >= kCacheMin && OutputCache::get().enabled()) {
+    static CachingAllocator allocator;
     return at::detail::empty_strided_generic(x.sizes(), x.strides(), &allocator,
                                              c10::DispatchKeySet(c10::DispatchKey::CPU),
                                              x.scalar_type());
   }
-#endif
   return at::empty_like(x);
 }
 
@@ -913,5 +999,9 @@ std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& dy, const Tensor& x,
   if (need_db && bias) db = s0.to(bias->scalar_type());
   return {dx, dw, db};
 }
+
+int64_t set_output_cache_limit(int64_t bytes) { return OutputCache::get().set_limit(bytes); }
+
+int64_t output_cache_bytes() { return OutputCache::get().bytes(); }
 
 }  // namespace bnlab

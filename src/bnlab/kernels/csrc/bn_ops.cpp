@@ -107,6 +107,8 @@ TORCH_LIBRARY(bnlab, m) {
   m.def("batch_norm_backward_graph(Tensor dy, Tensor x, Tensor? weight, Tensor? bias,"
         " Tensor mean, Tensor inv_std, bool training, float eps, int act, float slope)"
         " -> (Tensor, Tensor, Tensor)");
+  m.def("set_output_cache_limit(int bytes) -> int", &bnlab::set_output_cache_limit);
+  m.def("output_cache_bytes() -> int", &bnlab::output_cache_bytes);
 }
 
 TORCH_LIBRARY_IMPL(bnlab, CPU, m) {
