@@ -113,6 +113,10 @@ Geom geom(const Tensor& x) {
 // a process-wide malloc (jemalloc, tcmalloc) is the user's choice, not a library's.
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kCacheMin = size_t(1) << 20;
+// With the cache off, outputs this large still get huge pages (freed at once): 2 MiB pages
+// fault in at a fifth of the cost, and glibc maps blocks this large afresh anyway (its largest
+// dynamic mmap threshold); smaller ones come from torch's allocator, which reuses heap blocks.
+constexpr size_t kHugeOutput = size_t(32) << 20;
 
 struct Block {
   void* p;
@@ -213,7 +217,8 @@ struct CachingAllocator final : c10::Allocator {
 
 // A tensor like x (same sizes and strides: x is dense here) for a kernel's full-size output.
 Tensor empty_output(const Tensor& x) {
-  if (size_t(x.numel()) * x.element_size() >= kCacheMin && OutputCache::get().enabled()) {
+  const size_t bytes = size_t(x.numel()) * x.element_size();
+  if (bytes >= kHugeOutput || (bytes >= kCacheMin && OutputCache::get().enabled())) {
     static CachingAllocator allocator;
     return at::detail::empty_strided_generic(x.sizes(), x.strides(), &allocator,
                                              c10::DispatchKeySet(c10::DispatchKey::CPU),
