@@ -137,7 +137,7 @@ def _geomean(rs: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0 = default)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per case")
     parser.add_argument("--min-seconds", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true", help="the 7 original cases only")
     parser.add_argument("--backend", default="compiled", choices=kernels.BACKENDS)
