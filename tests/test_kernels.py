@@ -180,6 +180,8 @@ def test_the_output_cache_stays_within_its_limit_and_keeps_the_newest():
     kernels.set_output_cache_limit(0)  # off: gives back what it holds, and holds nothing
     assert kernels.output_cache_bytes() == 0
     y = F.batch_norm(x, None, None, training=True)
+    y.untyped_storage().resize_(0)  # a storage of this allocator, resized: torch reallocates
+    y.untyped_storage().resize_(3 * 2**20)
     big = F.batch_norm(torch.randn(33, 2**18), None, None, training=True)  # 33 MiB: huge pages
     torch.testing.assert_close(big.mean(0), torch.zeros(2**18), rtol=0, atol=1e-5)
     del y, big

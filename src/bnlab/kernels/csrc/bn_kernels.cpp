@@ -195,6 +195,7 @@ class OutputCache {
 
 struct CachingAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
+    if (n == 0) return c10::GetCPUAllocator()->allocate(0);  // a storage resized to nothing
     const size_t size = (n + kHugePage - 1) / kHugePage * kHugePage;
     void* p = OutputCache::get().take(size);
     if (p == nullptr) {
