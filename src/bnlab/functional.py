@@ -681,30 +681,28 @@ def _check(
 
     ``who`` names the caller in the dtype errors (bnlab.nn passes e.g. "BatchNorm1d(3)").
     """
-    if input.dim() < 2:
-        raise ValueError(
-            f"batch_norm expects input of shape (N, C, *), got shape {tuple(input.shape)}"
-        )
-    c = input.shape[1]
-    named = (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    )
+    # Written for speed (an MLP's batch norm runs this every step): one pass over the four
+    # (C,) tensors, names and dtypes looked at only when something is wrong.
+    shape = input.shape
+    if len(shape) < 2:
+        raise ValueError(f"batch_norm expects input of shape (N, C, *), got shape {tuple(shape)}")
+    c = shape[1]
     dtype = input.dtype
     same_dtype = True
-    for name, t in named:
+    params = (running_mean, running_var, weight, bias)
+    for t in params:
         if t is None:
             continue
-        if t.dim() != 1 or t.shape[0] != c:
+        if t.shape != (c,):
+            name = next(n for n, p in zip(_PARAM_NAMES, params, strict=True) if p is t)
             raise ValueError(
                 f"batch_norm: {name} has shape {tuple(t.shape)} but the input "
-                f"{tuple(input.shape)} has {c} channels; expected ({c},)"
+                f"{tuple(shape)} has {c} channels; expected ({c},)"
             )
-        same_dtype = same_dtype and t.dtype == dtype
+        if t.dtype != dtype:
+            same_dtype = False
     if not same_dtype or not input.is_floating_point():  # the common case skips this
-        _check_dtypes(input, named, who)
+        _check_dtypes(input, tuple(zip(_PARAM_NAMES, params, strict=True)), who)
     if training:
         n = input.numel()
         if n > 0 and n // max(c, 1) <= 1:
@@ -723,6 +721,9 @@ def _check(
                 "batch_norm in evaluation mode (training=False) needs running_mean and "
                 "running_var; pass training=True to normalize with batch statistics"
             )
+
+
+_PARAM_NAMES = ("running_mean", "running_var", "weight", "bias")
 
 
 def _check_dtypes(input: Tensor, named: tuple[tuple[str, Tensor | None], ...], who: str) -> None:
