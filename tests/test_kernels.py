@@ -200,6 +200,28 @@ def test_a_malformed_output_cache_size_is_a_clear_error(monkeypatch, raw):
 
 
 @pytest.mark.usefixtures("compiled")
+def test_without_a_gradient_to_record_the_operator_builds_no_autograd_node():
+    # the no-grad shortcut of torch.ops.bnlab.batch_norm: same output, same running stats
+    x, dy, w, b = _x((50, 7), False, dtype=torch.float32, seed=4)
+    outs = []
+    for grad in (False, True):
+        rm, rv = torch.zeros(7), torch.ones(7)
+        wg = w.clone().requires_grad_(grad)
+        with kernels.use_backend("compiled"):
+            y = F.batch_norm(x, rm, rv, wg, b, training=True)
+        assert (y.grad_fn is not None) == grad
+        outs.append((y.detach(), rm, rv))
+    with torch.no_grad(), kernels.use_backend("compiled"):
+        rm, rv = torch.zeros(7), torch.ones(7)
+        y = F.batch_norm(x, rm, rv, w.clone().requires_grad_(), b, training=True)
+        assert y.grad_fn is None
+        outs.append((y, rm, rv))
+    for got in outs[1:]:
+        for a, e in zip(got, outs[0], strict=True):
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+@pytest.mark.usefixtures("compiled")
 def test_one_thread_and_two_threads_agree():
     x, dy, w, b = _x((64, 64, 9, 9), True, dtype=torch.float32)
     outs = []

@@ -69,6 +69,14 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
 Tensor batch_norm(const Tensor& x, const OptTensor& weight, const OptTensor& bias,
                   const OptTensor& running_mean, const OptTensor& running_var, bool training,
                   double momentum, double eps, int64_t act, double slope) {
+  // Without a gradient to record (inference, torch.no_grad(), sampling), skip the autograd
+  // node: building it and its saved state costs more than the kernels on an MLP's batch
+  // (an (8, 16) eval-mode call: 9.8 us with it).
+  const auto grad_of = [](const OptTensor& t) { return t && t->requires_grad(); };
+  if (!at::GradMode::is_enabled() || !(x.requires_grad() || grad_of(weight) || grad_of(bias))) {
+    return std::get<0>(bnlab::forward(x, weight, bias, running_mean, running_var, training,
+                                      momentum, eps, act, slope));
+  }
   return BatchNormFunction::apply(x, weight, bias, running_mean, running_var, training, momentum,
                                   eps, act, slope);
 }
