@@ -202,7 +202,7 @@ def test_a_malformed_output_cache_size_is_a_clear_error(monkeypatch, raw):
 @pytest.mark.usefixtures("compiled")
 def test_without_a_gradient_to_record_the_operator_builds_no_autograd_node():
     # the no-grad shortcut of torch.ops.bnlab.batch_norm: same output, same running stats
-    x, dy, w, b = _x((50, 7), False, dtype=torch.float32, seed=4)
+    x, _, w, b = _x((50, 7), False, dtype=torch.float32, seed=4)
     outs = []
     for grad in (False, True):
         rm, rv = torch.zeros(7), torch.ones(7)
