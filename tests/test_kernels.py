@@ -190,11 +190,17 @@ def test_the_output_cache_stays_within_its_limit_and_keeps_the_newest():
         kernels.set_output_cache_limit(-1)
 
 
-@pytest.mark.parametrize("raw", ["lots", "-5", "nan"])
+@pytest.mark.parametrize("raw", ["lots", "-5", "nan", "inf"])
 def test_a_malformed_output_cache_size_is_a_clear_error(monkeypatch, raw):
     monkeypatch.setenv("BNLAB_OUTPUT_CACHE_MB", raw)
     with pytest.raises(ValueError, match=r"BNLAB_OUTPUT_CACHE_MB=.* is not a size in MiB"):
         cpu._output_cache_limit_from_env()
+    # loading raises it too, rather than falling back to the plain-torch path as if the
+    # kernels could not be built
+    monkeypatch.setattr(cpu, "_state", None)
+    with pytest.raises(ValueError, match=r"BNLAB_OUTPUT_CACHE_MB=.* is not a size in MiB"):
+        cpu.load()
+    assert cpu._state is None
     monkeypatch.setenv("BNLAB_OUTPUT_CACHE_MB", "64")
     assert cpu._output_cache_limit_from_env() == 64 * 2**20
 

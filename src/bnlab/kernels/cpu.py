@@ -119,7 +119,7 @@ def _output_cache_limit_from_env() -> int | None:
         mb = float(raw)
     except ValueError:
         mb = -1.0
-    if not mb >= 0:
+    if not 0 <= mb < 2**40:  # also NaN and inf
         raise ValueError(
             f"BNLAB_OUTPUT_CACHE_MB={raw!r} is not a size in MiB: give a number >= 0 "
             "(0 turns the output cache off), or unset it for the default 256"
@@ -137,9 +137,11 @@ def load(required: bool = False) -> bool:
     if _state == "ok":
         return True
     if _state is None:
+        # A malformed setting is the user's to fix, not a reason to run without the kernels:
+        # it raises here, outside the build failures caught below.
+        limit = _output_cache_limit_from_env()
         try:
             target = library_path()
-            limit = _output_cache_limit_from_env()
             if target.exists():
                 torch.ops.load_library(str(target))
             else:
