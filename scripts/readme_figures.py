@@ -15,11 +15,9 @@ import json
 import shutil
 from pathlib import Path
 
-import matplotlib
+import matplotlib.image as mpimg
 
-matplotlib.use("Agg")
-import matplotlib.image as mpimg  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
+from bnlab.report.plots import pyplot
 
 TITLES = {
     "plain": "plain (nb 1)",
@@ -40,7 +38,7 @@ def main() -> None:
     variants = [v["name"] if isinstance(v, dict) else v for v in config["variants"]]
     epoch = config["epochs"]
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(variants), figsize=(3.2 * len(variants), 3.4))
+    fig, axes = pyplot().subplots(1, len(variants), figsize=(3.2 * len(variants), 3.4))
     for ax, variant in zip(axes, variants, strict=True):
         # the first seed's files carry no suffix; the others end in -s1, -s2, ...
         image = mpimg.imread(run / "samples" / variant / f"epoch-{epoch:03d}-train.png")

@@ -28,13 +28,9 @@ def _fmt_ratio(e: dict[str, Any]) -> str:
 
 
 def _effects_figure(ranking: list[dict[str, Any]], title: str, path: Path) -> bytes:
-    from bnlab.report.plots import pyplot
+    from bnlab.report.plots import pyplot, save_figure
 
-    plt = pyplot()
-
-    from bnlab.report.plots import save_figure
-
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(ranking) + 1))
+    fig, ax = pyplot().subplots(figsize=(6.5, 0.45 * len(ranking) + 1))
     names = [
         FACTOR_TEXT.get(e["factor"].split(":")[0], e["factor"])
         + (f" ({e['factor'].split(':')[1]})" if ":" in e["factor"] else "")
