@@ -1,4 +1,4 @@
-"""bnlab.optim.ExactAdam vs torch.optim.Adam (default, bit-identical) on the blog GAN's weights.
+"""bnlab.lab.optim.ExactAdam vs torch.optim.Adam (default, bit-identical) on the blog GAN's weights.
 
 One optimizer step over G's or D's parameters, 1 thread (as in `bnlab gan`'s workers),
 interleaved round by round; prints the median time per step and the ratio torch / bnlab.
@@ -15,8 +15,8 @@ import time
 import torch
 from torch import nn
 
-from bnlab.models.gan import BLOG_VARIANTS, build_discriminator, build_generator
-from bnlab.optim import ExactAdam
+from bnlab.lab.models.gan import BLOG_VARIANTS, build_discriminator, build_generator
+from bnlab.lab.optim import ExactAdam
 
 
 def _time(step, n: int) -> float:

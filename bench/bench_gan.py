@@ -32,10 +32,10 @@ from PIL import Image
 from torch import nn
 
 from bnlab import kernels
-from bnlab.data import to_unit_range
-from bnlab.experiments.gan import DEFAULT_VARIANTS, GanConfig, GanTrainer, GanTraining, run
-from bnlab.experiments.gan.train import load_gan_data
-from bnlab.models.gan import Variant, build_discriminator, build_generator, parse_variant
+from bnlab.lab.data import to_unit_range
+from bnlab.lab.experiments.gan import DEFAULT_VARIANTS, GanConfig, GanTrainer, GanTraining, run
+from bnlab.lab.experiments.gan.train import load_gan_data
+from bnlab.lab.models.gan import Variant, build_discriminator, build_generator, parse_variant
 
 
 class NotebookMNIST(torch.utils.data.Dataset):

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from bnlab.data import to_unit_range
-from bnlab.experiments.gan import GanTrainer, GanTraining
-from bnlab.experiments.gan.train import load_gan_data, score_samples
-from bnlab.models.gan import BLOG_VARIANTS
+from bnlab.lab.data import to_unit_range
+from bnlab.lab.experiments.gan import GanTrainer, GanTraining
+from bnlab.lab.experiments.gan.train import load_gan_data, score_samples
+from bnlab.lab.models.gan import BLOG_VARIANTS
 
 FULL_IMAGES = 60_000
 BATCH = 100

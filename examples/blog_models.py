@@ -5,7 +5,7 @@ bnlab doctor examples/blog_models.py:notebook2_generator --input-shape 100,64
 bnlab doctor examples/blog_models.py:fixed_generator --input-shape 100,64
 """
 
-from bnlab.models.gan import BLOG_VARIANTS, build_discriminator, build_generator
+from bnlab.lab.models.gan import BLOG_VARIANTS, build_discriminator, build_generator
 
 
 def notebook2_discriminator():

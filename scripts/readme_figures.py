@@ -17,7 +17,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 
-from bnlab.report.plots import pyplot
+from bnlab.lab.report.plots import pyplot
 
 TITLES = {
     "plain": "plain (nb 1)",

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from bnlab.experiments.common import torch_threads
-from bnlab.experiments.protocol import Experiment
-from bnlab.report.html import Section
+from bnlab.lab.experiments.common import torch_threads
+from bnlab.lab.experiments.protocol import Experiment
+from bnlab.lab.report.html import Section
 
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

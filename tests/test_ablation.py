@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from bnlab.experiments import ablation
-from bnlab.experiments.ablation import NOTEBOOK2, NOTEBOOK3, Cell, design
-from bnlab.models.gan import BLOG_VARIANTS, parse_variant
-from bnlab.runs import append_jsonl, atomic_write_json
+from bnlab.lab.experiments import ablation
+from bnlab.lab.experiments.ablation import NOTEBOOK2, NOTEBOOK3, Cell, design
+from bnlab.lab.models.gan import BLOG_VARIANTS, parse_variant
+from bnlab.lab.runs import append_jsonl, atomic_write_json
 
 
 def test_design_is_a_full_factorial_plus_the_notebooks():
@@ -105,7 +105,7 @@ def test_report_has_tables_figure_and_conclusion(tmp_path):
 
 
 def test_a_tiny_ablation_runs_end_to_end(mnist_root, tmp_path, monkeypatch):
-    from bnlab.experiments.ablation import AblationConfig
+    from bnlab.lab.experiments.ablation import AblationConfig
 
     monkeypatch.setenv("BNLAB_CACHE", str(tmp_path / "cache"))
     cfg = AblationConfig(

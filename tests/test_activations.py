@@ -19,14 +19,14 @@ import torch
 from scipy import stats as sps
 
 import bnlab.nn as bnn
-from bnlab import cli
-from bnlab.experiments import activations as act
-from bnlab.experiments.activations import measure
-from bnlab.experiments.activations import train as act_train
-from bnlab.experiments.activations.report import SUMMARY_FIGURES
-from bnlab.experiments.common import Digits
-from bnlab.report import build_report
-from bnlab.runs import read_jsonl
+from bnlab.lab import cli
+from bnlab.lab.experiments import activations as act
+from bnlab.lab.experiments.activations import measure
+from bnlab.lab.experiments.activations import train as act_train
+from bnlab.lab.experiments.activations.report import SUMMARY_FIGURES
+from bnlab.lab.experiments.common import Digits
+from bnlab.lab.report import build_report
+from bnlab.lab.runs import read_jsonl
 
 STAT_FIELDS = ("mean", "std", "p15", "p50", "p85", "skew", "kurtosis", "ks", "ks_shape", "hist")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bnlab import cli
+from bnlab.lab import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "blog_models.py"
 
@@ -14,7 +14,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "blog_models.py"
 def test_help_lists_every_experiment_and_tool(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    from bnlab.experiments import EXPERIMENTS
+    from bnlab.lab.experiments import EXPERIMENTS
 
     for name in [*EXPERIMENTS, *cli.TOOLS]:
         assert f"  {name} " in out

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bnlab import cli
-from bnlab.data import datasets
+from bnlab.lab import cli
+from bnlab.lab.data import datasets
 
 UNREACHABLE = "http://127.0.0.1:9/"
 

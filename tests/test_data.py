@@ -1,4 +1,4 @@
-"""Tests of bnlab.data: the IDX reader, dataset lookup, download with md5 check, batching.
+"""Tests of bnlab.lab.data: the IDX reader, dataset lookup, download with md5 check, batching.
 
 Error paths run on small synthetic IDX files in tmp_path. Real-data tests use the MNIST test
 split in ``../shared/data/mnist`` (or ``$BNLAB_TEST_DATA/mnist``) and Debian's Fashion-MNIST,
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from bnlab.data import (
+from bnlab.cache import cache_dir
+from bnlab.lab.data import (
     DataError,
     Dataset,
     available_splits,
@@ -503,9 +504,9 @@ def test_dataset_repr_does_not_print_the_tensors() -> None:
 def test_cache_dir_is_bnlab_cache_else_xdg_cache_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert datasets._cache_dir("mnist") == tmp_path / "cache" / "mnist"
+    assert cache_dir("mnist") == tmp_path / "cache" / "mnist"
     monkeypatch.delenv("BNLAB_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert datasets._cache_dir("mnist") == tmp_path / "xdg" / "bnlab" / "mnist"
+    assert cache_dir("mnist") == tmp_path / "xdg" / "bnlab" / "mnist"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/invalid")  # per the XDG spec
-    assert datasets._cache_dir("mnist") == Path.home() / ".cache" / "bnlab" / "mnist"
+    assert cache_dir("mnist") == Path.home() / ".cache" / "bnlab" / "mnist"

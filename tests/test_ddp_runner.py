@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
-from bnlab.experiments.protocol import ChunkResult, JobState, RunStopped
-from bnlab.runners import ddp
+from bnlab.lab.experiments.protocol import ChunkResult, JobState, RunStopped
+from bnlab.lab.runners import ddp
 
 pytestmark = pytest.mark.distributed
 

@@ -458,7 +458,7 @@ def good():
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    from bnlab import cli
+    from bnlab.lab import cli
 
     code = cli.main(["doctor", *argv])
     out, err = capsys.readouterr()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bnlab.experiments.gan.analysis import claims
-from bnlab.stats import mean_ci, paired, verdict
+from bnlab.lab.experiments.gan.analysis import claims
+from bnlab.lab.stats import mean_ci, paired, verdict
 
 
 def test_mean_ci_is_the_t_interval():

@@ -10,20 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-import bnlab.experiments.gan as gan
+import bnlab.lab.experiments.gan as gan
 import bnlab.nn as bnn
-from bnlab.data import to_unit_range
-from bnlab.experiments.gan import GanConfig, GanTrainer, GanTraining, run
-from bnlab.experiments.gan.train import load_gan_data
-from bnlab.experiments.protocol import RunFailed
-from bnlab.models.gan import (
+from bnlab.lab.data import to_unit_range
+from bnlab.lab.experiments.gan import GanConfig, GanTrainer, GanTraining, run
+from bnlab.lab.experiments.gan.train import load_gan_data
+from bnlab.lab.experiments.protocol import RunFailed
+from bnlab.lab.models.gan import (
     BLOG_VARIANTS,
     Variant,
     build_discriminator,
     build_generator,
     parse_variant,
 )
-from bnlab.runs import read_jsonl
+from bnlab.lab.runs import read_jsonl
 
 EPOCH_FIELDS = {
     "seed",

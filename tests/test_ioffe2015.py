@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.experiments import ioffe2015 as io
-from bnlab.experiments.common import Digits
-from bnlab.experiments.ioffe2015 import train as io_train
+from bnlab.lab.experiments import ioffe2015 as io
+from bnlab.lab.experiments.common import Digits
+from bnlab.lab.experiments.ioffe2015 import train as io_train
+from bnlab.lab.report import build_report
+from bnlab.lab.runs import read_jsonl
 from bnlab.nn import BatchNorm1d
-from bnlab.report import build_report
-from bnlab.runs import read_jsonl
 
 
 def test_net_is_the_papers_mlp_with_bn_before_each_sigmoid() -> None:

@@ -1,4 +1,4 @@
-"""Tests of bnlab.metrics: Frechet distance, class coverage, stray dots, the metric classifier.
+"""Tests of bnlab.lab.metrics: Frechet distance, class coverage, stray dots, the metric classifier.
 
 Pure functions are checked against independent oracles (closed forms, eigendecompositions,
 per-pixel loops). Metrics on real digits use the MNIST test split in ``../shared/data/mnist``
@@ -22,8 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnlab.data import datasets, to_unit_range, write_idx
-from bnlab.metrics import (
+from bnlab.lab.data import datasets, to_unit_range, write_idx
+from bnlab.lab.metrics import (
     ClassifierConfig,
     GanEvaluator,
     class_coverage,
@@ -31,14 +31,14 @@ from bnlab.metrics import (
     frechet_distance,
     stray_dots,
 )
-from bnlab.metrics import classifier as classifier_module
-from bnlab.metrics.classifier import (
+from bnlab.lab.metrics import classifier as classifier_module
+from bnlab.lab.metrics.classifier import (
     classifier_cache_path,
     load_or_train_classifier,
     make_split,
     train_classifier,
 )
-from bnlab.runs import load_checkpoint
+from bnlab.lab.runs import load_checkpoint
 
 # A classifier trained in about 2 s (~97% on the MNIST hold-out): enough for its features to
 # order noisy and blurred digits, not enough for the accuracy target.

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import bnlab.nn as bnn
-from bnlab.models.mlp import forward_with_bn, init_std, mlp
+from bnlab.lab.models.mlp import forward_with_bn, init_std, mlp
 
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:

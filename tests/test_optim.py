@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.optim import ExactAdam
+from bnlab.lab.optim import ExactAdam
 
 
 def _net(seed: int) -> nn.Sequential:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnlab import cli
-from bnlab.experiments import protocol
-from bnlab.experiments.protocol import RunFailed, run_experiment, run_lock
-from bnlab.runs import read_jsonl
+from bnlab.lab import cli
+from bnlab.lab.experiments import protocol
+from bnlab.lab.experiments.protocol import RunFailed, run_experiment, run_lock
+from bnlab.lab.runs import read_jsonl
 from toy_experiment import TOY, ToyConfig
 
 TESTS = Path(__file__).resolve().parent
@@ -168,7 +168,7 @@ def _toy_load(data, n=10, shift=0.0):
 
 
 def test_resume_may_grow_a_growable_setting_and_records_it(tmp_path, reference, monkeypatch):
-    from bnlab.experiments import registry
+    from bnlab.lab.experiments import registry
 
     monkeypatch.setitem(registry.EXPERIMENTS, "toy", TOY)
     out = tmp_path / "run"
@@ -218,7 +218,7 @@ def test_a_failing_job_fails_alone_and_the_run_exits_non_zero(tmp_path, monkeypa
     assert {r["job"] for r in result.records} == {"job0", "job2"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == result.failed and (out / "report.html").exists()
-    from bnlab.experiments import registry
+    from bnlab.lab.experiments import registry
 
     monkeypatch.setitem(registry.EXPERIMENTS, "toy", TOY)
     code = cli.main(["toy", "--fail", "job0", "--jobs", "1", "--out", str(tmp_path / "cli")])
@@ -273,7 +273,7 @@ def _alive(pid: int) -> bool:
 def test_workers_exit_promptly_when_the_driver_is_killed(tmp_path, toy_dir):
     code = (
         "from toy_experiment import TOY, ToyConfig\n"
-        "from bnlab.experiments.protocol import run_experiment\n"
+        "from bnlab.lab.experiments.protocol import run_experiment\n"
         f"run_experiment(TOY, ToyConfig(out={str(tmp_path / 'run')!r}, jobs=2, n=2, "
         f"steps=400, chunk=400, sleep=0.05, toy_dir={str(toy_dir)!r}), log=print)\n"
     )
@@ -302,9 +302,9 @@ def test_quick_fills_in_only_the_fields_left_at_their_default():
 
 
 def test_a_config_round_trips_through_config_json(tmp_path):
-    from bnlab.experiments.gan import GanConfig
-    from bnlab.models.gan import parse_variant
-    from bnlab.runs import config_to_dict
+    from bnlab.lab.experiments.gan import GanConfig
+    from bnlab.lab.models.gan import parse_variant
+    from bnlab.lab.runs import config_to_dict
 
     cfg = GanConfig(
         variants=(parse_variant("init-bn"), parse_variant("mine=init-bn:modes=tidy:d_norm=010")),

@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from bnlab.data import to_unit_range
-from bnlab.experiments import regularization as reg
-from bnlab.experiments.common import train_test
-from bnlab.experiments.regularization.analysis import (
+from bnlab.lab.data import to_unit_range
+from bnlab.lab.experiments import regularization as reg
+from bnlab.lab.experiments.common import train_test
+from bnlab.lab.experiments.regularization.analysis import (
     MIN_EFFECT_PP,
     c6_verdict,
     fit_slope,
     summarize,
 )
-from bnlab.models.mlp import mlp
-from bnlab.runs import read_jsonl
-from bnlab.stats import Estimate, format_ci, paired
+from bnlab.lab.models.mlp import mlp
+from bnlab.lab.runs import read_jsonl
+from bnlab.lab.stats import Estimate, format_ci, paired
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
@@ -213,7 +213,7 @@ def test_a_diverging_network_fails_its_job_with_the_fix() -> None:
 def test_an_interrupted_run_resumes_to_the_same_records(
     tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bnlab.experiments.regularization import train
+    from bnlab.lab.experiments.regularization import train
 
     tiny = dict(
         seeds=(0,), variants=("plain", "bn"), train_size=100, holdout=200, epochs=4,

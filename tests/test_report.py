@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bnlab.images import save_grid
-from bnlab.report import build_report
-from bnlab.runs import append_jsonl, atomic_write_json
+from bnlab.lab.images import save_grid
+from bnlab.lab.report import build_report
+from bnlab.lab.runs import append_jsonl, atomic_write_json
 
 VARIANTS = ("plain", "init", "init-bn", "init-bn-tidy", "init-bn-nomode")
 
@@ -22,7 +22,7 @@ VARIANTS = ("plain", "init", "init-bn", "init-bn-tidy", "init-bn-nomode")
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     """A 2-seed, 3-epoch GAN run directory with image metrics in both G modes."""
-    from bnlab.models.gan import BLOG_VARIANTS
+    from bnlab.lab.models.gan import BLOG_VARIANTS
 
     rng = np.random.default_rng(0)
     atomic_write_json(
@@ -134,7 +134,7 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
 def test_runs_of_the_same_variants_are_compared_paired_by_seed(run_dir: Path, tmp_path: Path):
     import json
 
-    from bnlab.runs import read_jsonl, write_jsonl
+    from bnlab.lab.runs import read_jsonl, write_jsonl
 
     other = tmp_path / "four-ranks"
     shutil.copytree(run_dir, other)
@@ -153,9 +153,9 @@ def test_runs_of_the_same_variants_are_compared_paired_by_seed(run_dir: Path, tm
 
 
 def test_markdown_report_quotes_the_same_claims_and_tables(run_dir: Path):
-    from bnlab import cli
-    from bnlab.experiments.gan.analysis import claims
-    from bnlab.runs import read_jsonl
+    from bnlab.lab import cli
+    from bnlab.lab.experiments.gan.analysis import claims
+    from bnlab.lab.runs import read_jsonl
 
     assert cli.main(["report", str(run_dir), "--markdown"]) == 0
     md = (run_dir / "report.md").read_text()

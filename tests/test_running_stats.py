@@ -16,9 +16,9 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 import bnlab.nn as bnn
-from bnlab.data import to_unit_range
-from bnlab.experiments import running_stats as rs
-from bnlab.models.mlp import forward_with_bn, mlp
+from bnlab.lab.data import to_unit_range
+from bnlab.lab.experiments import running_stats as rs
+from bnlab.lab.models.mlp import forward_with_bn, mlp
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bnlab.report import build_report
-from bnlab.runs import append_jsonl, atomic_open, atomic_write_json, new_run_dir, read_jsonl
+from bnlab.lab.report import build_report
+from bnlab.lab.runs import append_jsonl, atomic_open, atomic_write_json, new_run_dir, read_jsonl
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path):
@@ -59,7 +59,7 @@ def test_report_names_an_unknown_experiment(tmp_path):
 def test_resolve_device_cuda_without_gpu_is_a_clear_error():
     import torch
 
-    from bnlab.experiments.common import resolve_device
+    from bnlab.lab.experiments.common import resolve_device
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-import bnlab.experiments.santurkar2018 as santurkar2018
+import bnlab.lab.experiments.santurkar2018 as santurkar2018
 import bnlab.nn as bnn
-from bnlab.data import available_splits
-from bnlab.experiments.santurkar2018 import Config, run
-from bnlab.experiments.santurkar2018.analysis import c5b, combine, part_lr, part_noisy
-from bnlab.experiments.santurkar2018.measure import (
+from bnlab.lab.data import available_splits
+from bnlab.lab.experiments.santurkar2018 import Config, run
+from bnlab.lab.experiments.santurkar2018.analysis import c5b, combine, part_lr, part_noisy
+from bnlab.lab.experiments.santurkar2018.measure import (
     along_direction,
     expected_scale,
     inject_noise,
@@ -29,8 +29,8 @@ from bnlab.experiments.santurkar2018.measure import (
     noise_parameters,
     sgd_step,
 )
-from bnlab.experiments.santurkar2018.nets import NoisyShift, build, layer_names
-from bnlab.experiments.santurkar2018.train import Data, RunJob, synthetic_linear_task, train
+from bnlab.lab.experiments.santurkar2018.nets import NoisyShift, build, layer_names
+from bnlab.lab.experiments.santurkar2018.train import Data, RunJob, synthetic_linear_task, train
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 

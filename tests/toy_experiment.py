@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from bnlab.experiments.protocol import ChunkResult, Experiment, Loaded, RunOptions, emit
-from bnlab.report.html import Section
-from bnlab.runs import read_jsonl
-from bnlab.seeding import derived_generator
+from bnlab.lab.experiments.protocol import ChunkResult, Experiment, Loaded, RunOptions, emit
+from bnlab.lab.report.html import Section
+from bnlab.lab.runs import read_jsonl
+from bnlab.lab.seeding import derived_generator
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,6 @@
 
 import sys
 
-from bnlab.cli import main
+from bnlab.lab.cli import main
 
 sys.exit(main())

@@ -19,11 +19,13 @@ Both torch's BN layers (``torch.nn.BatchNorm*``, ``SyncBatchNorm``) and bnlab's 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import math
 import sys
 import textwrap
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -933,3 +935,69 @@ def main(spec: str, input_shape: tuple[int, ...] | None = None) -> int:
     print(f"bnlab doctor {spec}: {n_bn} batch-norm layer(s){shape}\n")
     print(format_findings(findings))
     return 1 if any(f.severity is Severity.ERROR for f in findings) else 0
+
+
+USAGE_EPILOG = """Exit status: 0 the doctor ran and found no ERROR (warnings and info may be
+listed); 1 it ran and found at least one ERROR; 2 it could not run (malformed spec, the file or
+the factory raised or does not exist, a zero, negative or oversized --input-shape, the model
+failed on the example input): one line on stderr saying why."""
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers, e.g. 64,784"
+        ) from None
+
+
+def cli(argv: list[str] | None = None, prog: str = "bnlab doctor") -> int:
+    """``bnlab doctor`` / ``python -m bnlab.doctor``: the library's command line (argparse, so
+    it runs with the library alone, no lab extra).
+
+    Returns the exit status (see ``USAGE_EPILOG``).
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Inspect a model for batch-norm misuse: structure, and with --input-shape, "
+        "a forward pass.",
+        epilog=USAGE_EPILOG,
+    )
+    parser.add_argument(
+        "spec",
+        help="the model: path/to/file.py:factory (a function returning an nn.Module, or a module)",
+    )
+    parser.add_argument(
+        "--input-shape",
+        type=_shape,
+        default=(),
+        metavar="INT,INT,...",
+        help="shape of a random example input, e.g. 64,784 (enables batch and train/eval-gap "
+        "checks)",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # "--input-shape -4,8" must reach the shape check (a clear message), not read as an option
+    argv = [
+        f"--input-shape={argv[i + 1]}" if t == "--input-shape" and i + 1 < len(argv) else t
+        for i, t in enumerate(argv)
+        if i == 0 or argv[i - 1] != "--input-shape"
+    ]
+    args = parser.parse_args(argv)
+    try:
+        return main(args.spec, tuple(args.input_shape) or None)
+    except ValueError as exc:  # could not run: the user's spec, file, factory, shape or model
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug in the doctor itself: keep the traceback, but not status 1
+        traceback.print_exc()
+        print(
+            f"{prog}: internal error (please report it with the traceback above)", file=sys.stderr
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli(prog="python -m bnlab.doctor"))

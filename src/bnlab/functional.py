@@ -39,12 +39,11 @@ ReLU after the affine map.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
-
-from bnlab import kernels as _kernels
 
 __all__ = [
     "batch_norm",
@@ -55,6 +54,7 @@ __all__ = [
     "batch_norm_merge_stats",
     "batch_norm_stats",
     "batch_stats",
+    "register_kernels",
     "update_running_stats",
 ]
 
@@ -393,6 +393,24 @@ class _TorchKernels:
 
 _FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
+# Compiled renditions register themselves here (bnlab.kernels does when bnlab is imported): the
+# math never imports them. Each provider returns its kernels, or None where the backend says
+# plain torch (or the kernels cannot be built); it is called on every dispatch, so it caches.
+Provider = Callable[[], Any]
+_providers: dict[str, Provider] = {}
+
+
+def register_kernels(device_type: str, provider: Provider | None) -> None:
+    """Let ``provider()`` serve inputs on ``device_type`` ("cpu": ``torch.ops.bnlab``-like
+    operators with their own autograd; "cuda": a module with the stage functions, see
+    :mod:`bnlab.kernels.triton_bn`). None removes it: that device runs plain torch."""
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"register_kernels: device type {device_type!r}; use 'cpu' or 'cuda'")
+    if provider is None:
+        _providers.pop(device_type, None)
+    else:
+        _providers[device_type] = provider
+
 
 def _compiled_takes(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
     """Whether the compiled kernels handle these tensors: a float dtype, a non-empty input that
@@ -422,9 +440,11 @@ def _kernels_for(x: Tensor, *params: Tensor | None) -> Any:
         for p in params:
             if p is not None and not (p.is_cpu and p.is_floating_point()):
                 return None
-        return _kernels.cpu_ops()
+        cpu = _providers.get("cpu")
+        return None if cpu is None else cpu()
     if x.is_cuda and _compiled_takes(x, params):
-        return _kernels.cuda_kernels()
+        cuda = _providers.get("cuda")
+        return None if cuda is None else cuda()
     return None
 
 
@@ -618,9 +638,6 @@ def _graph_backward_op(
         dy, x, mean, inv_std, weight, bias, eps, training, act, slope
     )
     return dx, (dx.new_empty(0) if dw is None else dw), db
-
-
-_kernels.set_graph_backward(_graph_backward_op)
 
 
 class _BatchNormFunction(torch.autograd.Function):

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from bnlab import functional as _functional
 
 __all__ = [
     "BACKENDS",
@@ -47,7 +49,6 @@ def _validated(name: str, source: str) -> str:
 
 
 _backend = _validated(os.environ.get("BNLAB_BACKEND", "auto"), "BNLAB_BACKEND")
-_graph_backward: Callable[..., Any] | None = None
 
 
 def get_backend() -> str:
@@ -71,13 +72,6 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def set_graph_backward(fn: Callable[..., Any]) -> None:
-    """The differentiable backward (bnlab.functional's) that the C++ autograd calls under
-    ``create_graph=True``, as the ``bnlab::batch_norm_backward_graph`` operator."""
-    global _graph_backward
-    _graph_backward = fn
-
-
 _cpu_ready = False
 _graph_library: Any = None  # the torch.library.Library that holds the Python operator
 
@@ -94,10 +88,12 @@ def cpu_ops() -> Any | None:
 
     if not cpu.load(required=_backend == "compiled"):
         return None
-    if _graph_backward is None:  # bnlab.functional registers it when imported
-        import bnlab.functional  # noqa: F401
+    # Under create_graph=True the C++ autograd calls the math's differentiable backward through
+    # the bnlab::batch_norm_backward_graph operator.
     _graph_library = torch.library.Library("bnlab", "IMPL")
-    _graph_library.impl("batch_norm_backward_graph", _graph_backward, "CompositeImplicitAutograd")
+    _graph_library.impl(
+        "batch_norm_backward_graph", _functional._graph_backward_op, "CompositeImplicitAutograd"
+    )
     _cpu_ready = True
     return torch.ops.bnlab
 
@@ -127,3 +123,8 @@ def cuda_kernels() -> Any | None:
     from bnlab.kernels import triton_bn
 
     return triton_bn if triton_bn.available() else None
+
+
+# Serve bnlab.functional's dispatch: the math asks, it never imports this package.
+_functional.register_kernels("cpu", cpu_ops)
+_functional.register_kernels("cuda", cuda_kernels)

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from bnlab.cache import cache_dir
+
 __all__ = ["library_path", "load", "status"]
 
 _CSRC = Path(__file__).with_name("csrc")
@@ -62,10 +64,7 @@ def _cpu_signature() -> str:
 
 
 def _cache_root() -> Path:
-    # bnlab's user cache ($BNLAB_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/bnlab), as for data.
-    from bnlab.data.datasets import _cache_dir
-
-    return _cache_dir("kernels") / f"torch-{torch.__version__}"
+    return cache_dir("kernels") / f"torch-{torch.__version__}"
 
 
 def library_path() -> Path:

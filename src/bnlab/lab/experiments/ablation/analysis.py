@@ -1,0 +1,372 @@
+"""`bnlab gan-ablation`'s analysis: main effects and two-way interactions of the factors on
+log Frechet distance, paths between the notebooks, repairs of notebook 2, and a conclusion.
+Reads the run directory; trains nothing, draws nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnlab.lab.experiments.ablation.config import (
+    FACTOR_TEXT,
+    NOTEBOOK2,
+    NOTEBOOK2_SHUFFLED,
+    NOTEBOOK3,
+    NOTEBOOK3_UNSHUFFLED,
+    TWO_LEVEL,
+    Cell,
+    design,
+)
+from bnlab.lab.runs import read_config, read_jsonl
+
+__all__ = ["analyse", "cells_and_scores", "effects", "result_line"]
+
+
+def cells_and_scores(
+    run_dir: Path, key: str
+) -> tuple[dict[str, Cell], dict[str, dict[int, float]]]:
+    """The run's cells (from its config) and, per cell, seed -> last measured ``key``."""
+    config = read_config(run_dir)["config"]
+    cells = {c.name: c for c in design(config["cells"])}
+    scores: dict[str, dict[int, float]] = defaultdict(dict)
+    last: dict[tuple[str, int], int] = {}
+    for r in read_jsonl(run_dir / "metrics.jsonl"):
+        if "event" in r or r.get(key) is None or r["variant"] not in cells:
+            continue
+        k = (r["variant"], r["seed"])
+        if r["epoch"] >= last.get(k, -1):
+            last[k] = r["epoch"]
+            scores[r["variant"]][r["seed"]] = float(r[key])
+    return cells, dict(scores)
+
+
+def _columns(cell: Cell) -> dict[str, float]:
+    """Regressors: sum-coded main effects (two-level factors -1/+1; modes as two contrasts
+    with none = (-1, -1)) and all two-way interactions. Sum coding makes the intercept the
+    grand mean; reported effects are contrasts of predictions, so they do not depend on it."""
+    main: dict[str, float] = {f: 1.0 if getattr(cell, f) else -1.0 for f in TWO_LEVEL}
+    m1, m2 = {"none": (-1.0, -1.0), "notebook3": (1.0, 0.0), "tidy": (0.0, 1.0)}[cell.modes]
+    main["m1"], main["m2"] = m1, m2
+    cols = dict(main)
+    for a, b in itertools.combinations(TWO_LEVEL, 2):
+        cols[f"{a}*{b}"] = main[a] * main[b]
+    for a in TWO_LEVEL:
+        cols[f"{a}*m1"], cols[f"{a}*m2"] = main[a] * m1, main[a] * m2
+    return cols
+
+
+def _contrasts() -> dict[str, np.ndarray]:
+    """Each reported effect as a difference of mean design rows over the factorial grid.
+
+    - a two-level factor: mean prediction with it on minus off (all else averaged);
+    - modes:<m>: mean prediction at mode m minus at modes none;
+    - a x b: the effect of a when b is on minus when b is off (a ratio of ratios);
+    - a x modes:<m>: the effect of a under mode m minus under modes none.
+    """
+    grid = [c for c in design("factorial")]
+    rows = {c: np.array([1.0, *_columns(c).values()]) for c in grid}
+
+    def mean(**levels: Any) -> np.ndarray:
+        sel = [r for c, r in rows.items() if all(getattr(c, k) == v for k, v in levels.items())]
+        return np.mean(sel, axis=0)
+
+    out: dict[str, np.ndarray] = {}
+    for f in TWO_LEVEL:
+        out[f] = mean(**{f: True}) - mean(**{f: False})
+    for m in ("notebook3", "tidy"):
+        out[f"modes:{m}"] = mean(modes=m) - mean(modes="none")
+    for a, b in itertools.combinations(TWO_LEVEL, 2):
+        out[f"{a} x {b}"] = (mean(**{a: True, b: True}) - mean(**{a: False, b: True})) - (
+            mean(**{a: True, b: False}) - mean(**{a: False, b: False})
+        )
+    for a in TWO_LEVEL:
+        for m in ("notebook3", "tidy"):
+            out[f"{a} x modes:{m}"] = (mean(**{a: True}, modes=m) - mean(**{a: False}, modes=m)) - (
+                mean(**{a: True}, modes="none") - mean(**{a: False}, modes="none")
+            )
+    return out
+
+
+def effects(
+    cells: dict[str, Cell], scores: dict[str, dict[int, float]], floor: float = 1e-6
+) -> list[dict[str, Any]]:
+    """Least squares on log(score) over the factorial cells and seeds; one row per effect.
+
+    ``ratio`` is the multiplicative change of the score: exp of the contrast in
+    :func:`_contrasts` (for an interaction, a ratio of ratios). The 95% CI uses the residual
+    variance of the fit (higher-order interactions and seed noise).
+    """
+    from scipy import stats as sps
+
+    rows, y = [], []
+    for name, cell in cells.items():
+        if cell.label:  # the notebooks' own cells sit outside the factorial
+            continue
+        for value in scores.get(name, {}).values():
+            if math.isfinite(value):
+                rows.append([1.0, *_columns(cell).values()])
+                y.append(math.log(max(value, floor)))
+    if not rows:
+        return []
+    X, yv = np.asarray(rows), np.asarray(y)
+    coef, *_ = np.linalg.lstsq(X, yv, rcond=None)
+    dof = len(yv) - int(np.linalg.matrix_rank(X))
+    resid = yv - X @ coef
+    sigma2 = float(resid @ resid) / dof if dof > 0 else math.nan
+    cov = sigma2 * np.linalg.pinv(X.T @ X)
+    t = float(sps.t.ppf(0.975, dof)) if dof > 0 else math.nan
+    out = []
+    for term, L in _contrasts().items():
+        est = float(L @ coef)
+        se = math.sqrt(max(float(L @ cov @ L), 0.0)) if math.isfinite(sigma2) else math.nan
+        ok = math.isfinite(se) and se > 0
+        out.append(
+            {
+                "term": term,
+                "log_effect": est,
+                "ratio": math.exp(est),
+                "lo": math.exp(est - t * se) if ok else math.nan,
+                "hi": math.exp(est + t * se) if ok else math.nan,
+                "p": float(2 * sps.t.sf(abs(est / se), dof)) if ok else math.nan,
+                "dof": int(dof),
+            }
+        )
+    return out
+
+
+def _cell_mean(scores: dict[str, dict[int, float]], name: str) -> float:
+    vals = [v for v in scores.get(name, {}).values() if math.isfinite(v)]
+    return float(np.exp(np.mean(np.log(np.maximum(vals, 1e-6))))) if vals else math.nan
+
+
+def _find(cells: dict[str, Cell], **levels: Any) -> str | None:
+    for name, c in cells.items():
+        if not c.label and all(getattr(c, k) == v for k, v in levels.items()):
+            return name
+    return None
+
+
+def _paths(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[list[str]]:
+    """Single changes from notebook 2's placement/modes towards notebook 3's, and back."""
+    nb2 = dict(logit_bn=True, g_out_bn=True, d_in_bn=True, joint=False, modes="none")
+    nb3 = dict(logit_bn=True, g_out_bn=False, d_in_bn=False, joint=False, modes="notebook3")
+    rows = []
+    for start, target, label in (
+        (nb2, nb3, "from notebook 2's setup"),
+        (nb3, nb2, "from notebook 3's setup"),
+    ):
+        base = _find(cells, **start)
+        if base is None:
+            continue
+        b = _cell_mean(scores, base)
+        rows.append([label, "(as is)", f"{b:.3g}", "1.00"])
+        for factor in ("g_out_bn", "d_in_bn", "modes", "logit_bn", "joint"):
+            changed = dict(start)
+            if factor in ("logit_bn", "joint"):
+                changed[factor] = not start[factor]
+            elif start[factor] == target[factor]:
+                continue
+            else:
+                changed[factor] = target[factor]
+            name = _find(cells, **changed)
+            if name is None:
+                continue
+            v = _cell_mean(scores, name)
+            what = f"{FACTOR_TEXT[factor]} -> {changed[factor]}"
+            rows.append([label, what, f"{v:.3g}", f"{v / b:.2f}" if b else "-"])
+    for nb, other in ((NOTEBOOK2, NOTEBOOK2_SHUFFLED), (NOTEBOOK3, NOTEBOOK3_UNSHUFFLED)):
+        a, b = _cell_mean(scores, nb.label), _cell_mean(scores, other.label)
+        if math.isfinite(a) and math.isfinite(b):
+            rows.append(
+                [f"{nb.label} as run", f"shuffle -> {other.shuffle}", f"{b:.3g}", f"{b / a:.2f}"]
+            )
+    return rows
+
+
+PLACEMENT = ("logit_bn", "g_out_bn", "d_in_bn")
+
+
+def _repairs(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[list[str]]:
+    """Notebook 2's placement repaired by every subset of removals, without mode switching:
+    which BN layers must go for the GAN to work when both nets always train?"""
+    rows = []
+    nb2 = _cell_mean(
+        scores,
+        _find(cells, logit_bn=True, g_out_bn=True, d_in_bn=True, joint=False, modes="none") or "",
+    )
+    for k in range(len(PLACEMENT) + 1):
+        for removed in itertools.combinations(PLACEMENT, k):
+            levels = {f: f not in removed for f in PLACEMENT}
+            name = _find(cells, **levels, joint=False, modes="none")
+            if name is None:
+                continue
+            fd = _cell_mean(scores, name)
+            what = ", ".join(FACTOR_TEXT[f] for f in removed) or "(none: notebook 2's placement)"
+            rows.append([what, name, f"{fd:.3g}", f"{fd / nb2:.2f}" if nb2 else "-"])
+    return rows
+
+
+def _modes_once_fixed(
+    cells: dict[str, Cell], scores: dict[str, dict[int, float]]
+) -> list[dict[str, Any]]:
+    """Mode switching where placement follows the DCGAN guideline (no BN on G's output, D's
+    input or logit), paired over seeds: is it still needed?"""
+    from scipy import stats as sps
+
+    fixed = dict(logit_bn=False, g_out_bn=False, d_in_bn=False, joint=False)
+    base = _find(cells, **fixed, modes="none")
+    out = []
+    for m in ("notebook3", "tidy"):
+        other = _find(cells, **fixed, modes=m)
+        if base is None or other is None:
+            continue
+        seeds = sorted(set(scores.get(base, {})) & set(scores.get(other, {})))
+        d = [
+            math.log(max(scores[other][s], 1e-6)) - math.log(max(scores[base][s], 1e-6))
+            for s in seeds
+        ]
+        if len(d) >= 2:
+            mean, sd = float(np.mean(d)), float(np.std(d, ddof=1))
+            half = float(sps.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
+            out.append(
+                {
+                    "modes": m,
+                    "ratio": math.exp(mean),
+                    "lo": math.exp(mean - half),
+                    "hi": math.exp(mean + half),
+                    "n": len(d),
+                }
+            )
+        elif d:
+            out.append(
+                {"modes": m, "ratio": math.exp(d[0]), "lo": math.nan, "hi": math.nan, "n": 1}
+            )
+    return out
+
+
+def _conclusion(
+    ranking: list[dict[str, Any]],
+    terms: list[dict[str, Any]],
+    modes_fixed: list[dict[str, Any]],
+    paths: list[list[str]],
+    repairs: list[list[str]] | None = None,
+) -> str:
+    def sig(e: dict[str, Any]) -> bool:
+        return math.isfinite(e["lo"]) and (e["lo"] > 1 or e["hi"] < 1)
+
+    parts = []
+    strong = [e for e in ranking if sig(e)]
+    if strong:
+        top = strong[0]
+        name = FACTOR_TEXT.get(top["factor"].split(":")[0], top["factor"])
+        parts.append(
+            f"The largest effect on the Frechet distance is {name} ({top['factor']})"
+            f": FD x{top['ratio']:.2f} [{top['lo']:.2f}, {top['hi']:.2f}] (95% CI, on vs off or vs "
+            "no switching, averaged over the other factors)."
+        )
+        others = [
+            FACTOR_TEXT.get(e["factor"], e["factor"]) + f" (x{e['ratio']:.2f})" for e in strong[1:4]
+        ]
+        if others:
+            parts.append("Also significant: " + ", ".join(others) + ".")
+    else:
+        parts.append(
+            "No factor's main effect is distinguishable from noise at this budget "
+            "(all 95% CIs include x1); run more seeds or epochs."
+        )
+    inter = sorted(
+        (t for t in terms if " x " in t["term"] and sig(t)), key=lambda t: -abs(t["log_effect"])
+    )
+    if inter:
+        t = inter[0]
+        parts.append(
+            f"The strongest interaction is {t['term']} (ratio of ratios "
+            f"x{t['ratio']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}]): one factor's effect "
+            "depends on the other's level."
+        )
+    fixes = [r for r in paths if r[0] == "from notebook 2's setup" and r[1] != "(as is)"]
+    if fixes:
+        best = min(fixes, key=lambda r: float(r[3]))
+        parts.append(
+            f"Starting from notebook 2's setup, the single change that helps most is "
+            f"'{best[1]}' (FD x{float(best[3]):.2f})."
+        )
+    if repairs:
+        best = min(repairs, key=lambda r: float(r[2]))
+        parts.append(
+            f"Without mode switching, notebook 2 works best after removing {best[0]} "
+            f"(FD {best[2]}, x{float(best[3]):.2f} of notebook 2's placement)."
+        )
+    by_name = {e["factor"]: e for e in ranking}
+    dcgan = [by_name[f] for f in ("g_out_bn", "d_in_bn") if f in by_name]
+    if dcgan:
+        worse = [e for e in dcgan if math.isfinite(e["lo"]) and e["lo"] > 1]
+        parts.append(
+            "DCGAN guideline (no BN on G's output or D's input): "
+            + "; ".join(f"{FACTOR_TEXT[e['factor']]} x{e['ratio']:.2f}" for e in dcgan)
+            + (
+                " - the data agree: each violation makes FD worse."
+                if len(worse) == len(dcgan)
+                else " - the data support it only partly at this budget."
+                if worse
+                else " - no measurable harm at this budget."
+            )
+        )
+    for m in modes_fixed:
+        if math.isfinite(m["lo"]):
+            verdict = (
+                "makes it worse"
+                if m["lo"] > 1
+                else "helps"
+                if m["hi"] < 1
+                else "makes no measurable difference"
+            )
+            parts.append(
+                f"With DCGAN-style placement (no BN on G's output, D's input or logit), "
+                f"switching modes as '{m['modes']}' vs never {verdict}: FD "
+                f"x{m['ratio']:.2f} [{m['lo']:.2f}, {m['hi']:.2f}]."
+            )
+    return " ".join(parts)
+
+
+def _ranking(terms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    main = [dict(t, factor=t["term"]) for t in terms if " x " not in t["term"]]
+    return sorted(main, key=lambda t: -abs(t["log_effect"]))
+
+
+def analyse(run_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"experiment": "gan-ablation", "responses": {}}
+    for key in ("fd", "fd_train"):
+        cells, scores = cells_and_scores(run_dir, key)
+        terms = effects(cells, scores)
+        ranking = _ranking(terms)
+        paths = _paths(cells, scores)
+        repairs = _repairs(cells, scores)
+        modes_fixed = _modes_once_fixed(cells, scores)
+        out["responses"][key] = {
+            "terms": terms,
+            "ranking": ranking,
+            "paths": paths,
+            "repairs": repairs,
+            "modes_fixed": modes_fixed,
+            "cell_means": {n: _cell_mean(scores, n) for n in cells},
+            "conclusion": _conclusion(ranking, terms, modes_fixed, paths, repairs),
+        }
+    out["ranking"] = out["responses"]["fd"]["ranking"]
+    return out
+
+
+def result_line(summary: dict[str, Any], run_dir: Path) -> str:
+    top = summary["ranking"][0] if summary["ranking"] else None
+    if top is None:
+        return "gan-ablation: no factorial cells, no effects"
+    return (
+        f"gan-ablation: largest effect on FD: {top['factor']} (x{top['ratio']:.2f} "
+        f"[{top['lo']:.2f}, {top['hi']:.2f}])"
+    )

@@ -1,0 +1,345 @@
+"""`bnlab gan`'s analysis: records -> per-variant numbers and a verdict per claim (C1-C4).
+
+Reads the run directory (config.json, metrics.jsonl); trains nothing, draws nothing. The run
+writes what :func:`analyse` returns as summary.json; the report shows the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from bnlab.lab.report.html import Claim
+from bnlab.lab.runs import read_config, read_jsonl
+from bnlab.lab.stats import Estimate, mean_ci, paired, verdict
+
+__all__ = [
+    "LOSSES",
+    "METRICS",
+    "analyse",
+    "claims",
+    "compare",
+    "load_run",
+    "result_line",
+    "run_labels",
+    "variant_names",
+]
+
+# metric key -> (title, y label, lower is better)
+METRICS: dict[str, tuple[str, str, bool]] = {
+    "fd": ("Frechet distance to held-out real digits", "FD (classifier features)", True),
+    "classes_covered": ("Classes covered by 10,000 samples", "classes (of 10)", False),
+    "kl_uniform": ("KL(class histogram || uniform)", "KL (nats)", True),
+    "confidence": ("Mean max-softmax confidence", "confidence", False),
+    "stray_dots": ("Stray white dots", "share of isolated bright pixels", True),
+}
+LOSSES = {
+    "d_loss": "D loss",
+    "g_loss": "G loss",
+    "d_x": "D(x)",
+    "d_g_z": "D(G(z))",
+    "g_acc": "G accuracy",
+}
+BASELINE = "init"  # the blog's comparison: He/Xavier without BN ...
+BN_MODELS = ("init-bn", "init-bn-tidy")  # ... against BN, as notebook 3 ran it and tidied
+BROKEN = "init-bn-nomode"  # notebook 2
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(config.json, the epoch records of metrics.jsonl without failure events)."""
+    meta = read_config(run_dir)
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r]
+    return meta, records
+
+
+def variant_names(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """The run's variants in the order they were given."""
+    names = [v["name"] for v in meta.get("config", {}).get("variants", [])]
+    return names or sorted({r["variant"] for r in records})
+
+
+def _final(records: list[dict[str, Any]], variant: str, key: str) -> dict[int, float]:
+    """seed -> value of ``key`` at the last epoch where it was measured for that seed."""
+    out: dict[int, tuple[int, float]] = {}
+    for r in records:
+        if r.get("variant") == variant and r.get(key) is not None:
+            seed, epoch = r["seed"], r["epoch"]
+            if seed not in out or epoch > out[seed][0]:
+                out[seed] = (epoch, float(r[key]))
+    return {s: v for s, (_, v) in out.items()}
+
+
+def _late_mean(
+    records: list[dict[str, Any]], variant: str, key: str, share: float = 0.25
+) -> dict[int, float]:
+    """seed -> mean of ``key`` over the last ``share`` of the epochs (losses are noisy)."""
+    by_seed: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for r in records:
+        if r.get("variant") == variant and r.get(key) is not None:
+            by_seed[r["seed"]].append((r["epoch"], float(r[key])))
+    out = {}
+    for seed, rows in by_seed.items():
+        rows.sort()
+        k = max(1, math.ceil(len(rows) * share))
+        out[seed] = float(np.mean([v for _, v in rows[-k:]]))
+    return out
+
+
+def _compare(a: dict[int, float], b: dict[int, float]) -> tuple[Estimate, float, float, int]:
+    seeds = sorted(set(a) & set(b))
+    p = paired([a[s] for s in seeds], [b[s] for s in seeds])
+    return p.diff, p.p_value, p.effect_size, p.n
+
+
+def _claim(
+    cid: str,
+    statement: str,
+    records: list[dict[str, Any]],
+    variants: tuple[str, str],
+    key: str,
+    expected: Literal["positive", "negative"],
+    extra: str = "",
+) -> Claim | None:
+    """Paired difference variants[0] - variants[1] of ``key`` over seeds: final value for image
+    metrics, mean of the last quarter of epochs for losses."""
+    late = key in LOSSES
+    reduce = _late_mean if late else _final
+    a, b = (reduce(records, v, key) for v in variants)
+    if not a or not b:
+        return None
+    diff, p, dz, n = _compare(a, b)
+    if n == 0:
+        return None
+    what = f"{variants[0]} - {variants[1]}"
+    label = LOSSES.get(key, key.replace("_train", "").replace("_", " "))
+    quantity = f"{label}, {'mean of the last 25% of epochs' if late else 'final'}, {what}"
+
+    def fmt(d: dict[int, float]) -> str:
+        return mean_ci(list(d.values())).fmt()
+
+    value = f"diff {diff.fmt()}"
+    if n >= 2:
+        value += f"; p={p:.3g}, d_z={dz:.2f}"
+    value += f"; {n} seed{'s' if n > 1 else ''}; {fmt(a)} vs {fmt(b)}"
+    if extra:
+        value += f"; {extra}"
+    sign = "> 0" if expected == "positive" else "< 0"
+    rule = (
+        f"holds if the 95% CI of the paired difference ({what}) over seeds is entirely "
+        f"{sign}; does not hold if entirely on the other side; else inconclusive "
+        "(one seed is always inconclusive)"
+    )
+    return Claim(cid, statement, quantity, value, verdict(diff, expected), rule)
+
+
+C1_TEXT = (
+    "Without train/eval handling (notebook 2), the BN model produces broken samples and "
+    "abnormal D/G losses."
+)
+C2_TEXT = (
+    "With train/eval handling both models draw good digits; the BN model shows fewer "
+    "stray white dots."
+)
+C4_TEXT = "Hence BN improves the GAN generator's performance."
+GOOD_DIGITS_CLASSES = 9.0  # "good digits": samples cover at least 9 of the 10 classes
+
+
+def _good_digits(
+    claim: Claim | None, records: list[dict[str, Any]], variant: str, key: str
+) -> Claim | None:
+    """C2 also says both models draw good digits: no fewer dots can save a model that does not
+    (pure noise has few *isolated* bright pixels)."""
+    if claim is None:
+        return None
+    covered = mean_ci(list(_final(records, variant, key).values()))
+    rule = claim.rule + f"; and {variant} must cover >= {GOOD_DIGITS_CLASSES:.0f} of 10 classes"
+    if covered.n and covered.mean < GOOD_DIGITS_CLASSES:
+        return dataclasses.replace(claim, verdict="does not hold", rule=rule)
+    return dataclasses.replace(claim, rule=rule)
+
+
+def _modes_present(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(metric-key suffix, label) for each G mode the run scored; train first: the blog's view."""
+    out = []
+    if any("fd_train" in r for r in records):
+        out.append(("_train", "G in train mode, as the blog's images"))
+    if any("fd" in r for r in records):
+        out.append(("", "G in eval mode"))
+    return out
+
+
+def claims(records: list[dict[str, Any]]) -> list[Claim]:
+    """C1-C4 of the blog, each a paired comparison across seeds (one row per G mode scored)."""
+    present = {r["variant"] for r in records}
+    modes = _modes_present(records)
+    out: list[Claim | None] = []
+    if {BROKEN, BASELINE} <= present:
+        pair = (BROKEN, BASELINE)
+        d_loss = _claim("", "", records, pair, "d_loss", "positive")
+        extra = f"D loss {d_loss.value.split('; ')[-1]}" if d_loss else ""
+        for sfx, label in modes:
+            out.append(
+                _claim(f"C1 [{label}]", C1_TEXT, records, pair, "fd" + sfx, "positive", extra)
+            )
+        if not modes:  # no image metrics: D(x) of a D that cannot tell real from fake
+            out.append(_claim("C1", C1_TEXT, records, pair, "d_x", "negative", extra))
+    for bn in BN_MODELS:
+        if not {bn, BASELINE} <= present:
+            continue
+        pair = (bn, BASELINE)
+        tag = "" if bn == "init-bn" else ", tidy switching"
+        for sfx, label in modes:
+            cov = _claim("", "", records, pair, "classes_covered" + sfx, "positive")
+            c2 = _claim(
+                f"C2 [{label}{tag}]",
+                C2_TEXT,
+                records,
+                pair,
+                "stray_dots" + sfx,
+                "negative",
+                f"classes covered {cov.value.split('; ')[-1]}" if cov else "",
+            )
+            out.append(_good_digits(c2, records, bn, "classes_covered" + sfx))
+        suffix = f" [{tag[2:]}]" if tag else ""
+        out.append(
+            _claim(
+                "C3a" + suffix,
+                "The BN model has a higher discriminator loss.",
+                records,
+                pair,
+                "d_loss",
+                "positive",
+            )
+        )
+        out.append(
+            _claim(
+                "C3b" + suffix,
+                "The BN model has a lower generator loss.",
+                records,
+                pair,
+                "g_loss",
+                "negative",
+            )
+        )
+        for sfx, label in modes:
+            out.append(_claim(f"C4 [{label}{tag}]", C4_TEXT, records, pair, "fd" + sfx, "negative"))
+    return [c for c in out if c is not None]
+
+
+def analyse(run_dir: Path) -> dict[str, Any]:
+    """Per variant: final values (mean and 95% CI over seeds) and the claims (summary.json)."""
+    meta, records = load_run(run_dir)
+    variants = variant_names(meta, records)
+    keys = [
+        k
+        for k in (*LOSSES, *METRICS, *(f"{m}_train" for m in METRICS))
+        if any(k in r for r in records)
+    ]
+    per_variant = {}
+    for v in variants:
+        entry = {}
+        for k in keys:
+            vals = _late_mean(records, v, k) if k in LOSSES else _final(records, v, k)
+            est = mean_ci(list(vals.values()))
+            entry[k] = {"mean": est.mean, "ci95": [est.lo, est.hi], "n_seeds": est.n}
+        per_variant[v] = entry
+    return {
+        "experiment": "gan",
+        "config": meta.get("config", {}),
+        "variants": per_variant,
+        "claims": [c.__dict__ for c in claims(records)],
+        "notes": "losses: mean over the last 25% of epochs; metrics: last measured epoch; "
+        "CI: t interval over seeds",
+    }
+
+
+def result_line(summary: dict[str, Any], run_dir: Path) -> str:
+    """The end of a run: last-epoch numbers per variant (mean over seeds), then the verdicts."""
+    meta, records = load_run(run_dir)
+    seeds = sorted({r["seed"] for r in records})
+    lines = [summary_table(records, variant_names(meta, records), seeds), ""]
+    for c in summary.get("claims", []):
+        lines.append(f"{c['id']:<40} {c['verdict']}")
+    return "\n".join(lines) + f"\n{run_dir}: report.html, summary.json, metrics.jsonl, samples/"
+
+
+def summary_table(records: list[dict[str, Any]], variants: list[str], seeds: list[int]) -> str:
+    """Last-epoch numbers per variant (mean over seeds)."""
+    head = (
+        f"{'variant':<16} {'epoch':>5} {'D loss':>7} {'G loss':>7} {'D(x)':>6} "
+        f"{'D(G(z))':>7} {'G acc':>6} {'img/s':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for name in variants:
+        rows = [r for r in records if r["variant"] == name]
+        if not rows:
+            lines.append(f"{name:<16} {'-':>5}")
+            continue
+        last_epoch = max(r["epoch"] for r in rows)
+        last = [r for r in rows if r["epoch"] == last_epoch]
+
+        def m(k: str, last: list[dict[str, Any]] = last) -> float:
+            return sum(r[k] for r in last) / len(last)
+
+        lines.append(
+            f"{name:<16} {last_epoch:>5} {m('d_loss'):>7.3f} {m('g_loss'):>7.3f} "
+            f"{m('d_x'):>6.3f} {m('d_g_z'):>7.3f} {m('g_acc'):>6.3f} {m('images_per_s'):>7.0f}"
+        )
+    if len(seeds) > 1:
+        lines.append(f"(means over seeds {', '.join(map(str, seeds))})")
+    return "\n".join(lines)
+
+
+# ---- several runs of the same variants and seeds, side by side ----------------------------------
+
+# Settings that only say how a run executed; the others label a run in a comparison.
+_RUN_HOW = {"out", "resume", "quick", "jobs", "runner", "ray_address", "data", "tensorboard"}
+
+
+def run_labels(metas: list[dict[str, Any]]) -> list[str]:
+    """A short label per run: the settings in which the runs differ (e.g. nproc=4 ddp_bn=sync)."""
+    configs = [m.get("config", {}) for m in metas]
+    keys = sorted({k for c in configs for k in c} - _RUN_HOW)
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    labels = []
+    for c in configs:
+        parts = [f"{k}={c.get(k)}" for k in differ]
+        if "ddp_bn" in differ and c.get("nproc", 1) == 1:  # one process: no data parallelism
+            parts = [p for p in parts if not p.startswith("ddp_bn=")]
+        labels.append(" ".join(parts) or "run")
+    return labels
+
+
+def compare(run_dirs: list[Path]) -> dict[str, Any]:
+    """Final FD (eval and train-mode G), classes covered and time per step of each run's
+    variants, with paired differences (over seeds) against the first run."""
+    runs = [load_run(Path(d)) for d in run_dirs]
+    labels = run_labels([meta for meta, _ in runs])
+    variants = [v for v in variant_names(*runs[0]) if all(v in variant_names(*r) for r in runs)]
+    keys = [k for k in ("fd", "fd_train", "classes_covered") if any(k in r for r in runs[0][1])]
+    rows = []
+    for v in variants:
+        for (meta, records), label in zip(runs, labels, strict=True):
+            row: dict[str, Any] = {"variant": v, "run": label}
+            for k in keys:
+                row[k] = dataclasses.asdict(mean_ci(list(_final(records, v, k).values())))
+                base = _final(runs[0][1], v, k)
+                mine = _final(records, v, k)
+                seeds = sorted(set(base) & set(mine))
+                if label != labels[0] and len(seeds) >= 2:
+                    p = paired([mine[s] for s in seeds], [base[s] for s in seeds])
+                    row[f"{k}_diff"] = dataclasses.asdict(p.diff) | {"p": p.p_value}
+            per_step = [
+                1000 * meta["config"].get("batch_size", 100) / r["images_per_s"]
+                for r in records
+                if r.get("variant") == v and r.get("images_per_s")
+            ]
+            row["ms_per_step"] = float(np.median(per_step)) if per_step else math.nan
+            rows.append(row)
+    return {"runs": [str(d) for d in run_dirs], "labels": labels, "keys": keys, "rows": rows}

@@ -1,0 +1,214 @@
+"""`bnlab gan`'s report: the blog's figures, metric curves with seed bands, samples, and the
+claims of :mod:`bnlab.lab.experiments.gan.analysis`. Reads the run directory; never trains.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from bnlab.lab.experiments.gan.analysis import (
+    LOSSES,
+    METRICS,
+    analyse,
+    claims,
+    compare,
+    load_run,
+    variant_names,
+)
+from bnlab.lab.report.html import Figure, Section, Table
+from bnlab.lab.report.plots import plot_losses, plot_metric
+from bnlab.lab.stats import Estimate
+
+__all__ = ["compare_report", "report"]
+
+
+def _sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> bytes | None:
+    """The variant's sample grids at up to ``max_cols`` epochs side by side, labelled."""
+    folder = run_dir / "samples" / variant
+    suffix = "" if view == "eval" else f"-{view}"
+    files = sorted(p for p in folder.glob(f"epoch-[0-9][0-9][0-9]{suffix}.png"))
+    if not files:
+        return None
+    idx = np.unique(np.linspace(0, len(files) - 1, min(max_cols, len(files))).round().astype(int))
+    chosen = [files[i] for i in idx]
+    imgs = [Image.open(p).convert("L") for p in chosen]
+    scale = 0.5 if imgs[0].width > 400 else 1.0
+    imgs = [im.resize((int(im.width * scale), int(im.height * scale))) for im in imgs]
+    pad, label_h = 8, 18
+    w = sum(im.width for im in imgs) + pad * (len(imgs) + 1)
+    h = max(im.height for im in imgs) + label_h + 2 * pad
+    canvas = Image.new("L", (w, h), 255)
+    draw = ImageDraw.Draw(canvas)
+    x = pad
+    for p, im in zip(chosen, imgs, strict=True):
+        draw.text((x, 3), f"epoch {int(p.name[6:9])}", fill=0)
+        canvas.paste(im, (x, label_h + pad))
+        x += im.width + pad
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _summary_table(summ: dict[str, Any]) -> Table:
+    cols = [
+        k
+        for k in (
+            "d_loss",
+            "g_loss",
+            "d_x",
+            "d_g_z",
+            "g_acc",
+            "fd",
+            "classes_covered",
+            "stray_dots",
+            "fd_train",
+        )
+        if any(k in v for v in summ["variants"].values())
+    ]
+    rows = []
+    for variant, entry in summ["variants"].items():
+        row = [variant]
+        for k in cols:
+            e = entry.get(k)
+            row.append(
+                Estimate(e["mean"], e["ci95"][0], e["ci95"][1], e["n_seeds"]).fmt() if e else "-"
+            )
+        rows.append(row)
+    names = {**LOSSES, **{k: k.replace("_", " ") for k in METRICS}, "fd_train": "FD (train-mode G)"}
+    return Table(
+        "Final numbers per variant (mean [95% CI] over seeds)",
+        ["variant", *[names.get(k, k) for k in cols]],
+        rows,
+        "Losses: mean over the last 25% of epochs. Image metrics: last measured "
+        "epoch, 10,000 samples from a fixed z, G in eval mode unless marked train.",
+    )
+
+
+def report(run_dir: Path) -> list[Section]:
+    meta, records = load_run(run_dir)
+    c = meta.get("config", {})
+    variants = variant_names(meta, records)
+    seeds = sorted({r["seed"] for r in records})
+    summ = analyse(run_dir)
+    intro = (
+        f"The blog's MNIST GAN, reproduced: {len(variants)} variants x {len(seeds)} seed(s) "
+        f"({', '.join(map(str, seeds))}), {c.get('epochs')} epochs on {meta.get('data', '?')}. "
+        "All variants of a seed saw the same batches and the same z. Variants: "
+        + "; ".join(f"{v['name']}: " + _variant_text(v) for v in c.get("variants", []))
+    )
+    sections = [
+        Section(
+            "GAN: claims",
+            intro + "\n\nEach claim of the blog (C1-C4) as a "
+            "measured paired difference between variants over seeds.",
+            claims=claims(records),
+            tables=[_summary_table(summ)],
+            anchor="gan",
+        )
+    ]
+    figs = []
+    real = run_dir / "real.png"
+    if real.exists():
+        figs.append(Figure("Real digits", real.read_bytes(), "the first 100 training images", 260))
+    losses = plot_losses(records, run_dir, variants)  # loss_d.png, loss_g.png
+    for name, title in (("loss_d.png", "D loss per epoch"), ("loss_g.png", "G loss per epoch")):
+        if name in losses:
+            figs.append(Figure(title, losses[name], "the blog's two plots", 480))
+    for key, (title, ylabel, _) in METRICS.items():
+        for suffix, mode in (("", "eval"), ("_train", "train")):
+            if any(key + suffix in r for r in records):
+                png = plot_metric(
+                    records,
+                    key + suffix,
+                    f"{title} (G in {mode} mode)",
+                    ylabel,
+                    run_dir / f"metric_{key}{suffix}.png",
+                    variants,
+                )
+                if png:
+                    figs.append(Figure(f"{title}, G in {mode} mode", png, width=480))
+    for key in ("d_x", "d_g_z", "g_acc"):
+        png = plot_metric(
+            records, key, LOSSES[key], LOSSES[key], run_dir / f"curve_{key}.png", variants
+        )
+        if png:
+            figs.append(Figure(LOSSES[key], png, "per-epoch mean", 480))
+    sections.append(
+        Section(
+            "GAN: curves",
+            "Per-epoch means; bands span the seeds.",
+            figures=figs,
+            anchor="gan-curves",
+        )
+    )
+    sample_figs = []
+    for v in variants:
+        for view, what in (
+            ("eval", "G in eval mode, fixed z"),
+            ("train", "the notebook's view: last training batch, G in train mode"),
+        ):
+            png = _sample_strip(run_dir, v, view)
+            if png:
+                sample_figs.append(Figure(f"{v}: {what}", png))
+    sections.append(
+        Section(
+            "GAN: samples across epochs",
+            "First seed. Left to right: epochs.",
+            figures=sample_figs,
+            anchor="gan-samples",
+        )
+    )
+    return sections
+
+
+def _variant_text(v: dict[str, Any]) -> str:
+    bits = lambda f: "".join("1" if x else "0" for x in f)  # noqa: E731
+    return (
+        f"init {v['init']}, BN after G layers {bits(v['g_norm'])}, D layers "
+        f"{bits(v['d_norm'])}, modes {v['modes']}" + ("" if v["shuffle"] else ", unshuffled")
+    )
+
+
+def compare_report(run_dirs: list[Path]) -> list[Section]:
+    """Runs of the same variants and seeds side by side (e.g. one process, N ranks with
+    per-rank BN, N ranks with SyncBN: does BN's batch matter?)."""
+    comp = compare(run_dirs)
+    names = {"fd": "FD (eval G)", "fd_train": "FD (train-mode G)", "classes_covered": "classes"}
+    header = ["variant", "run", *(names[k] for k in comp["keys"])]
+    header += [f"{names[k]} - {comp['labels'][0]}" for k in comp["keys"] if k != "classes_covered"]
+    header.append("ms/step")
+    rows = []
+    for r in comp["rows"]:
+        row = [r["variant"], r["run"]]
+        row += [_estimate(r[k]).fmt() for k in comp["keys"]]
+        for k in comp["keys"]:
+            if k == "classes_covered":
+                continue
+            d = r.get(f"{k}_diff")
+            row.append(f"{_estimate(d).fmt()} (p={d['p']:.2g})" if d else "-")
+        row.append(f"{r['ms_per_step']:.1f}")
+        rows.append(row)
+    intro = (
+        "The same variants and seeds trained in several ways: "
+        + "; ".join(f"{lab}: {d}" for lab, d in zip(comp["labels"], comp["runs"], strict=True))
+        + ". Differences are paired over seeds against the first run (95% CI). ms/step: the "
+        "median wall time of a training step (D and G) over epochs; with several ranks it "
+        "includes their communication."
+    )
+    return [
+        Section(
+            "GAN: runs compared",
+            intro,
+            tables=[Table("Final metrics per run", header, rows)],
+            anchor="gan-compare",
+        )
+    ]
+
+
+def _estimate(d: dict[str, Any]) -> Estimate:
+    return Estimate(d["mean"], d["lo"], d["hi"], d["n"])

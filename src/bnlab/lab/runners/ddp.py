@@ -1,0 +1,159 @@
+"""The data-parallel runner: every job trained by all ranks of a torchrun launch together.
+
+``torchrun --nproc-per-node N -m bnlab gan ...`` (or its shortcut ``bnlab gan --nproc N``,
+which calls torchrun's own launcher) starts N processes with RANK / WORLD_SIZE set. Rank 0 is
+the driver (:func:`bnlab.lab.experiments.protocol.run_experiment`): it alone writes the run
+directory. The other ranks :func:`follow`: they receive the configuration, load the data
+after rank 0 did (caches are warm by then), and then run each chunk rank 0 announces, in
+lockstep, from the state rank 0 sends (its checkpoint: after a resume the followers start
+from it too). Inside a chunk the experiment trains data-parallel (DistributedDataParallel,
+SyncBatchNorm); :func:`rank` and :func:`world_size` tell it where it is.
+
+Failure: every chunk ends with all ranks exchanging how it went (:func:`_outcomes`). A job
+fails only where its code raised; a rank that died or stopped answering is not the job's
+fault: rank 0 records nothing for that chunk and raises
+:class:`~bnlab.lab.experiments.protocol.RunStopped`, so the run ends like a Ctrl-C (resumable, every
+finished chunk checkpointed) and a resume trains the job on (rank 0's own collective fails
+first, with "Connection reset by peer": that is not the job's failure). torchrun's agent stops
+every rank when one dies; rank 0 turns the SIGTERM into a KeyboardInterrupt, to the same end.
+Collectives time out after ``TIMEOUT`` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bnlab.lab.experiments.protocol import ChunkResult, JobState, RunStopped, set_sink
+from bnlab.lab.runners.local import Train, failure, next_job
+
+__all__ = [
+    "DistributedRunner",
+    "follow",
+    "init_from_env",
+    "launched_by_torchrun",
+    "rank",
+    "world_size",
+]
+
+TIMEOUT = datetime.timedelta(minutes=10)  # a collective waits this long for a dead peer
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def init_from_env(device: str) -> None:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); loopback only."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo: stay on the loopback device
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+
+
+def _broadcast(obj: Any) -> Any:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _outcomes(failed: str | None) -> list[str | None]:
+    """Every rank's outcome of the chunk just run (None = trained), gathered on every rank.
+
+    Raises:
+        RunStopped: a rank is gone or stopped answering (the exchange itself failed).
+    """
+    box: list[str | None] = [None] * world_size()
+    try:
+        dist.all_gather_object(box, failed)
+    except RuntimeError as exc:  # gloo: "Connection closed by peer"; any backend: the timeout
+        raise RunStopped(f"a data-parallel rank was lost ({exc})") from exc
+    return box
+
+
+class DistributedRunner:
+    """Rank 0's runner: one chunk at a time, announced to the followers, run by all."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+
+    def describe(self, n_jobs: int) -> str:
+        return f"data-parallel runner, {world_size()} ranks per job (torch.distributed)"
+
+    def run(
+        self,
+        states: list[JobState],
+        train: Train,
+        data: Any,
+        chunk: int,
+        recorder: Any,
+        config: Any = None,
+    ) -> None:
+        _broadcast(config)  # the followers load and plan with the driver's configuration
+        previous_term = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt  # torchrun stops the ranks: end like Ctrl-C
+
+        signal.signal(signal.SIGTERM, on_term)
+        previous_sink = set_sink(recorder.progress.event)
+        try:
+            while (js := next_job(states)) is not None:
+                end = min(js.job.total, js.done + chunk)
+                index = states.index(js)
+                _broadcast((index, js.done, end, js.state))
+                js.running = True
+                try:
+                    result = train(js.job, js.state, js.done, end, data)
+                except Exception as exc:  # maybe the job's fault; the exchange below tells
+                    result = ChunkResult(js.done, js.state, failed=failure(exc))
+                # Raises RunStopped if a peer is gone: then a collective inside the chunk
+                # failed for that reason, not for the job's, and nothing is recorded.
+                outcomes = _outcomes(result.failed)
+                js.running = False
+                if result.failed is None and any(outcomes):  # another rank's code raised
+                    r, why = next((r, m) for r, m in enumerate(outcomes) if m)
+                    result = ChunkResult(js.done, js.state, failed=f"rank {r}: {why}")
+                recorder.chunk_done(js, result)
+            _broadcast(None)
+        finally:
+            set_sink(previous_sink)
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def follow(exp: Any, log: Any = None) -> None:
+    """A rank > 0: train what rank 0 announces until it says it is done."""
+    quiet = log if log is not None else (lambda _msg: None)
+    cfg = _broadcast(None)
+    if cfg is None:  # rank 0 stopped before training (nothing to do)
+        return
+    loaded = exp.load(cfg, quiet)
+    jobs = exp.plan(cfg, loaded.data)
+    while (order := _broadcast(None)) is not None:
+        index, start, end, state = order
+        # rank 0 records the failure; say it here too, with the traceback. (A failure on this
+        # rank alone, mid-chunk, leaves rank 0 waiting in a collective until TIMEOUT.)
+        failed = None
+        try:
+            exp.train(jobs[index], state, start, end, loaded.data)
+        except Exception as exc:
+            print(f"rank {dist.get_rank()}: job {index} failed:", file=sys.stderr)
+            failed = failure(exc)  # the traceback to stderr, the reason to rank 0
+        _outcomes(failed)
