@@ -33,7 +33,13 @@ from torch import nn
 
 from bnlab import kernels
 from bnlab.lab.data import to_unit_range
-from bnlab.lab.experiments.gan import DEFAULT_VARIANTS, GanConfig, GanTrainer, GanTraining, run
+from bnlab.lab.experiments.gan.experiment import (
+    DEFAULT_VARIANTS,
+    GanConfig,
+    GanTrainer,
+    GanTraining,
+    run,
+)
 from bnlab.lab.experiments.gan.train import load_gan_data
 from bnlab.lab.models.gan import Variant, build_discriminator, build_generator, parse_variant
 

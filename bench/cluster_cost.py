@@ -19,7 +19,7 @@ import time
 import torch
 
 from bnlab.lab.data import to_unit_range
-from bnlab.lab.experiments.gan import GanTrainer, GanTraining
+from bnlab.lab.experiments.gan.experiment import GanTrainer, GanTraining
 from bnlab.lab.experiments.gan.train import load_gan_data, score_samples
 from bnlab.lab.models.gan import BLOG_VARIANTS
 

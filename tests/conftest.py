@@ -17,6 +17,7 @@ import torch
 
 from bnlab.lab.experiments.common import torch_threads
 from bnlab.lab.experiments.protocol import Experiment
+from bnlab.lab.experiments.reports import read_run
 from bnlab.lab.report.html import Section
 
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -82,19 +83,13 @@ def check_run_files() -> Callable[[Path, str, Iterable[str]], dict[str, Any]]:
 def report_from_files(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[..., list[Section]]:
-    """``report(run_dir)`` of an experiment with its training function made to fail and
-    ``figure`` deleted first: the report must come from the files alone, draw the lost figure
-    again from metrics.jsonl, and leave summary.json (written by the run) as it was. The report
-    is ``module.report`` unless given (a ported experiment: ``EXPERIMENT.report``, with
-    ``module`` its train module). Returns the sections."""
+    """The report of ``run_dir`` as ``bnlab report`` builds it (read through its
+    experiment's reading half), with the training function ``module.<train>`` made to fail
+    and ``figure`` deleted first: the report must come from the files alone, draw the lost
+    figure again from metrics.jsonl, and leave summary.json (written by the run) as it was.
+    Returns the sections."""
 
-    def rebuild(
-        module: ModuleType,
-        train: str,
-        run_dir: Path,
-        figure: str,
-        report: Callable[[Path], list[Section]] | None = None,
-    ) -> list[Section]:
+    def rebuild(module: ModuleType, train: str, run_dir: Path, figure: str) -> list[Section]:
         def no_training(*_a: object, **_k: object) -> None:
             raise AssertionError(f"{module.__name__}.{train} ran: a report must not train")
 
@@ -102,7 +97,8 @@ def report_from_files(
         summary = run_dir / "summary.json"
         before = summary.read_bytes() if summary.exists() else None
         (run_dir / figure).unlink()
-        sections = (report or module.report)(run_dir)
+        reading, run = read_run(run_dir)
+        sections = reading.report(run)
         assert all(isinstance(s, Section) for s in sections)
         assert (run_dir / figure).read_bytes()[:8] == PNG_MAGIC
         assert (summary.read_bytes() if summary.exists() else None) == before
@@ -132,7 +128,9 @@ def report_from_run_dir(
         shutil.copytree(run_dir, copy)
         (copy / "summary.json").unlink()
         (copy / figure).unlink()
-        sections = exp.report(copy)
+        reading, run = read_run(copy)
+        assert reading is exp.reading
+        sections = reading.report(run)
         assert sections and all(isinstance(s, Section) for s in sections)
         assert (copy / figure).read_bytes()[:8] == PNG_MAGIC
         assert not (copy / "summary.json").exists()

@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from bnlab.lab.experiments import ablation
-from bnlab.lab.experiments.ablation import NOTEBOOK2, NOTEBOOK3, Cell, design
+from bnlab.lab.experiments.ablation import analysis as ablation_analysis
+from bnlab.lab.experiments.ablation import experiment as ablation
+from bnlab.lab.experiments.ablation import report as ablation_report
+from bnlab.lab.experiments.ablation.experiment import NOTEBOOK2, NOTEBOOK3, Cell, design
 from bnlab.lab.models.gan import BLOG_VARIANTS, parse_variant
 from bnlab.lab.runs import append_jsonl, atomic_write_json
 
@@ -70,7 +72,7 @@ def test_analysis_recovers_a_planted_main_effect_and_interaction(tmp_path):
         return fd
 
     run_dir = _fake_run(tmp_path, truth)
-    result = ablation.analyse(run_dir)["responses"]["fd"]
+    result = ablation_analysis.analyse(run_dir)["responses"]["fd"]
     by_term = {t["term"]: t for t in result["terms"]}
     g = by_term["g_out_bn"]
     assert g["lo"] < 1.5 < g["hi"] and g["ratio"] == pytest.approx(1.5, rel=0.05)
@@ -88,14 +90,14 @@ def test_analysis_recovers_a_planted_main_effect_and_interaction(tmp_path):
 
 def test_analysis_finds_nothing_in_pure_noise(tmp_path):
     run_dir = _fake_run(tmp_path, lambda c: 10.0, noise=0.1)
-    result = ablation.analyse(run_dir)["responses"]["fd"]
+    result = ablation_analysis.analyse(run_dir)["responses"]["fd"]
     significant = [t for t in result["terms"] if t["lo"] > 1 or t["hi"] < 1]
     assert len(significant) <= 2  # 26 terms at 95%: about one false positive expected
 
 
 def test_report_has_tables_figure_and_conclusion(tmp_path):
     run_dir = _fake_run(tmp_path, lambda c: 30.0 if c.g_out_bn else 10.0)
-    sections = ablation.report(run_dir)
+    sections = ablation_report.report(run_dir)
     assert len(sections) == 2  # G in eval and train mode
     titles = [t.title for t in sections[0].tables]
     assert "Factors ranked by their effect on FD" in titles
@@ -105,7 +107,7 @@ def test_report_has_tables_figure_and_conclusion(tmp_path):
 
 
 def test_a_tiny_ablation_runs_end_to_end(mnist_root, tmp_path, monkeypatch):
-    from bnlab.lab.experiments.ablation import AblationConfig
+    from bnlab.lab.experiments.ablation.experiment import AblationConfig
 
     monkeypatch.setenv("BNLAB_CACHE", str(tmp_path / "cache"))
     cfg = AblationConfig(

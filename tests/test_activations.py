@@ -20,12 +20,12 @@ from scipy import stats as sps
 
 import bnlab.nn as bnn
 from bnlab.lab import cli
-from bnlab.lab.experiments import activations as act
+from bnlab.lab.experiments.activations import experiment as act
 from bnlab.lab.experiments.activations import measure
 from bnlab.lab.experiments.activations import train as act_train
 from bnlab.lab.experiments.activations.report import SUMMARY_FIGURES
 from bnlab.lab.experiments.common import Digits
-from bnlab.lab.report import build_report
+from bnlab.lab.experiments.reports import build_report
 from bnlab.lab.runs import read_jsonl
 
 STAT_FIELDS = ("mean", "std", "p15", "p50", "p85", "skew", "kurtosis", "ks", "ks_shape", "hist")
@@ -225,7 +225,7 @@ def test_quick_run_writes_the_run_directory_and_a_report_rebuilt_from_it(
     assert "C5a" in html and html.count("<img") == len(pngs)
     assert lines[-1].startswith("activations: KS to N(0,1)") and "\n" not in lines[-1]
 
-    sections = report_from_files(act_train, "train_net", run_dir, "depth-std.png", act.report)
+    sections = report_from_files(act_train, "train_net", run_dir, "depth-std.png")
     assert [s.anchor for s in sections] == ["c5", "histograms", "training"]
     assert [c.id for c in sections[0].claims] == ["C5a", "C5a (shape only)"]
     assert len(sections[0].figures) == 3 and len(sections[1].figures) == len(nets)

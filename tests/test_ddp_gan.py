@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
 from bnlab.lab.data import to_unit_range
-from bnlab.lab.experiments.gan import GanTrainer, GanTraining
+from bnlab.lab.experiments.gan.experiment import GanTrainer, GanTraining
 from bnlab.lab.experiments.gan.train import data_parallel_note, load_gan_data
 from bnlab.lab.models.gan import BLOG_VARIANTS
 from bnlab.lab.runs import read_jsonl

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
-from bnlab.lab.experiments.protocol import ChunkResult, JobState, RunStopped
+from bnlab.lab.jobs import ChunkResult, JobState, RunStopped
 from bnlab.lab.runners import ddp
 
 pytestmark = pytest.mark.distributed
@@ -59,16 +59,9 @@ JOBS = [
 ]
 
 
-class Experiment:  # the three methods a follower calls
-    @staticmethod
-    def load(cfg: Any, log: Any) -> Any:
-        return SimpleNamespace(data=None)
-
-    @staticmethod
-    def plan(cfg: Any, data: Any) -> list[Job]:
-        return JOBS
-
-    train = staticmethod(train)
+def load_and_plan(cfg: Any) -> tuple[list[Job], Any]:  # what a follower calls first
+    assert cfg == "cfg"  # what rank 0 announced
+    return JOBS, None
 
 
 class Recorder:
@@ -87,12 +80,12 @@ def _rank(rank: int, port: int, out: str) -> None:
     timeout = datetime.timedelta(seconds=60)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timeout)
     if rank == 1:
-        ddp.follow(Experiment)
+        ddp.follow(load_and_plan, train)
         return
     states = [JobState(job) for job in JOBS]
     recorder = Recorder()
     try:
-        ddp.DistributedRunner(threads=1).run(states, train, None, 1, recorder, config="cfg")
+        ddp.DistributedRunner(threads=1, announce="cfg").run(states, train, None, 1, recorder)
         raised = None
     except RunStopped as exc:
         raised = str(exc)

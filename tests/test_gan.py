@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-import bnlab.lab.experiments.gan as gan
+import bnlab.lab.experiments.gan.experiment as gan
 import bnlab.nn as bnn
 from bnlab.lab.data import to_unit_range
-from bnlab.lab.experiments.gan import GanConfig, GanTrainer, GanTraining, run
+from bnlab.lab.experiments.driver import RunFailed
+from bnlab.lab.experiments.gan.experiment import GanConfig, GanTrainer, GanTraining, run
 from bnlab.lab.experiments.gan.train import load_gan_data
-from bnlab.lab.experiments.protocol import RunFailed
 from bnlab.lab.models.gan import (
     BLOG_VARIANTS,
     Variant,

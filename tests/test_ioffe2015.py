@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.lab.experiments import ioffe2015 as io
 from bnlab.lab.experiments.common import Digits
+from bnlab.lab.experiments.ioffe2015 import experiment as io
 from bnlab.lab.experiments.ioffe2015 import train as io_train
-from bnlab.lab.report import build_report
+from bnlab.lab.experiments.reports import build_report
 from bnlab.lab.runs import read_jsonl
 from bnlab.nn import BatchNorm1d
 
@@ -204,7 +204,7 @@ def test_quick_run_writes_the_run_directory_and_a_report_rebuilt_from_it(
     assert lines[-1].startswith(f"ioffe2015: accuracy at steps {marks}: baseline ")
     assert "\n" not in lines[-1]
 
-    (section,) = report_from_files(io_train, "train_net", run_dir, "figure1.png", io.report)
+    (section,) = report_from_files(io_train, "train_net", run_dir, "figure1.png")
     assert [c.id for c in section.claims] == ["Fig. 1(a)", "Fig. 1(b, c)"]
     assert len(section.figures) == 1 and len(section.tables) == 2
     (run_dir / "report.html").unlink()

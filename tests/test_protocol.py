@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnlab.lab import cli
-from bnlab.lab.experiments import protocol
-from bnlab.lab.experiments.protocol import RunFailed, run_experiment, run_lock
+from bnlab.lab import cli, configs
+from bnlab.lab.data import fingerprint
+from bnlab.lab.experiments import driver, protocol
+from bnlab.lab.experiments.driver import RunFailed, run_experiment, run_lock
 from bnlab.lab.runs import read_jsonl
 from toy_experiment import TOY, ToyConfig
 
@@ -30,7 +31,7 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def _run(out: Path, **kw) -> protocol.RunResult:
+def _run(out: Path, **kw) -> driver.RunResult:
     return run_experiment(TOY, ToyConfig(out=out, **kw), log=_quiet)
 
 
@@ -133,7 +134,7 @@ def test_the_data_fingerprint_sees_values_shapes_and_dtypes_not_descriptions():
     class Data:
         x: torch.Tensor
         y: torch.Tensor
-        description: str = protocol.not_data()
+        description: str = fingerprint.not_data()
 
     @dataclasses.dataclass
     class Unmarked:  # a string field not marked not_data is part of the data
@@ -142,8 +143,8 @@ def test_the_data_fingerprint_sees_values_shapes_and_dtypes_not_descriptions():
         description: str
 
     x, y = torch.rand(5, 3), torch.arange(5)
-    base = protocol.data_fingerprint(Data(x, y, "from /a"))
-    assert protocol.data_fingerprint(Data(x.clone(), y.clone(), "from /b")) == base
+    base = fingerprint.data_fingerprint(Data(x, y, "from /a"))
+    assert fingerprint.data_fingerprint(Data(x.clone(), y.clone(), "from /b")) == base
     changed = x.clone()
     changed[4, 2] += 1e-6
     for other in (
@@ -153,9 +154,9 @@ def test_the_data_fingerprint_sees_values_shapes_and_dtypes_not_descriptions():
         Data(x, y[:4], "from /a"),
         (x, y),
     ):
-        assert protocol.data_fingerprint(other) != base
-    unmarked = protocol.data_fingerprint(Unmarked(x, y, "from /a"))
-    assert protocol.data_fingerprint(Unmarked(x, y, "from /b")) != unmarked
+        assert fingerprint.data_fingerprint(other) != base
+    unmarked = fingerprint.data_fingerprint(Unmarked(x, y, "from /a"))
+    assert fingerprint.data_fingerprint(Unmarked(x, y, "from /b")) != unmarked
 
 
 def _toy_load(data, n=10, shift=0.0):
@@ -273,7 +274,7 @@ def _alive(pid: int) -> bool:
 def test_workers_exit_promptly_when_the_driver_is_killed(tmp_path, toy_dir):
     code = (
         "from toy_experiment import TOY, ToyConfig\n"
-        "from bnlab.lab.experiments.protocol import run_experiment\n"
+        "from bnlab.lab.experiments.driver import run_experiment\n"
         f"run_experiment(TOY, ToyConfig(out={str(tmp_path / 'run')!r}, jobs=2, n=2, "
         f"steps=400, chunk=400, sleep=0.05, toy_dir={str(toy_dir)!r}), log=print)\n"
     )
@@ -296,15 +297,15 @@ def test_workers_exit_promptly_when_the_driver_is_killed(tmp_path, toy_dir):
 
 
 def test_quick_fills_in_only_the_fields_left_at_their_default():
-    cfg = protocol.apply_quick(TOY, ToyConfig(quick=True, n=5))
+    cfg = driver.apply_quick(TOY, ToyConfig(quick=True, n=5))
     assert (cfg.n, cfg.steps) == (5, 2)
-    assert protocol.apply_quick(TOY, ToyConfig(n=5)).steps == 6  # no --quick, no change
+    assert driver.apply_quick(TOY, ToyConfig(n=5)).steps == 6  # no --quick, no change
 
 
 def test_a_config_round_trips_through_config_json(tmp_path):
-    from bnlab.lab.experiments.gan import GanConfig
+    from bnlab.lab.configs import config_to_dict
+    from bnlab.lab.experiments.gan.experiment import GanConfig
     from bnlab.lab.models.gan import parse_variant
-    from bnlab.lab.runs import config_to_dict
 
     cfg = GanConfig(
         variants=(parse_variant("init-bn"), parse_variant("mine=init-bn:modes=tidy:d_norm=010")),
@@ -313,9 +314,9 @@ def test_a_config_round_trips_through_config_json(tmp_path):
         out=tmp_path / "out",
     )
     text = json.dumps(config_to_dict(cfg))
-    assert protocol.config_from_dict(GanConfig, json.loads(text)) == cfg
+    assert configs.config_from_dict(GanConfig, json.loads(text)) == cfg
     with pytest.raises(ValueError, match="does not know: color"):
-        protocol.config_from_dict(GanConfig, {**json.loads(text), "color": "red"})
+        configs.config_from_dict(GanConfig, {**json.loads(text), "color": "red"})
 
 
 def test_ray_runner_without_ray_names_the_extra(tmp_path, monkeypatch):

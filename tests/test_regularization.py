@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from bnlab.lab.data import to_unit_range
-from bnlab.lab.experiments import regularization as reg
 from bnlab.lab.experiments.common import train_test
+from bnlab.lab.experiments.regularization import experiment as reg
 from bnlab.lab.experiments.regularization.analysis import (
     MIN_EFFECT_PP,
     c6_verdict,

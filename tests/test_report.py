@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bnlab.lab.experiments.reports import build_report
 from bnlab.lab.images import save_grid
-from bnlab.lab.report import build_report
 from bnlab.lab.runs import append_jsonl, atomic_write_json
 
 VARIANTS = ("plain", "init", "init-bn", "init-bn-tidy", "init-bn-nomode")

@@ -17,7 +17,7 @@ from torch.optim.swa_utils import update_bn
 
 import bnlab.nn as bnn
 from bnlab.lab.data import to_unit_range
-from bnlab.lab.experiments import running_stats as rs
+from bnlab.lab.experiments.running_stats import experiment as rs
 from bnlab.lab.models.mlp import forward_with_bn, mlp
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bnlab.lab.report import build_report
+from bnlab.lab.experiments.reports import build_report
 from bnlab.lab.runs import append_jsonl, atomic_open, atomic_write_json, new_run_dir, read_jsonl
 
 

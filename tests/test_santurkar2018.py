@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-import bnlab.lab.experiments.santurkar2018 as santurkar2018
+import bnlab.lab.experiments.santurkar2018.train as s_train
 import bnlab.nn as bnn
 from bnlab.lab.data import available_splits
-from bnlab.lab.experiments.santurkar2018 import Config, run
 from bnlab.lab.experiments.santurkar2018.analysis import c5b, combine, part_lr, part_noisy
+from bnlab.lab.experiments.santurkar2018.experiment import Config, run
 from bnlab.lab.experiments.santurkar2018.measure import (
     along_direction,
     expected_scale,
@@ -412,7 +412,7 @@ def test_quick_run_writes_every_part_and_a_verdict_for_each(quick_run, check_run
 
 
 def test_report_rebuilds_from_the_run_directory_alone(quick_run, report_from_files):
-    sections = report_from_files(santurkar2018, "train", quick_run.run_dir, "part2_ics.png")
+    sections = report_from_files(s_train, "train", quick_run.run_dir, "part2_ics.png")
     titles = " ".join(s.title for s in sections)
     for part in ("C5b", "Part 1", "Part 2", "Part 3", "Part 4", "deviations"):
         assert part in titles

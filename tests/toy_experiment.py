@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from bnlab.lab.experiments.protocol import ChunkResult, Experiment, Loaded, RunOptions, emit
+from bnlab.lab.experiments.protocol import Experiment, ExperimentReport, Loaded, RunOptions
+from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.report.html import Section
-from bnlab.lab.runs import read_jsonl
+from bnlab.lab.results import Run
 from bnlab.lab.seeding import derived_generator
 
 
@@ -118,26 +119,34 @@ def train(job: ToyJob, state: Any, start: int, end: int, data: Any) -> ChunkResu
     return ChunkResult(end, {"total": total}, records, files)
 
 
-def analyse(run_dir: Path) -> dict[str, Any]:
-    records = read_jsonl(run_dir / "metrics.jsonl")
-    return {"records": sum(1 for r in records if "event" not in r)}
+@dataclass(frozen=True)
+class ToyAnalysis:
+    records: int
 
 
-def report(run_dir: Path) -> list[Section]:
-    return [Section("Toy", f"{analyse(run_dir)['records']} records")]
+def analyse(run: Run[ToyConfig]) -> ToyAnalysis:
+    return ToyAnalysis(len(run.records))
 
 
-TOY: Experiment[ToyConfig] = Experiment(
+def report(run: Run[ToyConfig]) -> list[Section]:
+    return [Section("Toy", f"{analyse(run).records} records")]
+
+
+TOY_REPORT: ExperimentReport[ToyConfig, ToyAnalysis] = ExperimentReport(
     name="toy",
-    summary="a toy",
     title="toy",
     config=ToyConfig,
+    analyse=analyse,
+    report=report,
+    result_line=lambda analysis, run: f"toy: {analysis.records} records",
+)
+
+TOY: Experiment[ToyConfig] = Experiment(
+    reading=TOY_REPORT,
+    summary="a toy",
     load=load,
     plan=plan,
     train=train,
-    analyse=analyse,
-    report=report,
-    result_line=lambda summary, run_dir: f"toy: {summary['records']} records",
     quick={"steps": 2, "n": 2},
     chunk_size=lambda cfg: cfg.chunk,
     growable=frozenset({"steps"}),

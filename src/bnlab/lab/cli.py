@@ -40,8 +40,8 @@ def run_main(name: str, argv: list[str]) -> int:
     """
     import tyro
 
+    from bnlab.lab.configs import given_fields
     from bnlab.lab.experiments import EXPERIMENTS
-    from bnlab.lab.experiments.protocol import given_fields
     from bnlab.lab.runners import ddp
 
     exp = EXPERIMENTS[name]
@@ -55,7 +55,8 @@ def run_main(name: str, argv: list[str]) -> int:
 
 
 def _drive(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
-    from bnlab.lab.experiments.protocol import RunFailed, RunStopped, run_experiment
+    from bnlab.lab.experiments.driver import RunFailed, run_experiment
+    from bnlab.lab.jobs import RunStopped
 
     try:
         run_experiment(exp, cfg, given=given)
@@ -72,9 +73,9 @@ def _drive(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
 
 def _run_rank(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
     """One rank of ``torchrun -m bnlab <experiment>``: rank 0 drives, the others follow."""
-    import dataclasses
     import os
 
+    from bnlab.lab.configs import replace_flat
     from bnlab.lab.experiments.common import resolve_device
     from bnlab.lab.runners import ddp
 
@@ -88,7 +89,7 @@ def _run_rank(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    cfg = dataclasses.replace(cfg, nproc=world)
+    cfg = replace_flat(cfg, {"nproc": world})
     given = {*given, "nproc"}
     try:
         device = str(resolve_device(cfg.device))
@@ -99,7 +100,12 @@ def _run_rank(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
     try:
         if ddp.rank() == 0:
             return _drive(name, exp, cfg, given)
-        ddp.follow(exp)
+
+        def load_and_plan(announced: Any) -> tuple[list[Any], Any]:
+            loaded = exp.load(announced, lambda _msg: None)
+            return exp.plan(announced, loaded.data), loaded.data
+
+        ddp.follow(load_and_plan, exp.train)
         return 0
     finally:
         import torch.distributed as dist

@@ -21,12 +21,13 @@ from typing import IO, Any
 
 import torch
 
+from bnlab.lab.configs import config_to_dict
+
 __all__ = [
     "append_jsonl",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_json",
-    "config_to_dict",
     "load_checkpoint",
     "new_run_dir",
     "read_config",
@@ -72,7 +73,7 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return config_to_dict(obj)
+        return config_to_dict(obj)  # flat, as config.json
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     if hasattr(obj, "item"):  # numpy scalars
@@ -83,12 +84,6 @@ def _json_default(obj: Any) -> Any:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
     atomic_write_bytes(path, (text + "\n").encode())
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as plain JSON-able data (tuples become lists, paths strings)."""
-    out = dataclasses.asdict(cfg)
-    return json.loads(json.dumps(out, default=_json_default))
 
 
 def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:

@@ -14,9 +14,10 @@ from typing import Literal
 
 import numpy as np
 
+from bnlab.lab.results import Verdict
+
 __all__ = ["Estimate", "Paired", "format_ci", "mean_ci", "paired", "verdict"]
 
-Verdict = Literal["holds", "does not hold", "inconclusive"]
 # Paired differences whose sd is below this share of their mean (or of 1) are taken as
 # constant: float rounding, e.g. 10.5 - 8.5 vs 10.4 - 8.4, leaves an sd near 1e-16 on which a
 # t-test reports an arbitrary p (scipy warns of catastrophic cancellation).

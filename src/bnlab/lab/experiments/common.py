@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab.data import available_splits, batch_indices, load_dataset, to_unit_range
-from bnlab.lab.experiments.protocol import not_data
+from bnlab.lab.data.fingerprint import not_data
 from bnlab.lab.seeding import derived_generator
 
 __all__ = [

@@ -1,15 +1,87 @@
-"""`bnlab report RUN_DIR...`: report.html (or report.md) from run directories; never trains."""
+"""`bnlab report RUN_DIR...`: report.html (or report.md) from run directories; never trains.
+
+Every experiment's reading half (:class:`~bnlab.lab.experiments.protocol.ExperimentReport`,
+in its ``report.py``) is listed here: its config class, analysis and report. Nothing here
+imports an experiment's training code or the registry of commands.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import tyro
 from tyro.conf import Positional
 
-__all__ = ["ReportArgs", "main"]
+from bnlab.lab.experiments.ablation.report import REPORT as ABLATION
+from bnlab.lab.experiments.activations.report import REPORT as ACTIVATIONS
+from bnlab.lab.experiments.gan.report import REPORT as GAN
+from bnlab.lab.experiments.ioffe2015.report import REPORT as IOFFE2015
+from bnlab.lab.experiments.protocol import ExperimentReport
+from bnlab.lab.experiments.regularization.report import REPORT as REGULARIZATION
+from bnlab.lab.experiments.running_stats.report import REPORT as RUNNING_STATS
+from bnlab.lab.experiments.santurkar2018.report import REPORT as SANTURKAR2018
+from bnlab.lab.report.html import Section, write_report
+from bnlab.lab.results import Run, load_run
+from bnlab.lab.runs import read_config
+
+__all__ = ["REPORTS", "ReportArgs", "build_report", "main", "read_run"]
+
+REPORTS: dict[str, ExperimentReport[Any, Any]] = {
+    r.name: r
+    for r in (
+        GAN,
+        ABLATION,
+        ACTIVATIONS,
+        IOFFE2015,
+        SANTURKAR2018,
+        REGULARIZATION,
+        RUNNING_STATS,
+    )
+}
+
+
+def read_run(run_dir: str | Path) -> tuple[ExperimentReport[Any, Any], Run[Any]]:
+    """The run in ``run_dir`` with its experiment's typed config, and how to read it."""
+    run_dir = Path(run_dir)
+    name = read_config(run_dir).get("experiment")
+    if name not in REPORTS:
+        known = ", ".join(REPORTS)
+        raise ValueError(f"{run_dir / 'config.json'}: unknown experiment {name!r}; known: {known}")
+    reading = REPORTS[str(name)]
+    return reading, load_run(run_dir, reading.config, reading.name)
+
+
+def build_report(run_dirs: list[Path], out: Path | None = None, markdown: bool = False) -> Path:
+    """Write report.html (or with ``markdown``, report.md) for one or several run directories;
+    returns its path.
+
+    One run directory: ``RUN_DIR/report.html``. Several: ``out`` (default ./report.html), the
+    runs' sections one after another, after a comparison of the runs where the experiment
+    has one (runs of the same experiment).
+    """
+    if not run_dirs:
+        raise ValueError("bnlab report needs at least one run directory")
+    runs = [read_run(d) for d in run_dirs]
+    sections: list[Section] = []
+    kinds = {reading.name for reading, _ in runs}
+    if len(runs) > 1 and len(kinds) == 1:
+        reading = runs[0][0]
+        if reading.compare is not None:
+            sections.extend(reading.compare([run for _, run in runs]))
+    for reading, run in runs:
+        sections.extend(reading.report(run))
+    names = "; ".join(f"{reading.name} ({run.dir})" for reading, run in runs)
+    name = "report.md" if markdown else "report.html"
+    if out is None:
+        out = Path(run_dirs[0]) / name if len(run_dirs) == 1 else Path(name)
+    if markdown:
+        from bnlab.lab.report.markdown import write_markdown
+
+        return write_markdown(out, sections, "bnlab report", names)
+    return write_report(out, sections, "bnlab report", names)
 
 
 @dataclass(frozen=True)
@@ -26,8 +98,7 @@ class ReportArgs:
 
 
 def main(argv: list[str]) -> int:
-    from bnlab.lab.report import build_report
-
+    """``bnlab report``'s command line."""
     args = tyro.cli(ReportArgs, args=argv, prog="bnlab report")
     try:
         path = build_report(list(args.run_dirs), args.out, args.markdown)

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bnlab.cache import cache_dir
+from bnlab.lab.configs import config_to_dict
 from bnlab.lab.data import Dataset, available_splits, batch_indices, load_dataset, to_unit_range
 from bnlab.lab.data.datasets import _canonical_name
-from bnlab.lab.runs import config_to_dict, load_checkpoint, save_checkpoint
+from bnlab.lab.runs import load_checkpoint, save_checkpoint
 from bnlab.lab.seeding import derived_generator, derived_seed
 from bnlab.nn import BatchNorm1d, BatchNorm2d
 

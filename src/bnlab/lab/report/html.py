@@ -12,13 +12,11 @@ import html
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
+from bnlab.lab.results import Claim
 from bnlab.lab.runs import atomic_write_bytes
 
-__all__ = ["Claim", "Figure", "Section", "Table", "file_figure", "render", "write_report"]
-
-Verdict = Literal["holds", "does not hold", "inconclusive"]
+__all__ = ["Figure", "Section", "Table", "file_figure", "render", "write_report"]
 
 
 @dataclass
@@ -41,18 +39,6 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     caption: str = ""
-
-
-@dataclass
-class Claim:
-    """A claim of the blog turned into a number and a verdict."""
-
-    id: str  # "C1"
-    statement: str  # the claim, in the blog's words
-    quantity: str  # what was measured
-    value: str  # the measurement with its uncertainty, e.g. "12.3 [10.1, 14.5] (95% CI)"
-    verdict: Verdict
-    rule: str  # how the verdict follows from the value
 
 
 @dataclass

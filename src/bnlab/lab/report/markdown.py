@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bnlab.lab.report.html import Claim, Section, Table
+from bnlab.lab.report.html import Section, Table
+from bnlab.lab.results import Claim
 from bnlab.lab.runs import atomic_write_bytes
 
 __all__ = ["render_markdown", "write_markdown"]

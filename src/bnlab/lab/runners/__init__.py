@@ -1,7 +1,7 @@
 """Runners: where the chunks of an experiment's jobs execute.
 
 Only runners know about backends; experiments hand the driver typed jobs and a pure training
-function (see :mod:`bnlab.lab.experiments.protocol`), the driver hands both to a runner. A runner
+function (see :mod:`bnlab.lab.jobs`), the driver hands both to a runner. A runner
 calls ``recorder.chunk_done(job_state, result)`` in the driver process for each finished chunk;
 that is where the run directory is written, so every runner leaves the same files.
 
@@ -14,23 +14,37 @@ that is where the run directory is written, so every runner leaves the same file
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["make_runner"]
 
 
-def make_runner(cfg: Any, exp: Any) -> Any:
-    """The runner a config asks for (``cfg.runner``, ``cfg.jobs``, ``cfg.ray_address``), or
-    the data-parallel one inside a torchrun launch."""
+def make_runner(
+    kind: Literal["local", "ray"],
+    jobs: int,
+    threads: int | None,
+    ray_address: str | None = None,
+    one_process: bool = False,
+    announce: Any = None,
+) -> Any:
+    """The runner to use: the data-parallel one inside a torchrun launch, else ``kind``.
+
+    Args:
+        kind: local (this machine) or ray.
+        jobs: worker processes of the local runner (0 = one per core, at most one per job).
+        threads: torch threads per worker; None = the cores shared among the workers.
+        ray_address: with ray, the cluster to join (None = start a local Ray).
+        one_process: run every job in this process (a CUDA device: processes would queue on it).
+        announce: inside torchrun, what the follower ranks receive (the run's configuration).
+    """
     from bnlab.lab.runners import ddp
 
     if ddp.launched_by_torchrun():
-        return ddp.DistributedRunner(exp.threads)
-    if cfg.runner == "ray":
+        return ddp.DistributedRunner(threads, announce)
+    if kind == "ray":
         from bnlab.lab.runners.ray import RayRunner
 
-        return RayRunner(cfg.ray_address, cfg.jobs, exp.threads)
+        return RayRunner(ray_address, jobs, threads)
     from bnlab.lab.runners.local import LocalRunner
 
-    device = str(getattr(cfg, "device", "cpu"))
-    return LocalRunner(cfg.jobs, exp.threads, one_process=device.startswith("cuda"))
+    return LocalRunner(jobs, threads, one_process=one_process)

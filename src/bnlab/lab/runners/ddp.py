@@ -23,15 +23,25 @@ from __future__ import annotations
 
 import datetime
 import os
-import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from bnlab.lab.experiments.protocol import ChunkResult, JobState, RunStopped, set_sink
-from bnlab.lab.runners.local import Train, failure, next_job
+from bnlab.lab.jobs import (
+    Chunk,
+    ChunkResult,
+    InlineExecutor,
+    JobState,
+    Lost,
+    RunStopped,
+    Train,
+    chunk_loop,
+    run_chunk,
+    set_sink,
+)
 
 __all__ = [
     "DistributedRunner",
@@ -89,71 +99,67 @@ def _outcomes(failed: str | None) -> list[str | None]:
 
 
 class DistributedRunner:
-    """Rank 0's runner: one chunk at a time, announced to the followers, run by all."""
+    """Rank 0's runner: one chunk at a time, announced to the followers, run by all.
 
-    def __init__(self, threads: int | None) -> None:
-        self.threads = threads
+    Args:
+        announce: what the followers receive before the first chunk (the run's configuration:
+            they load the data and plan the jobs with it).
+    """
+
+    def __init__(self, threads: int | None, announce: Any = None) -> None:
+        self.threads, self.announce = threads, announce
 
     def describe(self, n_jobs: int) -> str:
         return f"data-parallel runner, {world_size()} ranks per job (torch.distributed)"
 
     def run(
-        self,
-        states: list[JobState],
-        train: Train,
-        data: Any,
-        chunk: int,
-        recorder: Any,
-        config: Any = None,
+        self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
     ) -> None:
-        _broadcast(config)  # the followers load and plan with the driver's configuration
-        previous_term = signal.getsignal(signal.SIGTERM)
-
-        def on_term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt  # torchrun stops the ranks: end like Ctrl-C
-
-        signal.signal(signal.SIGTERM, on_term)
+        _broadcast(self.announce)  # the followers load and plan with the driver's configuration
         previous_sink = set_sink(recorder.progress.event)
         try:
-            while (js := next_job(states)) is not None:
-                end = min(js.job.total, js.done + chunk)
-                index = states.index(js)
-                _broadcast((index, js.done, end, js.state))
-                js.running = True
-                try:
-                    result = train(js.job, js.state, js.done, end, data)
-                except Exception as exc:  # maybe the job's fault; the exchange below tells
-                    result = ChunkResult(js.done, js.state, failed=failure(exc))
-                # Raises RunStopped if a peer is gone: then a collective inside the chunk
-                # failed for that reason, not for the job's, and nothing is recorded.
-                outcomes = _outcomes(result.failed)
-                js.running = False
-                if result.failed is None and any(outcomes):  # another rank's code raised
-                    r, why = next((r, m) for r, m in enumerate(outcomes) if m)
-                    result = ChunkResult(js.done, js.state, failed=f"rank {r}: {why}")
-                recorder.chunk_done(js, result)
+            chunk_loop(states, chunk, recorder, _AllRanks(states, train, data))
             _broadcast(None)
         finally:
             set_sink(previous_sink)
-            signal.signal(signal.SIGTERM, previous_term)
 
 
-def follow(exp: Any, log: Any = None) -> None:
-    """A rank > 0: train what rank 0 announces until it says it is done."""
-    quiet = log if log is not None else (lambda _msg: None)
+class _AllRanks(InlineExecutor):
+    """Each chunk announced to the followers, then run on this rank in step with them."""
+
+    def __init__(self, states: list[JobState], train: Train, data: Any) -> None:
+        super().__init__(train, data)
+        self.states = states
+
+    def run(self, chunk: Chunk) -> ChunkResult | Lost:
+        _broadcast((self.states.index(chunk.js), chunk.start, chunk.end, chunk.js.state))
+        result = run_chunk(self.train, chunk, self.data)  # maybe the job's fault: see below
+        # Raises RunStopped if a peer is gone: then a collective inside the chunk failed for
+        # that reason, not for the job's, and nothing is recorded.
+        outcomes = _outcomes(result.failed)
+        if result.failed is None and any(outcomes):  # another rank's code raised
+            r, why = next((r, m) for r, m in enumerate(outcomes) if m)
+            result = ChunkResult(chunk.start, chunk.js.state, failed=f"rank {r}: {why}")
+        return result
+
+
+def follow(load_and_plan: Callable[[Any], tuple[list[Any], Any]], train: Train) -> None:
+    """A rank > 0: train what rank 0 announces until it says it is done.
+
+    Args:
+        load_and_plan: the run's configuration (as rank 0 announces it) -> (jobs, data), the
+            same jobs, in the same order, as rank 0 planned.
+        train: the experiment's training function.
+    """
     cfg = _broadcast(None)
     if cfg is None:  # rank 0 stopped before training (nothing to do)
         return
-    loaded = exp.load(cfg, quiet)
-    jobs = exp.plan(cfg, loaded.data)
+    jobs, data = load_and_plan(cfg)
     while (order := _broadcast(None)) is not None:
         index, start, end, state = order
         # rank 0 records the failure; say it here too, with the traceback. (A failure on this
         # rank alone, mid-chunk, leaves rank 0 waiting in a collective until TIMEOUT.)
-        failed = None
-        try:
-            exp.train(jobs[index], state, start, end, loaded.data)
-        except Exception as exc:
-            print(f"rank {dist.get_rank()}: job {index} failed:", file=sys.stderr)
-            failed = failure(exc)  # the traceback to stderr, the reason to rank 0
-        _outcomes(failed)
+        result = run_chunk(train, Chunk(JobState(jobs[index], start, state), start, end), data)
+        if result.failed is not None:
+            print(f"rank {dist.get_rank()}: job {index} failed", file=sys.stderr)
+        _outcomes(result.failed)

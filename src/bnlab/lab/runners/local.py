@@ -21,21 +21,30 @@ import signal
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
 
-from bnlab.lab.experiments.protocol import ChunkResult, JobState, set_sink
+from bnlab.lab.jobs import (
+    Chunk,
+    ChunkResult,
+    InlineExecutor,
+    JobState,
+    Lost,
+    Train,
+    chunk_loop,
+    failure,
+    set_sink,
+)
 
-__all__ = ["LocalRunner", "cpu_count", "next_job"]
+__all__ = ["LocalRunner", "cpu_count"]
 
-MAX_TRIES = 2  # a chunk whose worker died runs at most this many times
-
-Train = Callable[[Any, Any, int, int, Any], ChunkResult]
+WORKER_DIED = (
+    "its worker process died on every try (killed? out of memory? called from a script without "
+    'an `if __name__ == "__main__":` guard, which worker processes re-run?)'
+)
 
 
 def cpu_count() -> int:
@@ -43,18 +52,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def next_job(states: list[JobState]) -> JobState | None:
-    """The idle job with the most work left: longest-remaining-first balances the load."""
-    idle = [js for js in states if not js.running and js.remaining > 0]
-    return max(idle, key=lambda js: js.remaining) if idle else None
-
-
-def failure(exc: BaseException) -> str:
-    """A failed chunk's one-line reason; the traceback goes to stderr for whoever debugs it."""
-    traceback.print_exception(exc, file=sys.stderr)
-    return f"{type(exc).__name__}: {exc}"
 
 
 class LocalRunner:
@@ -71,140 +68,93 @@ class LocalRunner:
         return "local runner, in this process" if n == 1 else f"local runner, {n} processes"
 
     def run(
-        self,
-        states: list[JobState],
-        train: Train,
-        data: Any,
-        chunk: int,
-        recorder: Any,
-        config: Any = None,
+        self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
     ) -> None:
         n = self.processes(len(states))
         if n == 1:
-            self._inline(states, train, data, chunk, recorder)
-        else:
-            self._pool(states, train, data, chunk, recorder, n)
-
-    def _inline(
-        self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
-    ) -> None:
-        before = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        previous = set_sink(recorder.progress.event)
-        try:
-            while (js := next_job(states)) is not None:
-                end = min(js.job.total, js.done + chunk)
-                js.running = True
-                try:
-                    result = train(js.job, js.state, js.done, end, data)
-                except Exception as exc:  # a crashing job fails itself, not the run
-                    result = ChunkResult(js.done, js.state, failed=failure(exc))
-                js.running = False
-                recorder.chunk_done(js, result)
-        finally:
-            set_sink(previous)
-            torch.set_num_threads(before)
-
-    def _pool(
-        self,
-        states: list[JobState],
-        train: Train,
-        data: Any,
-        chunk: int,
-        recorder: Any,
-        n: int,
-    ) -> None:
-        ctx = _context(train)
-        events = ctx.Queue()
-        threads = self.threads or max(1, cpu_count() // n)
-
-        def new_pool() -> ProcessPoolExecutor:
-            return ProcessPoolExecutor(
-                max_workers=n,
-                mp_context=ctx,
-                initializer=_worker_init,
-                initargs=(threads, events, data, os.getpid()),
-            )
-
-        pool = new_pool()
-        running: dict[Future[ChunkResult], tuple[JobState, int]] = {}
-        tries: dict[str, int] = {}
-        previous_term = signal.getsignal(signal.SIGTERM)
-
-        def on_term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt  # kill -> the same clean stop as Ctrl-C
-
-        def submit(js: JobState) -> bool:
-            """False if the pool broke (a worker died) before this chunk could be queued."""
-            end = min(js.job.total, js.done + chunk)
+            before = torch.get_num_threads()
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            previous = set_sink(recorder.progress.event)
             try:
-                fut = pool.submit(_chunk, train, js.job, js.state, js.done, end)
-            except BrokenProcessPool:
-                return False
-            js.running = True
-            running[fut] = (js, end)
-            return True
-
-        signal.signal(signal.SIGTERM, on_term)
+                chunk_loop(states, chunk, recorder, InlineExecutor(train, data))
+            finally:
+                set_sink(previous)
+                torch.set_num_threads(before)
+            return
+        pool = PoolExecutor(n, train, data, self.threads or max(1, cpu_count() // n), recorder)
+        ok = False
         try:
-            while True:
-                queued = True
-                while len(running) < n and (js := next_job(states)) is not None:
-                    if not (queued := submit(js)):
-                        break
-                if not queued and not running:  # broke with nothing in flight: nothing lost
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    pool = new_pool()
-                    continue
-                if not running:
-                    break
-                finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, recorder.progress)
-                broken: list[JobState] = []
-                for fut in finished:
-                    js, _end = running.pop(fut)
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:
-                        broken.append(js)
-                        continue
-                    except Exception as exc:  # a crashed chunk fails its job, not the run
-                        result = ChunkResult(js.done, js.state, failed=failure(exc))
-                    js.running = False
-                    tries.pop(js.key, None)
-                    recorder.chunk_done(js, result)
-                if broken:  # a worker died: every chunk in flight is lost with the pool
-                    broken += [js for js, _ in running.values()]
-                    running.clear()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    pool = new_pool()
-                    for js in broken:
-                        tries[js.key] = tries.get(js.key, 1) + 1
-                        js.running = False
-                        if tries[js.key] > MAX_TRIES:
-                            why = (
-                                "its worker process died on every try (killed? out of memory? "
-                                "called from a script without an `if __name__ == "
-                                '"__main__":` guard, which worker processes re-run?)'
-                            )
-                            recorder.chunk_done(js, ChunkResult(js.done, js.state, failed=why))
-                        else:
-                            print(
-                                f"warning: a worker process died; {js.key} runs its chunk "
-                                "again from its last state",
-                                file=sys.stderr,
-                            )
-            _drain(events, recorder.progress)
-        except BaseException:
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            chunk_loop(states, chunk, recorder, pool, on_poll=pool.drain)
+            pool.drain()
+            ok = True
         finally:
-            signal.signal(signal.SIGTERM, previous_term)
-        pool.shutdown(wait=True)
-        events.close()
+            pool.close(ok)
+
+
+class PoolExecutor:
+    """Chunks in a pool of ``n`` worker processes that received the data once. A worker that
+    dies breaks the pool: every chunk in flight comes back :class:`~bnlab.lab.jobs.Lost` and
+    a fresh pool takes over."""
+
+    def __init__(self, n: int, train: Train, data: Any, threads: int, recorder: Any) -> None:
+        self.capacity = n
+        self.train, self.data, self.threads = train, data, threads
+        self.progress = recorder.progress
+        self.ctx = _context(train)
+        self.events = self.ctx.Queue()
+        self.generation = 0
+        self.pool = self._new_pool()
+        self.chunks: dict[Future[ChunkResult], tuple[Chunk, int]] = {}
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.capacity,
+            mp_context=self.ctx,
+            initializer=_worker_init,
+            initargs=(self.threads, self.events, self.data, os.getpid()),
+        )
+
+    def _renew(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.generation += 1
+        self.pool = self._new_pool()
+
+    def submit(self, chunk: Chunk) -> Future[ChunkResult]:
+        try:
+            fut = self.pool.submit(_chunk, self.train, *chunk.args())
+        except BrokenProcessPool:  # broke before this chunk was queued: nothing of it lost
+            self._renew()
+            fut = self.pool.submit(_chunk, self.train, *chunk.args())
+        self.chunks[fut] = (chunk, self.generation)
+        return fut
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, ChunkResult | Lost]]:
+        finished, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        out: list[tuple[Any, ChunkResult | Lost]] = []
+        for fut in finished:
+            chunk, generation = self.chunks.pop(fut)
+            try:
+                out.append((fut, fut.result()))
+            except BrokenProcessPool:  # its worker (or another one of the pool) died
+                out.append((fut, Lost(WORKER_DIED)))
+                if generation == self.generation:
+                    self._renew()
+            except Exception as exc:  # a crashed chunk fails its job, not the run
+                out.append((fut, ChunkResult(chunk.start, chunk.js.state, failed=failure(exc))))
+        return out
+
+    def drain(self) -> None:
+        _drain(self.events, self.progress)
+
+    def close(self, ok: bool) -> None:
+        if not ok:  # interrupted: stop the workers now, not after their chunks
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                proc.terminate()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            return
+        self.pool.shutdown(wait=True)
+        self.events.close()
 
 
 # ---- the worker side ---------------------------------------------------------------------------
@@ -235,7 +185,7 @@ def _watch_driver(pid: int) -> None:
 
 
 def _chunk(train: Train, job: Any, state: Any, start: int, end: int) -> ChunkResult:
-    return train(job, state, start, end, _DATA)
+    return train(job, state, start, end, _DATA)  # a raise comes back through the future
 
 
 def _context(train: Train) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from bnlab.lab.experiments.protocol import JobState, unit_steps
+from bnlab.lab.jobs import JobState, unit_steps
 
 __all__ = ["Bars"]
 
@@ -14,7 +14,7 @@ class Bars:
     """A bar per job with its status text (one overall bar when there are many jobs).
 
     Positions are in steps: ``job.total * job.unit_steps`` per job. Workers report with
-    :func:`bnlab.lab.experiments.protocol.emit`; finished chunks move the bar to the chunk's end.
+    :func:`bnlab.lab.jobs.emit`; finished chunks move the bar to the chunk's end.
     """
 
     MAX_BARS = 10  # more jobs than this get one overall bar: a screen of bars helps nobody

@@ -15,11 +15,11 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
-from bnlab.lab.experiments.protocol import ChunkResult, JobState, set_sink
-from bnlab.lab.runners.local import Train, failure, next_job
+from bnlab.lab.jobs import Chunk, ChunkResult, JobState, Lost, Train, chunk_loop, failure, set_sink
 
 __all__ = ["RayRunner"]
 
@@ -68,62 +68,73 @@ class RayRunner:
         return True
 
     def run(
-        self,
-        states: list[JobState],
-        train: Train,
-        data: Any,
-        chunk: int,
-        recorder: Any,
-        config: Any = None,
+        self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
     ) -> None:
         ray = self.ray
         started = self._init()
         try:
-            self._run(states, train, data, chunk, recorder)
+            from ray.util.queue import Queue
+
+            events = Queue(actor_options={"num_cpus": 0})
+            tasks = RayExecutor(ray, train, data, self.threads or 1, events)
+            try:
+                chunk_loop(
+                    states,
+                    chunk,
+                    recorder,
+                    tasks,
+                    poll=POLL_S,
+                    on_poll=lambda: _drain(events, recorder.progress),
+                )
+                _drain(events, recorder.progress)
+            except BaseException:
+                tasks.cancel()
+                raise
         finally:
             if started:
                 ray.shutdown()
 
-    def _run(
-        self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
-    ) -> None:
-        ray = self.ray
-        from ray.util.queue import Queue
 
-        events = Queue(actor_options={"num_cpus": 0})
-        data_ref = ray.put(data)
-        threads = self.threads or 1
-        task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_chunk)
-        running: dict[Any, JobState] = {}
-        try:
-            while True:
-                while (js := next_job(states)) is not None:  # Ray queues what it can't place
-                    end = min(js.job.total, js.done + chunk)
-                    js.running = True
-                    ref = task.remote(
-                        train, js.job, js.state, js.done, end, data_ref, threads, events.actor
-                    )
-                    running[ref] = js
-                if not running:
-                    break
-                done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
-                _drain(events, recorder.progress)
-                for ref in done:
-                    js = running.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:  # the training code raised
-                        result = ChunkResult(js.done, js.state, failed=failure(exc.cause or exc))
-                    except ray.exceptions.RayError as exc:  # lost beyond its retries
-                        why = f"lost its Ray worker or node {MAX_RETRIES + 1} times ({exc})"
-                        result = ChunkResult(js.done, js.state, failed=why)
-                    js.running = False
-                    recorder.chunk_done(js, result)
-            _drain(events, recorder.progress)
-        except BaseException:
-            for ref in running:
-                ray.cancel(ref, force=True)
-            raise
+class RayExecutor:
+    """One Ray task per chunk; Ray queues what it cannot place yet, so every job has a chunk
+    in flight. A task lost with its worker or node is retried by Ray itself (``MAX_RETRIES``)."""
+
+    capacity = sys.maxsize
+
+    def __init__(self, ray: Any, train: Train, data: Any, threads: int, events: Any) -> None:
+        self.ray, self.train, self.threads, self.events = ray, train, threads, events
+        self.data_ref = ray.put(data)
+        self.task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(
+            _ray_chunk
+        )
+        self.chunks: dict[Any, Chunk] = {}
+
+    def submit(self, chunk: Chunk) -> Any:
+        ref = self.task.remote(
+            self.train, *chunk.args(), self.data_ref, self.threads, self.events.actor
+        )
+        self.chunks[ref] = chunk
+        return ref
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, ChunkResult | Lost]]:
+        ray = self.ray
+        done, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+        out: list[tuple[Any, ChunkResult | Lost]] = []
+        for ref in done:
+            chunk = self.chunks.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:  # the training code raised
+                result = ChunkResult(chunk.start, chunk.js.state, failed=failure(exc.cause or exc))
+            except ray.exceptions.RayError as exc:  # lost beyond its retries
+                why = f"lost its Ray worker or node {MAX_RETRIES + 1} times ({exc})"
+                result = ChunkResult(chunk.start, chunk.js.state, failed=why)
+            out.append((ref, result))
+        return out
+
+    def cancel(self) -> None:
+        for ref in self.chunks:
+            self.ray.cancel(ref, force=True)
 
 
 def _ray_chunk(

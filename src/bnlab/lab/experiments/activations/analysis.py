@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bnlab.lab.experiments.activations.config import setting_name
-from bnlab.lab.report.html import Claim, Verdict
+from bnlab.lab.results import Claim, Verdict
 from bnlab.lab.runs import read_config, read_jsonl
 
 __all__ = [

@@ -11,9 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from bnlab.lab.experiments.activations.analysis import analyse, layer_rows, load_run, settings
-from bnlab.lab.experiments.activations.config import LOSS_EVERY, setting_name
-from bnlab.lab.report.html import Claim, Section, Table, file_figure
+from bnlab.lab.experiments.activations.analysis import (
+    analyse,
+    layer_rows,
+    load_run,
+    result_line,
+    settings,
+)
+from bnlab.lab.experiments.activations.config import LOSS_EVERY, ActivationsConfig, setting_name
+from bnlab.lab.experiments.protocol import ExperimentReport
+from bnlab.lab.report.html import Section, Table, file_figure
+from bnlab.lab.results import Claim
 
 __all__ = ["SUMMARY_FIGURES", "draw_figures", "hist_figure_name", "report"]
 
@@ -388,3 +396,14 @@ def report(run_dir: Path) -> list[Section]:
     )
     training.figures += file_figure(run_dir / "training-loss.png", "Training loss")
     return [summary, hists, training]
+
+
+# Transitional: the analysis still reads the run directory itself.
+REPORT: ExperimentReport[ActivationsConfig, Any] = ExperimentReport(
+    name="activations",
+    title="bnlab activations: seeing covariate shift",
+    config=ActivationsConfig,
+    analyse=lambda run: analyse(run.dir),
+    report=lambda run: report(run.dir),
+    result_line=lambda summary, run: result_line(summary, run.dir),
+)

@@ -34,7 +34,8 @@ from bnlab.lab.experiments.common import (
     batch_order,
     load_digits,
 )
-from bnlab.lab.experiments.protocol import ChunkResult, Loaded, Log, emit
+from bnlab.lab.experiments.protocol import Loaded, Log
+from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.models.mlp import Init, mlp
 from bnlab.lab.seeding import derived_generator, derived_seed
 

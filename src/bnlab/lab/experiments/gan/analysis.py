@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnlab.lab.report.html import Claim
+from bnlab.lab.results import Claim
 from bnlab.lab.runs import read_config, read_jsonl
 from bnlab.lab.stats import Estimate, mean_ci, paired, verdict
 

@@ -18,8 +18,11 @@ from bnlab.lab.experiments.gan.analysis import (
     claims,
     compare,
     load_run,
+    result_line,
     variant_names,
 )
+from bnlab.lab.experiments.gan.config import GanConfig
+from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.report.plots import plot_losses, plot_metric
 from bnlab.lab.stats import Estimate
@@ -212,3 +215,15 @@ def compare_report(run_dirs: list[Path]) -> list[Section]:
 
 def _estimate(d: dict[str, Any]) -> Estimate:
     return Estimate(d["mean"], d["lo"], d["hi"], d["n"])
+
+
+# Transitional: the analysis still reads the run directory itself.
+REPORT: ExperimentReport[GanConfig, Any] = ExperimentReport(
+    name="gan",
+    title="bnlab gan: the blog's GAN notebooks, measured",
+    config=GanConfig,
+    analyse=lambda run: analyse(run.dir),
+    report=lambda run: report(run.dir),
+    result_line=lambda summary, run: result_line(summary, run.dir),
+    compare=lambda runs: compare_report([r.dir for r in runs]),
+)

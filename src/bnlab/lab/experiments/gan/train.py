@@ -28,10 +28,12 @@ from torch import Tensor, nn
 
 import bnlab.nn as bnn
 from bnlab.lab.data import batch_indices, load_dataset, to_unit_range
+from bnlab.lab.data.fingerprint import not_data
 from bnlab.lab.experiments.common import data_dir_arg, resolve_device
 from bnlab.lab.experiments.gan.config import GanConfig, GanTraining
-from bnlab.lab.experiments.protocol import ChunkResult, Loaded, Log, emit, not_data
+from bnlab.lab.experiments.protocol import Loaded, Log
 from bnlab.lab.images import grid_png
+from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.models.gan import Variant, build_discriminator, build_generator
 from bnlab.lab.optim import ExactAdam
 from bnlab.lab.runners import ddp

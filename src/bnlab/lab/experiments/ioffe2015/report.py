@@ -17,10 +17,13 @@ from bnlab.lab.experiments.ioffe2015.analysis import (
     load_run,
     median_drift,
     net_rows,
+    result_line,
     seeds_of,
 )
-from bnlab.lab.experiments.ioffe2015.config import NETS, PAPER_STEPS
-from bnlab.lab.report.html import Claim, Section, Table, file_figure
+from bnlab.lab.experiments.ioffe2015.config import NETS, PAPER_STEPS, Ioffe2015Config
+from bnlab.lab.experiments.protocol import ExperimentReport
+from bnlab.lab.report.html import Section, Table, file_figure
+from bnlab.lab.results import Claim
 
 __all__ = ["FIGURE", "draw_figure", "plot_figure1", "report"]
 
@@ -198,3 +201,14 @@ def report(run_dir: Path) -> list[Section]:
         "input of the last hidden layer, without and with BN, same y scale.",
     )
     return [section]
+
+
+# Transitional: the analysis still reads the run directory itself.
+REPORT: ExperimentReport[Ioffe2015Config, Any] = ExperimentReport(
+    name="ioffe2015",
+    title="bnlab ioffe2015: Ioffe & Szegedy 2015, Figure 1",
+    config=Ioffe2015Config,
+    analyse=lambda run: analyse(run.dir),
+    report=lambda run: report(run.dir),
+    result_line=lambda summary, run: result_line(summary, run.dir),
+)

@@ -29,7 +29,8 @@ from bnlab.lab.experiments.common import (
     load_digits,
 )
 from bnlab.lab.experiments.ioffe2015.config import NETS, PAPER_STEPS, Ioffe2015Config, Net
-from bnlab.lab.experiments.protocol import ChunkResult, Loaded, Log, emit
+from bnlab.lab.experiments.protocol import Loaded, Log
+from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.models.mlp import mlp
 from bnlab.lab.seeding import derived_generator, derived_seed
 

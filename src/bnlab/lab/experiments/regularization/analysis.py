@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bnlab.lab.experiments.regularization.config import CI_LEVEL
-from bnlab.lab.report.html import Claim, Verdict
+from bnlab.lab.results import Claim, Verdict
 from bnlab.lab.runs import read_config, read_jsonl
 from bnlab.lab.stats import Paired, format_ci, mean_ci, paired
 

@@ -9,15 +9,19 @@ from typing import Any
 
 import numpy as np
 
+from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.experiments.regularization.analysis import (
     FINAL_WINDOW,
     FIT_ACC,
     FIT_MIN_BATCH,
+    analyse,
     claims,
     diff_text,
     load_run,
+    result_line,
     summarize,
 )
+from bnlab.lab.experiments.regularization.config import Config
 from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.stats import Estimate, format_ci
 
@@ -330,3 +334,14 @@ def _probe_section(pngs: dict[str, bytes], s: dict[str, Any]) -> Section:
         ),
         anchor="batch-dependence",
     )
+
+
+# Transitional: the analysis still reads the run directory itself.
+REPORT: ExperimentReport[Config, Any] = ExperimentReport(
+    name="regularization",
+    title="bnlab regularization: does BN regularize? (claim C6)",
+    config=Config,
+    analyse=lambda run: analyse(run.dir),
+    report=lambda run: report(run.dir),
+    result_line=lambda summary, run: result_line(summary, run.dir),
+)

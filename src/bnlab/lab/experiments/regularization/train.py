@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from bnlab.lab.data import batch_indices
 from bnlab.lab.experiments import common
-from bnlab.lab.experiments.protocol import ChunkResult, Loaded, Log, emit
+from bnlab.lab.experiments.protocol import Loaded, Log
 from bnlab.lab.experiments.regularization.config import SPLIT_SEED, Config, Training, VariantName
 from bnlab.lab.experiments.regularization.probe import probe_batch_dependence
+from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.models.mlp import mlp
 from bnlab.lab.seeding import derived_generator, derived_seed
 

@@ -8,12 +8,20 @@ from typing import Any
 
 import numpy as np
 
-from bnlab.lab.experiments.running_stats.analysis import curves, load_run, summarize
+from bnlab.lab.experiments.protocol import ExperimentReport
+from bnlab.lab.experiments.running_stats.analysis import (
+    analyse,
+    curves,
+    load_run,
+    result_line,
+    summarize,
+)
 from bnlab.lab.experiments.running_stats.config import (
     CUMULATIVE,
     POPULATION,
     PRECISE,
     TRACE_CHANNEL,
+    Config,
     ema_name,
     estimator_names,
 )
@@ -245,3 +253,14 @@ def report(run_dir: Path) -> list[Section]:
             anchor="running-stats",
         )
     ]
+
+
+# Transitional: the analysis still reads the run directory itself.
+REPORT: ExperimentReport[Config, Any] = ExperimentReport(
+    name="running-stats",
+    title="bnlab running-stats: which statistics should eval mode use?",
+    config=Config,
+    analyse=lambda run: analyse(run.dir),
+    report=lambda run: report(run.dir),
+    result_line=lambda summary, run: result_line(summary, run.dir),
+)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from bnlab.lab.data import batch_indices
 from bnlab.lab.experiments import common
-from bnlab.lab.experiments.protocol import ChunkResult, Loaded, Log, emit
+from bnlab.lab.experiments.protocol import Loaded, Log
 from bnlab.lab.experiments.regularization.config import SPLIT_SEED
 from bnlab.lab.experiments.running_stats.config import (
     CUMULATIVE,
@@ -43,6 +43,7 @@ from bnlab.lab.experiments.running_stats.estimators import (
     recompute_bn_stats,
     stat_errors,
 )
+from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.models.mlp import forward_with_bn, mlp
 from bnlab.lab.seeding import derived_generator, derived_seed
 

@@ -14,10 +14,11 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from bnlab.lab.results import Verdict
 from bnlab.lab.runs import read_config, read_jsonl
 from bnlab.lab.stats import Estimate, mean_ci, paired, verdict
 
@@ -31,7 +32,6 @@ __all__ = [
     "result_line",
 ]
 
-Verdict = Literal["holds", "does not hold", "inconclusive"]
 NOISY_MARGIN = 0.02  # "about as well": noisy BN's held-out accuracy at most 2 pp below BN's
 LR_TOLERANCE = 0.05  # a net "trains" at an lr if its accuracy is within 5 pp of the sweep's best
 CHANCE = 0.10  # the accuracy a diverged run is scored with (10 classes)

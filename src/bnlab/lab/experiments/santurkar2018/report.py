@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.experiments.santurkar2018.analysis import (
     CHANCE,
     LANDSCAPE,
@@ -19,10 +20,13 @@ from bnlab.lab.experiments.santurkar2018.analysis import (
     NOISY_MARGIN,
     analyse,
     load_records,
+    result_line,
 )
+from bnlab.lab.experiments.santurkar2018.config import Config
 from bnlab.lab.experiments.santurkar2018.measure import QUANTILES
-from bnlab.lab.report.html import Claim, Figure, Section, Table
+from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.report.plots import pyplot, save_figure
+from bnlab.lab.results import Claim
 from bnlab.lab.stats import mean_ci
 
 __all__ = ["report"]
@@ -686,3 +690,14 @@ def report(run_dir: Path) -> list[Section]:
     if summary["diverged"]:
         sections[-1].intro += "\n\nDiverged runs: " + ", ".join(summary["diverged"]) + "."
     return sections
+
+
+# Transitional: the analysis still reads the run directory itself.
+REPORT: ExperimentReport[Config, Any] = ExperimentReport(
+    name="santurkar2018",
+    title="bnlab santurkar2018: does BN help by reducing internal covariate shift?",
+    config=Config,
+    analyse=lambda run: analyse(run.dir),
+    report=lambda run: report(run.dir),
+    result_line=lambda summary, run: result_line(summary, run.dir),
+)

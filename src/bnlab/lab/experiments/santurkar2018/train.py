@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from bnlab.lab.data import load_dataset, to_unit_range
+from bnlab.lab.data.fingerprint import not_data
 from bnlab.lab.experiments.common import batch_order, data_dir_arg
-from bnlab.lab.experiments.protocol import ChunkResult, Loaded, Log, emit, not_data
+from bnlab.lab.experiments.protocol import Loaded, Log
 from bnlab.lab.experiments.santurkar2018.config import Config, Training
 from bnlab.lab.experiments.santurkar2018.measure import (
     activation_summary,
@@ -32,6 +33,7 @@ from bnlab.lab.experiments.santurkar2018.measure import (
     sgd_step,
 )
 from bnlab.lab.experiments.santurkar2018.nets import build, layer_names, reseed_noise
+from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.seeding import derived_generator, derived_seed
 
 __all__ = ["Data", "RunJob", "load", "measure_steps", "plan", "train"]

@@ -1,0 +1,206 @@
+"""Experiment configs: frozen dataclasses, to and from config.json, seen flat.
+
+A command's Config may nest a sub-config: a field whose type is itself a dataclass (e.g. the
+training settings a job carries, ``training: GanTraining``). Each knob is declared once, in the
+sub-config, and everything outside sees the configuration *flat*, one name per knob: the
+command line (tyro, with the sub-config's prefix omitted: ``--epochs``, not
+``--training.epochs``), config.json's ``"config"`` (so run directories from before a knob moved
+into a sub-config still load), ``--quick`` overrides, and the flags ``--resume`` compares. Flat
+names are unique by construction (:func:`flat_fields` refuses a clash).
+
+Hand-written: tyro flattens the command line but has no flat view of a nested dataclass for
+the rest; ``dataclasses.replace`` does not reach into nested fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "config_from_dict",
+    "config_to_dict",
+    "field_defaults",
+    "flat_fields",
+    "flat_values",
+    "given_fields",
+    "replace_flat",
+]
+
+T = TypeVar("T")
+
+
+def _strip(tp: Any) -> Any:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _is_subconfig(tp: Any) -> bool:
+    tp = _strip(tp)
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def flat_fields(cls: type[Any]) -> dict[str, tuple[str, ...]]:
+    """Flat name -> attribute path, in declaration order: ``{"epochs": ("training",
+    "epochs"), "seeds": ("seeds",), ...}``. A sub-config field has no flat name of its own."""
+    kind: Any = cls  # a class is hashable; mypy's type[Any] is not declared so
+    return dict(_flat_fields(kind))
+
+
+@functools.cache
+def _flat_fields(cls: Any) -> dict[str, tuple[str, ...]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out: dict[str, tuple[str, ...]] = {}
+    for f in dataclasses.fields(cls):
+        if _is_subconfig(hints[f.name]):
+            inner = {k: (f.name, *p) for k, p in flat_fields(_strip(hints[f.name])).items()}
+        else:
+            inner = {f.name: (f.name,)}
+        clash = set(inner) & set(out)
+        if clash:
+            raise TypeError(f"{cls.__name__}: the setting {sorted(clash)[0]!r} is declared twice")
+        out.update(inner)
+    return out
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        obj = getattr(obj, name)
+    return obj
+
+
+def flat_values(cfg: Any) -> dict[str, Any]:
+    """Every knob of ``cfg`` by its flat name."""
+    return {name: _get(cfg, path) for name, path in flat_fields(type(cfg)).items()}
+
+
+def field_defaults(cls: type[Any]) -> dict[str, Any]:
+    """The default of every knob that has one, by flat name."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        if _is_subconfig(hints[f.name]):
+            out.update(flat_values(value))
+        else:
+            out[f.name] = value
+    return out
+
+
+def replace_flat(cfg: T, changes: Mapping[str, Any]) -> T:
+    """``dataclasses.replace`` by flat names, into sub-configs as needed."""
+    paths = flat_fields(type(cfg))
+    unknown = sorted(set(changes) - set(paths))
+    if unknown:
+        raise TypeError(f"{type(cfg).__name__} has no setting {unknown[0]!r}")
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in changes.items():
+        head, *rest = paths[name]
+        if rest:
+            nested.setdefault(head, {})[".".join(rest)] = value
+        else:
+            direct[head] = value
+    for head, inner in nested.items():
+        sub = getattr(cfg, head)
+        direct[head] = replace_flat(sub, {k.rsplit(".", 1)[-1]: v for k, v in inner.items()})
+    return dataclasses.replace(cfg, **direct)  # type: ignore[type-var]
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "item"):  # numpy and torch scalars
+        return obj.item()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as config.json holds it: flat names, plain JSON (tuples become lists, paths
+    strings, dataclass values such as GAN variants dicts)."""
+    return {
+        name: json.loads(json.dumps(value, default=_json_default))
+        for name, value in flat_values(cfg).items()
+    }
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """JSON value -> the field's type: lists to tuples, strings to Paths, dicts to dataclasses."""
+    tp = _strip(tp)
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(options[0], value) if len(options) == 1 else value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        if args:
+            return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
+        return tuple(value)
+    if tp is Path:
+        return Path(value)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        cls: Any = tp
+        return cls(**{k: _convert(hints[k], v) for k, v in value.items() if k in hints})
+    return value
+
+
+def _build(cls: type[T], values: Mapping[str, Any]) -> T:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        tp = hints[f.name]
+        if _is_subconfig(tp):
+            inner = {k: values[k] for k in flat_fields(_strip(tp)) if k in values}
+            if inner or (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            ):
+                base = _build(_strip(tp), inner)
+                kwargs[f.name] = base
+        elif f.name in values:
+            kwargs[f.name] = _convert(tp, values[f.name])
+    return cls(**kwargs)
+
+
+def config_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """A Config from config.json's ``"config"`` (flat names); a knob left out takes its
+    default; unknown names are an error naming them."""
+    unknown = sorted(set(values) - set(flat_fields(cls)))
+    if unknown:
+        raise ValueError(
+            f"config.json has settings this version of bnlab does not know: {', '.join(unknown)}"
+        )
+    return _build(cls, values)
+
+
+def given_fields(cls: type[Any], argv: list[str]) -> set[str]:
+    """The flat names that ``argv`` sets explicitly (``--epochs 5``, ``--no-metrics``)."""
+    names = set(flat_fields(cls))
+    out = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name not in names and name.startswith("no_") and name[3:] in names:
+            name = name[3:]
+        if name in names:
+            out.add(name)
+    return out

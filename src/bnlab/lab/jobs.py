@@ -1,0 +1,272 @@
+"""Jobs, chunks and the one chunk loop: what the driver, the experiments and the runners share.
+
+An experiment plans typed, frozen *jobs* (a GAN (seed, variant), a classifier (seed, net)), each
+``total`` units of work (epochs, steps); a job trains in *chunks* of units, and after every
+chunk the driver checkpoints it. The driver (:mod:`bnlab.lab.experiments.driver`) hands a runner
+the jobs' states, a training callable and a recorder; a runner only decides where chunks
+execute. It never imports the driver or an experiment: everything both sides need is here.
+
+:func:`chunk_loop` is the loop every runner runs (next job, train a chunk, record), over an
+:class:`Executor` that says where chunks go: this process (:class:`InlineExecutor`), a process
+pool, Ray tasks, or all ranks of a data-parallel launch.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "Chunk",
+    "ChunkResult",
+    "Executor",
+    "InlineExecutor",
+    "Job",
+    "JobState",
+    "Lost",
+    "RunStopped",
+    "Train",
+    "chunk_loop",
+    "emit",
+    "failure",
+    "next_job",
+    "run_chunk",
+    "set_sink",
+    "unit_steps",
+]
+
+MAX_TRIES = 2  # a chunk whose worker died runs at most this many times
+
+
+class Job(Protocol):
+    """What the driver and runners need of an experiment's job dataclass."""
+
+    @property
+    def key(self) -> str:
+        """Unique within a run, usable as a relative path (checkpoints/<key>.pt)."""
+        ...
+
+    @property
+    def total(self) -> int:
+        """Units of work (epochs, steps): chunks cover [0, total)."""
+        ...
+
+
+def unit_steps(job: Any) -> int:
+    """Progress steps per unit of a job (e.g. batches per epoch): 1 unless the job says."""
+    return int(getattr(job, "unit_steps", 1))
+
+
+@dataclass
+class ChunkResult:
+    """What a training function returns for units [start, end) of a job."""
+
+    done: int  # units finished after this chunk (end, or fewer if the job failed)
+    state: Any  # everything the next chunk needs (tensors, state_dicts); picklable
+    records: list[dict[str, Any]] = field(default_factory=list)  # metrics of the chunk
+    files: dict[str, bytes] = field(default_factory=dict)  # run-dir-relative path -> bytes
+    failed: str | None = None  # why the job stopped (it does not continue)
+
+
+# train(job, state, start, end, data) -> ChunkResult: pure, writes nothing
+Train = Callable[[Any, Any, int, int, Any], ChunkResult]
+
+
+class RunStopped(RuntimeError):
+    """The run stopped for a reason outside its jobs (a data-parallel rank was lost): nothing
+    is recorded for the chunk in flight, every finished chunk is checkpointed, and the run
+    resumes like one stopped by Ctrl-C. Not a job failure: a resume trains the job on."""
+
+
+@dataclass
+class JobState:
+    """The driver's view of one job: how far it is, its latest state and records."""
+
+    job: Any
+    done: int = 0
+    state: Any = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failed: str | None = None
+    running: bool = False
+
+    @property
+    def key(self) -> str:
+        return str(self.job.key)
+
+    @property
+    def remaining(self) -> int:
+        return 0 if self.failed else int(self.job.total) - self.done
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Units [start, end) of one job, from the state it had after ``start`` units."""
+
+    js: JobState
+    start: int
+    end: int
+
+    @property
+    def key(self) -> str:
+        return self.js.key
+
+    def args(self) -> tuple[Any, Any, int, int]:
+        """(job, state, start, end): what a training function takes before the data."""
+        return self.js.job, self.js.state, self.start, self.end
+
+
+class Lost:
+    """A chunk that did not run to an outcome because its worker process died: it runs again
+    from the job's last state (up to ``MAX_TRIES`` times), then fails the job with ``why``."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+# ---- progress events from workers ---------------------------------------------------------------
+
+# Set by a runner in each worker (and in the driver for inline runs): receives event dicts.
+_SINK: Callable[[dict[str, Any]], None] | None = None
+
+
+def set_sink(
+    sink: Callable[[dict[str, Any]], None] | None,
+) -> Callable[[dict[str, Any]], None] | None:
+    global _SINK
+    previous, _SINK = _SINK, sink
+    return previous
+
+
+def emit(key: str, step: int, text: str = "") -> None:
+    """Progress of job ``key``: ``step`` steps of the job done in all (unit * unit_steps +
+    steps into the unit), and a short status text (e.g. the losses). No-op without a sink."""
+    if _SINK is not None:
+        _SINK({"key": key, "step": step, "text": text})
+
+
+# ---- the chunk loop -----------------------------------------------------------------------------
+
+
+def failure(exc: BaseException) -> str:
+    """A failed chunk's one-line reason; the traceback goes to stderr for whoever debugs it."""
+    traceback.print_exception(exc, file=sys.stderr)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def next_job(states: list[JobState]) -> JobState | None:
+    """The idle job with the most work left: longest-remaining-first balances the load."""
+    idle = [js for js in states if not js.running and js.remaining > 0]
+    return max(idle, key=lambda js: js.remaining) if idle else None
+
+
+def run_chunk(train: Train, chunk: Chunk, data: Any) -> ChunkResult:
+    """Train one chunk where the caller runs (a worker, a rank, this process); a crash of the
+    training code fails the job, not the run."""
+    try:
+        return train(*chunk.args(), data)
+    except Exception as exc:
+        return ChunkResult(chunk.start, chunk.js.state, failed=failure(exc))
+
+
+class Executor(Protocol):
+    """Where chunks run. ``submit`` starts one (returning a handle), ``wait`` returns the
+    (handle, outcome) pairs that finished, at least one unless ``timeout`` passed; an outcome
+    is a :class:`ChunkResult` or :class:`Lost`. ``capacity`` chunks run at once."""
+
+    capacity: int
+
+    def submit(self, chunk: Chunk) -> Any: ...
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, ChunkResult | Lost]]: ...
+
+
+class Ran:
+    """The handle of a chunk that ran to its outcome during ``submit``."""
+
+    def __init__(self, outcome: ChunkResult | Lost) -> None:
+        self.outcome = outcome
+
+
+class InlineExecutor:
+    """Chunks in this process, one at a time."""
+
+    capacity = 1
+
+    def __init__(self, train: Train, data: Any) -> None:
+        self.train, self.data = train, data
+
+    def submit(self, chunk: Chunk) -> Any:
+        return Ran(self.run(chunk))
+
+    def run(self, chunk: Chunk) -> ChunkResult | Lost:
+        return run_chunk(self.train, chunk, self.data)
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, ChunkResult | Lost]]:
+        return [(h, h.outcome) for h in handles]
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler, torchrun stopping the ranks) ends the run as Ctrl-C
+    does: resumable. Only the main thread can set signal handlers; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def chunk_loop(
+    states: list[JobState],
+    chunk_size: int,
+    recorder: Any,
+    executor: Executor,
+    poll: float = 0.2,
+    on_poll: Callable[[], None] | None = None,
+) -> None:
+    """Run every job to its end, chunk by chunk, on ``executor``: keep ``capacity`` chunks in
+    flight (longest remaining job first), hand each finished one to
+    ``recorder.chunk_done(job_state, result)`` in this process, run a lost chunk again from
+    the job's last state (:class:`Lost`; at most ``MAX_TRIES`` times). ``on_poll`` runs after
+    every wait (e.g. to drain workers' progress events)."""
+    in_flight: dict[Any, Chunk] = {}
+    tries: dict[str, int] = {}
+    with sigterm_as_interrupt():
+        while True:
+            while len(in_flight) < executor.capacity and (js := next_job(states)) is not None:
+                chunk = Chunk(js, js.done, min(int(js.job.total), js.done + chunk_size))
+                js.running = True
+                in_flight[executor.submit(chunk)] = chunk
+            if not in_flight:
+                break
+            finished = executor.wait(list(in_flight), poll)
+            if on_poll is not None:
+                on_poll()
+            for handle, outcome in finished:
+                chunk = in_flight.pop(handle)
+                chunk.js.running = False
+                if isinstance(outcome, Lost):
+                    tries[chunk.key] = tries.get(chunk.key, 1) + 1
+                    if tries[chunk.key] <= MAX_TRIES:
+                        print(
+                            f"warning: a worker process died; {chunk.key} runs its chunk again "
+                            "from its last state",
+                            file=sys.stderr,
+                        )
+                        continue
+                    outcome = ChunkResult(chunk.start, chunk.js.state, failed=outcome.why)
+                tries.pop(chunk.key, None)
+                recorder.chunk_done(chunk.js, outcome)
