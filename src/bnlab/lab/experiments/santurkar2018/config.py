@@ -7,12 +7,17 @@ from pathlib import Path
 from typing import Literal
 
 from bnlab.lab.experiments.protocol import RunOptions
-from bnlab.lab.experiments.santurkar2018.nets import NETS
 from bnlab.lab.flags import FloatList, IntList, StrList
 
-__all__ = ["Config", "Training"]
+__all__ = ["NETS", "QUANTILES", "VARIANTS", "Config", "Net", "Training", "Variant"]
 
+Net = Literal["cnn", "mlp", "dln"]
+Variant = Literal["standard", "bn", "noisy-bn"]
+NETS: tuple[Net, ...] = ("cnn", "mlp", "dln")
+VARIANTS: tuple[Variant, ...] = ("standard", "bn", "noisy-bn")
 IMAGE_NETS = ("cnn", "mlp")
+# Percentiles of a unit's activations recorded over training (the paper's Fig. 2 right).
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 @dataclass(frozen=True)

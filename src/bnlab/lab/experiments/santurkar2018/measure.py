@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bnlab.lab.experiments.santurkar2018.config import QUANTILES
+
 __all__ = [
     "Along",
     "Ics",
@@ -225,8 +227,6 @@ def expected_scale(n_scale: float) -> float:
 
 
 # ---- activation distributions --------------------------------------------------------------------
-
-QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 def activation_summary(x: Tensor, unit: int = 0) -> dict[str, list[float]]:

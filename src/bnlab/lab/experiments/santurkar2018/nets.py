@@ -9,12 +9,12 @@ a :class:`NoisyShift` after every BN layer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 import bnlab.nn as bnn
+from bnlab.lab.experiments.santurkar2018.config import NETS, VARIANTS, Net, Variant
 from bnlab.lab.experiments.santurkar2018.measure import (
     expected_scale,
     inject_noise,
@@ -34,11 +34,6 @@ __all__ = [
     "layer_names",
     "reseed_noise",
 ]
-
-Net = Literal["cnn", "mlp", "dln"]
-Variant = Literal["standard", "bn", "noisy-bn"]
-NETS: tuple[Net, ...] = ("cnn", "mlp", "dln")
-VARIANTS: tuple[Variant, ...] = ("standard", "bn", "noisy-bn")
 
 
 class NoisyShift(nn.Module):

@@ -22,8 +22,7 @@ from bnlab.lab.experiments.santurkar2018.analysis import (
     load_records,
     result_line,
 )
-from bnlab.lab.experiments.santurkar2018.config import Config
-from bnlab.lab.experiments.santurkar2018.measure import QUANTILES
+from bnlab.lab.experiments.santurkar2018.config import QUANTILES, Config
 from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.report.plots import pyplot, save_figure
 from bnlab.lab.results import Claim
