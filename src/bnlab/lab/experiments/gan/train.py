@@ -103,7 +103,9 @@ class GanTrainer:
         self.ones = torch.ones(b, 1, device=device)
         self.zeros = torch.zeros(b, 1, device=device)
         self.last_fake: Tensor | None = None
+        # How this process takes part in a step: the whole batch, or its rank's slice of it.
         self.dp = DataParallel(self, cfg) if cfg.world_size > 1 else None
+        self.part: OneProcess | DataParallel = self.dp or OneProcess(self)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -157,10 +159,12 @@ class GanTrainer:
         return self.D(real), self.D(fake)
 
     def step(self, real: Tensor, z_d: Tensor, z_g: Tensor) -> tuple[Tensor, ...]:
-        """One D step and one G step, in the variant's modes; returns detached statistics."""
-        if self.dp is not None:
-            return self.dp.step(real, z_d, z_g)
-        modes = self.variant.modes
+        """One D step and one G step, in the variant's modes: the notebooks' training step, the
+        one step of every path (one process, or each rank's part of a data-parallel step).
+        Returns detached statistics of the whole batch (D loss, G loss, D(x), D(G(z)), G's
+        accuracy at fooling D)."""
+        part, modes = self.part, self.variant.modes
+        real, z_d, z_g = part.batch(real), part.batch(z_d), part.batch(z_g)
         # --- D step: maximize log D(x) + log(1 - D(G(z)))
         if modes == "notebook3":
             self.G.eval()
@@ -169,27 +173,21 @@ class GanTrainer:
             self.G.eval()
         with torch.no_grad():
             fake = self.G(z_d)
-        d_real, d_fake = self._d_forward(real, fake)
-        d_loss = F.binary_cross_entropy(d_real, self.ones) + F.binary_cross_entropy(
-            d_fake, self.zeros
+        d_real, d_fake = part.d_forward(real, fake)
+        d_loss = F.binary_cross_entropy(d_real, part.ones) + F.binary_cross_entropy(
+            d_fake, part.zeros
         )
-        self.d_opt.step(torch.autograd.grad(d_loss, self.d_params))
+        self.d_opt.step(part.d_grads(d_loss))
         # --- G step: maximize log D(G(z)) (non-saturating loss, as in the notebooks)
         if modes != "none":
             self.D.eval()
             self.G.train()
-        fake = self.G(z_g)
+        fake = part.generate(z_g)
         g_out = self.D(fake)
-        g_loss = F.binary_cross_entropy(g_out, self.ones)
-        self.g_opt.step(torch.autograd.grad(g_loss, self.g_params))
-        self.last_fake = fake
-        return (
-            d_loss.detach(),
-            g_loss.detach(),
-            d_real.detach().mean(),
-            d_fake.detach().mean(),
-            (g_out.detach() >= 0.5).float().mean(),
-        )
+        g_loss = F.binary_cross_entropy(g_out, part.ones)
+        self.g_opt.step(part.g_grads(g_loss, fake))
+        self.last_fake = fake.detach()
+        return part.stats(d_loss, g_loss, d_real, d_fake, g_out)
 
     def train_epoch(
         self, epoch: int, on_step: Callable[[int, float, float], None] | None = None
@@ -251,7 +249,8 @@ class GanTrainer:
 
 
 class DataParallel:
-    """One GAN step on all ranks of a torchrun launch: each rank takes its slice of the global
+    """A step's plumbing on all ranks of a torchrun launch (see :meth:`GanTrainer.step`, the
+    same step as in one process): each rank takes its slice of the global
     batch (the same rows and z as the single-process run) and DistributedDataParallel averages
     the gradients; with ``ddp_bn="sync"`` every BN layer is a SyncBatchNorm, so the step
     equals the single-process one up to float32 reduction order; with ``"local"`` each rank
@@ -290,6 +289,7 @@ class DataParallel:
         # DDP averages gradients over ranks; scaling each rank's mean loss by its share of the
         # global batch times the world size makes that average the global mean's gradient.
         self.scale = sizes[self.rank] * self.world / b
+        self.ones, self.zeros = trainer.ones[self.lo : self.hi], trainer.zeros[self.lo : self.hi]
         ids = None if trainer.device.type == "cpu" else [trainer.device.index or 0]
         with warnings.catch_warnings():
             # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, whose False
@@ -299,38 +299,32 @@ class DataParallel:
             self.G = DDP(trainer.G, device_ids=ids, broadcast_buffers=False)
             self.D_pair = DDP(_RealFake(trainer), device_ids=ids, broadcast_buffers=False)
 
-    def step(self, real: Tensor, z_d: Tensor, z_g: Tensor) -> tuple[Tensor, ...]:
-        import torch.distributed as dist
+    def batch(self, t: Tensor) -> Tensor:
+        """This rank's rows of a global batch."""
+        return t[self.lo : self.hi]
 
-        t, modes = self.t, self.t.variant.modes
-        lo, hi = self.lo, self.hi
-        real, z_d, z_g = real[lo:hi], z_d[lo:hi], z_g[lo:hi]
-        ones, zeros = t.ones[lo:hi], t.zeros[lo:hi]
-        # --- D step
-        if modes == "notebook3":
-            t.G.eval()
-        elif modes == "tidy":
-            t.D.train()
-            t.G.eval()
-        with torch.no_grad():
-            fake = t.G(z_d)
-        d_real, d_fake = self.D_pair(real, fake)
-        d_loss = F.binary_cross_entropy(d_real, ones) + F.binary_cross_entropy(d_fake, zeros)
-        (d_loss * self.scale).backward()
-        t.d_opt.step(_take_grads(t.d_params))
-        # --- G step
-        if modes != "none":
-            t.D.eval()
-            t.G.train()
-        fake = self.G(z_g)
-        g_out = t.D(fake)
-        g_loss = F.binary_cross_entropy(g_out, ones)
+    def d_forward(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        return self.D_pair(real, fake)
+
+    def d_grads(self, d_loss: Tensor) -> list[Tensor]:
+        (d_loss * self.scale).backward()  # through DDP: averaged over ranks
+        return _take_grads(self.t.d_params)
+
+    def generate(self, z: Tensor) -> Tensor:
+        return self.G(z)
+
+    def g_grads(self, g_loss: Tensor, fake: Tensor) -> list[Tensor]:
         (grad_fake,) = torch.autograd.grad(g_loss * self.scale, fake)  # no D weight gradients
         fake.backward(grad_fake)  # through DDP(G): the gradients are averaged over ranks
-        t.g_opt.step(_take_grads(t.g_params))
-        t.last_fake = fake.detach()
-        # the step's statistics over the global batch (sums of each rank's slice)
-        n = hi - lo
+        return _take_grads(self.t.g_params)
+
+    def stats(
+        self, d_loss: Tensor, g_loss: Tensor, d_real: Tensor, d_fake: Tensor, g_out: Tensor
+    ) -> tuple[Tensor, ...]:
+        """The step's statistics over the global batch (sums of each rank's slice)."""
+        import torch.distributed as dist
+
+        n = self.hi - self.lo
         local = torch.stack(
             [
                 d_loss.detach() * n,
@@ -341,7 +335,43 @@ class DataParallel:
             ]
         )
         dist.all_reduce(local)
-        return tuple(local / t.cfg.batch_size)
+        return tuple(local / self.t.cfg.batch_size)
+
+
+class OneProcess:
+    """A step's plumbing in one process (see :meth:`GanTrainer.step`): the whole batch; the D
+    step asks autograd for D's gradients only (no G backward), the G step for G's only (D's
+    weight gradients are never formed)."""
+
+    def __init__(self, trainer: GanTrainer) -> None:
+        self.t = trainer
+        self.ones, self.zeros = trainer.ones, trainer.zeros
+
+    def batch(self, t: Tensor) -> Tensor:
+        return t
+
+    def d_forward(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        return self.t._d_forward(real, fake)
+
+    def d_grads(self, d_loss: Tensor) -> list[Tensor]:
+        return list(torch.autograd.grad(d_loss, self.t.d_params))
+
+    def generate(self, z: Tensor) -> Tensor:
+        return self.t.G(z)
+
+    def g_grads(self, g_loss: Tensor, fake: Tensor) -> list[Tensor]:
+        return list(torch.autograd.grad(g_loss, self.t.g_params))
+
+    def stats(
+        self, d_loss: Tensor, g_loss: Tensor, d_real: Tensor, d_fake: Tensor, g_out: Tensor
+    ) -> tuple[Tensor, ...]:
+        return (
+            d_loss.detach(),
+            g_loss.detach(),
+            d_real.detach().mean(),
+            d_fake.detach().mean(),
+            (g_out.detach() >= 0.5).float().mean(),
+        )
 
 
 class _RealFake(nn.Module):
