@@ -17,7 +17,6 @@ import torch
 
 from bnlab.lab.experiments.common import torch_threads
 from bnlab.lab.experiments.protocol import Experiment
-from bnlab.lab.experiments.reports import read_run
 from bnlab.lab.report.html import Section
 
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -97,6 +96,8 @@ def report_from_files(
         summary = run_dir / "summary.json"
         before = summary.read_bytes() if summary.exists() else None
         (run_dir / figure).unlink()
+        from bnlab.lab.experiments.reports import read_run
+
         reading, run = read_run(run_dir)
         sections = reading.report(run)
         assert all(isinstance(s, Section) for s in sections)
@@ -128,6 +129,8 @@ def report_from_run_dir(
         shutil.copytree(run_dir, copy)
         (copy / "summary.json").unlink()
         (copy / figure).unlink()
+        from bnlab.lab.experiments.reports import read_run
+
         reading, run = read_run(copy)
         assert reading is exp.reading
         sections = reading.report(run)

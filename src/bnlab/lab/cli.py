@@ -29,7 +29,14 @@ LIBRARY_TOOLS = ("doctor",)  # run with the library alone (no lab extra)
 
 def missing_lab_modules() -> list[str]:
     """The lab's dependencies that are not installed (import names)."""
-    return [m for m in LAB_MODULES if importlib.util.find_spec(m) is None]
+
+    def found(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or half-removed install
+            return False
+
+    return [m for m in LAB_MODULES if not found(m)]
 
 
 def run_main(name: str, argv: list[str]) -> int:
@@ -200,6 +207,12 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _tool(name: str, argv: list[str]) -> int:
+    module_name, func_name, _ = TOOLS[name]
+    func: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), func_name)
+    return func(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--version":
@@ -208,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     name, rest = (argv[0], argv[1:]) if argv else ("", [])
-    if name not in LIBRARY_TOOLS and (missing := missing_lab_modules()):
+    if name in LIBRARY_TOOLS:  # the library's own commands: no lab needed
+        return _tool(name, rest)
+    if missing := missing_lab_modules():
         print(
             f"bnlab: the lab is not installed (missing {', '.join(missing)}): pip install "
             "'bnlab[lab]' (the library alone: import bnlab.nn, and bnlab doctor)",
@@ -223,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if name in EXPERIMENTS:
         return run_main(name, rest)
     if name in TOOLS:
-        module_name, func_name, _ = TOOLS[name]
-        func: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), func_name)
-        return func(rest)
+        return _tool(name, rest)
     print(f"bnlab: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
     return 2
 

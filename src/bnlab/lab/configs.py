@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
+    "build",
     "config_from_dict",
     "config_to_dict",
     "field_defaults",
@@ -117,6 +118,12 @@ def replace_flat(cfg: T, changes: Mapping[str, Any]) -> T:
         sub = getattr(cfg, head)
         direct[head] = replace_flat(sub, {k.rsplit(".", 1)[-1]: v for k, v in inner.items()})
     return dataclasses.replace(cfg, **direct)  # type: ignore[type-var]
+
+
+def build(cls: type[T], **flat: Any) -> T:
+    """A config from flat settings over the defaults: ``build(GanConfig, epochs=5, seeds=(0,
+    1))`` instead of spelling out its sub-configs (for code and tests; the CLI has tyro)."""
+    return replace_flat(cls(), flat)
 
 
 def _json_default(obj: Any) -> Any:
