@@ -8,7 +8,6 @@ files are absent.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,11 @@ from scipy import stats as sps
 
 import bnlab.nn as bnn
 from bnlab.lab import cli
+from bnlab.lab.configs import build, replace_flat
 from bnlab.lab.experiments.activations import experiment as act
 from bnlab.lab.experiments.activations import measure
 from bnlab.lab.experiments.activations import train as act_train
+from bnlab.lab.experiments.activations.config import NetTraining
 from bnlab.lab.experiments.activations.report import SUMMARY_FIGURES
 from bnlab.lab.experiments.common import Digits
 from bnlab.lab.experiments.reports import build_report
@@ -134,9 +135,8 @@ def _without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.usefixtures("seeded_one_thread")
 def test_a_net_trained_in_chunks_equals_the_net_trained_at_once() -> None:
     data = _synthetic_data()
-    job = act.NetJob(
-        "tanh", "he", "bn", depth=3, width=16, steps=25, batch_size=20, lr=1e-3, seed=1
-    )
+    training = NetTraining(depth=3, width=16, steps=25, batch_size=20, lr=1e-3, seed=1)
+    job = act.NetJob("tanh", "he", "bn", training)
     whole = act_train.train_net(job, None, 0, 25, data)
     assert whole.done == 25 and whole.state is None and whole.failed is None
     records, state, start = [], None, 0
@@ -167,7 +167,7 @@ def test_a_net_trained_in_chunks_equals_the_net_trained_at_once() -> None:
 def test_bad_config_is_a_one_line_value_error_before_any_work(
     tmp_path: Path, changes: dict[str, Any], match: str
 ) -> None:
-    cfg = act.ActivationsConfig(out=tmp_path / "r", **changes)
+    cfg = build(act.ActivationsConfig, out=tmp_path / "r", **changes)
     with pytest.raises(ValueError, match=match):
         act.run(cfg, log=lambda _m: None)
     assert not (tmp_path / "r").exists()
@@ -195,8 +195,9 @@ def test_quick_run_writes_the_run_directory_and_a_report_rebuilt_from_it(
 
     pngs = {p.name for p in run_dir.glob("*.png")}
     meta = check_run_files(run_dir, "activations", pngs)
-    quick = dataclasses.replace(cfg, **act.EXPERIMENT.quick)
-    assert meta["config"]["depth"] == quick.depth and meta["config"]["quick"] is True
+    quick = replace_flat(cfg, act.EXPERIMENT.quick)
+    depth, width, steps = quick.training.depth, quick.training.width, quick.training.steps
+    assert meta["config"]["depth"] == depth and meta["config"]["quick"] is True
     assert meta["train_size"] in (10_000 - quick.eval_size, 60_000)
     nets = [f"{a}-{i}-{n}" for a in quick.activations for i in quick.inits for n in quick.norms]
     assert meta["settings"] == nets
@@ -205,15 +206,15 @@ def test_quick_run_writes_the_run_directory_and_a_report_rebuilt_from_it(
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert records == result.records
     layers = [r for r in records if r["type"] == "layer"]
-    assert len(layers) == len(nets) * quick.depth * 2 * 2  # net x layer x stage x kind
+    assert len(layers) == len(nets) * depth * 2 * 2  # net x layer x stage x kind
     for r in layers:
         assert all(k in r for k in STAT_FIELDS), r.keys()
-        assert r["finite"] == 1.0 and r["n"] == quick.eval_size * quick.width
+        assert r["finite"] == 1.0 and r["n"] == quick.eval_size * width
     summaries = {r["setting"]: r for r in records if r["type"] == "net"}
     assert sorted(summaries) == sorted(nets)
     assert all(0 <= s["accuracy_trained"] <= 1 and not s["diverged"] for s in summaries.values())
     losses = [r["step"] for r in records if r["type"] == "loss" and r["setting"] == nets[0]]
-    assert losses == list(range(10, quick.steps + 1, 10))
+    assert losses == list(range(10, steps + 1, 10))
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary == json.loads(json.dumps(result.summary))

@@ -4,7 +4,6 @@ chunked training, and the ``--quick`` run end to end on the real MNIST digits (t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from bnlab.lab.configs import build, replace_flat
 from bnlab.lab.experiments.common import Digits
 from bnlab.lab.experiments.ioffe2015 import experiment as io
 from bnlab.lab.experiments.ioffe2015 import train as io_train
@@ -22,9 +22,9 @@ from bnlab.nn import BatchNorm1d
 
 
 def test_net_is_the_papers_mlp_with_bn_before_each_sigmoid() -> None:
-    cfg = io.Ioffe2015Config()
+    tr = io.Ioffe2015Config().training
     plain, bn = (
-        io.build_net(norm, seed=3, hidden=cfg.hidden, layers=cfg.layers, init_std=cfg.init_std)
+        io.build_net(norm, seed=3, hidden=tr.hidden, layers=tr.layers, init_std=tr.init_std)
         for norm in (False, True)
     )
     kinds = [type(m).__name__ for m in bn]
@@ -37,7 +37,7 @@ def test_net_is_the_papers_mlp_with_bn_before_each_sigmoid() -> None:
         torch.testing.assert_close(a.weight, b.weight)
         assert float(a.bias.detach().abs().max()) == 0.0
     w = torch.cat([m.weight.detach().reshape(-1) for m in lin[0]])
-    assert float(w.std()) == pytest.approx(cfg.init_std, rel=0.02)
+    assert float(w.std()) == pytest.approx(tr.init_std, rel=0.02)
     assert isinstance(bn[1], BatchNorm1d)
 
 
@@ -132,8 +132,9 @@ def test_each_seed_holds_out_its_own_digits_apart_from_its_training_digits() -> 
 @pytest.mark.usefixtures("seeded_one_thread")
 def test_a_net_trained_in_chunks_equals_the_net_trained_at_once() -> None:
     data = _synthetic_data()
-    job = io.NetJob(0, "bn", steps=50, eval_every=20, batch_size=10, hidden=16, layers=2,
-                    init_std=0.1, lr=0.5, unit=3)  # fmt: skip
+    training = io.Training(steps=50, eval_every=20, batch_size=10, hidden=16, layers=2,
+                           init_std=0.1, lr=0.5)  # fmt: skip
+    job = io.NetJob(0, "bn", training, unit=3)
     whole = io_train.train_net(job, None, 0, 50, data)
     assert whole.done == 50 and whole.state is None
     assert [(r["step"], r["loss"] is None) for r in whole.records] == [
@@ -166,21 +167,21 @@ def test_bad_config_is_a_one_line_value_error_before_any_work(
     tmp_path: Path, changes: dict[str, Any], match: str
 ) -> None:
     with pytest.raises(ValueError, match=match):
-        io.run(io.Ioffe2015Config(out=tmp_path / "r", **changes), log=lambda _m: None)
+        io.run(build(io.Ioffe2015Config, out=tmp_path / "r", **changes), log=lambda _m: None)
     assert not (tmp_path / "r").exists()
 
 
 def test_quick_run_writes_the_run_directory_and_a_report_rebuilt_from_it(
     tmp_path: Path, mnist_root: Path, check_run_files: Any, report_from_files: Any
 ) -> None:
-    cfg = io.Ioffe2015Config(quick=True, seeds=(0, 1), data=mnist_root, out=tmp_path / "run")
+    cfg = build(io.Ioffe2015Config, quick=True, seeds=(0, 1), data=mnist_root, out=tmp_path / "run")
     lines: list[str] = []
     result = io.run(cfg, log=lines.append)
     run_dir = result.run_dir
     assert result.failed == {}
 
     meta = check_run_files(run_dir, "ioffe2015", ["figure1.png"])
-    quick = dataclasses.replace(cfg, **io.EXPERIMENT.quick)
+    quick = replace_flat(cfg, io.EXPERIMENT.quick).training
     assert meta["config"]["steps"] == quick.steps and meta["paper_steps"] == 50_000
     assert {p.name for p in (run_dir / "checkpoints").rglob("*.pt")} == {"baseline.pt", "bn.pt"}
     records = read_jsonl(run_dir / "metrics.jsonl")
@@ -209,3 +210,15 @@ def test_quick_run_writes_the_run_directory_and_a_report_rebuilt_from_it(
     assert len(section.figures) == 1 and len(section.tables) == 2
     (run_dir / "report.html").unlink()
     assert build_report([run_dir]) == run_dir / "report.html"  # bnlab report finds it
+
+
+def test_training_flags_keep_their_flat_names_and_config_json_stays_flat() -> None:
+    import tyro
+
+    from bnlab.lab.configs import config_from_dict, config_to_dict
+
+    cfg = tyro.cli(io.Ioffe2015Config, args=["--steps", "300", "--batch-size", "30", "--unit", "5"])
+    assert cfg.training == io.Training(steps=300, batch_size=30) and cfg.unit == 5
+    flat = config_to_dict(cfg)
+    assert flat["steps"] == 300 and "training" not in flat
+    assert config_from_dict(io.Ioffe2015Config, flat) == cfg

@@ -17,8 +17,11 @@ from torch.func import functional_call
 
 import bnlab.lab.experiments.santurkar2018.train as s_train
 import bnlab.nn as bnn
+from bnlab.lab.configs import build as build_config
+from bnlab.lab.configs import config_from_dict, config_to_dict
 from bnlab.lab.data import available_splits
 from bnlab.lab.experiments.santurkar2018.analysis import c5b, combine, part_lr, part_noisy
+from bnlab.lab.experiments.santurkar2018.config import Training
 from bnlab.lab.experiments.santurkar2018.experiment import Config, run
 from bnlab.lab.experiments.santurkar2018.measure import (
     along_direction,
@@ -253,9 +256,9 @@ def _data(n: int = 256) -> Data:
 
 
 def _job(net: str, variant: str, part: str = "main", steps: int = 12) -> RunJob:
-    cfg = Config(widths=(4, 8), hidden=(16,), dln_depth=5, dln_width=6, measures=4, batch_size=16)
+    t = Training(widths=(4, 8), hidden=(16,), dln_depth=5, dln_width=6, measures=4, batch_size=16)
     lr = 0.01 if net == "dln" else 0.05
-    return RunJob(part, net, variant, 0, lr, steps, cfg.training())  # type: ignore[arg-type]
+    return RunJob(part, net, variant, 0, lr, steps, t)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("net", "variant"), [("cnn", "bn"), ("mlp", "standard"), ("dln", "bn")])
@@ -314,11 +317,11 @@ def test_lr_range_counts_the_rates_each_variant_trains_at():
             diverged = std is None
             records.append(_final_record("sweep", "cnn", "standard", seed, std, lr, diverged))
     out = part_lr(records, ["cnn"], [0.1, 1.0, 3.0])
-    net = out["nets"]["cnn"]
-    assert net["trains_at"] == {"standard": ["0.1"], "bn": ["0.1", "1"]}
-    assert net["test_acc"]["standard"]["1"]["mean"] == pytest.approx(0.10)  # diverged: chance
-    assert net["test_acc"]["standard"]["1"]["diverged"] == [0, 1, 2]
-    assert out["verdict"] == "holds"
+    net = out.nets["cnn"]
+    assert net.trains_at == {"standard": ("0.1",), "bn": ("0.1", "1")}
+    assert net.test_acc["standard"]["1"].mean == pytest.approx(0.10)  # diverged: chance
+    assert net.test_acc["standard"]["1"].diverged == (0, 1, 2)
+    assert out.verdict == "holds"
 
 
 @pytest.mark.parametrize(("gap", "expected"), [(0.005, "holds"), (0.06, "does not hold")])
@@ -329,9 +332,9 @@ def test_noisy_bn_verdict_uses_the_margin(gap, expected):
         records.append(_final_record("main", "mlp", "noisy-bn", seed, 0.85 - gap + 2 * jitter))
         records.append(_final_record("main", "mlp", "standard", seed, 0.80 + jitter))
     out = part_noisy(records, ["mlp"])
-    assert out["verdict"] == expected
+    assert out.verdict == expected
     # BN - noisy = gap - jitter per seed; the jitters average 0.00025
-    assert out["nets"]["mlp"]["bn_minus_noisy"]["diff"]["mean"] == pytest.approx(gap - 0.00025)
+    assert out.nets["mlp"].bn_minus_noisy.diff.mean == pytest.approx(gap - 0.00025)
 
 
 @pytest.mark.parametrize(
@@ -345,7 +348,7 @@ def test_noisy_bn_verdict_uses_the_margin(gap, expected):
     ],
 )
 def test_c5b_follows_from_the_parts(helps, noisy, ics, expected):
-    assert c5b(helps, noisy, ics, "holds", "inconclusive")["verdict"] == expected
+    assert c5b(helps, noisy, ics, "holds", "inconclusive").verdict == expected
 
 
 # ---- configuration and the whole run ------------------------------------------------------------
@@ -366,10 +369,22 @@ def test_c5b_follows_from_the_parts(helps, noisy, ics, expected):
     ],
 )
 def test_bad_settings_are_clear_errors_before_any_work(changes, match, tmp_path):
-    cfg = dataclasses.replace(Config(out=tmp_path / "run"), **changes)
+    cfg = build_config(Config, out=tmp_path / "run", **changes)
     with pytest.raises(ValueError, match=match):
         run(cfg, log=_quiet)
     assert not (tmp_path / "run").exists()
+
+
+def test_training_flags_keep_their_flat_names_and_config_json_stays_flat():
+    import tyro
+
+    args = ["--batch-size", "32", "--etas", "1,2", "--dln-width", "8", "--steps", "100"]
+    cfg = tyro.cli(Config, args=args)
+    assert cfg.training == Training(batch_size=32, etas=(1.0, 2.0), dln_width=8)
+    assert cfg.steps == 100
+    flat = config_to_dict(cfg)
+    assert flat["batch_size"] == 32 and flat["etas"] == [1.0, 2.0] and "training" not in flat
+    assert config_from_dict(Config, flat) == cfg
 
 
 @pytest.fixture(scope="module")

@@ -1,27 +1,31 @@
-"""`bnlab activations`' analysis: records -> the C5 numbers per (activation, init) and the
-verdict. Reads the run directory; trains nothing, draws nothing. The run writes what
-:func:`analyse` returns as summary.json; the report shows the same numbers.
+"""`bnlab activations`' analysis: a run's records -> the C5 numbers per (activation, init) and
+the verdict. Reads the run through its :class:`~bnlab.lab.results.Run`; trains nothing, draws
+nothing. The run writes what :func:`analyse` returns as summary.json; the report shows the
+same numbers.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bnlab.lab.experiments.activations.config import setting_name
-from bnlab.lab.results import Claim, Verdict
-from bnlab.lab.runs import read_config, read_jsonl
+from bnlab.lab.configs import config_to_dict
+from bnlab.lab.experiments.activations.config import ActivationsConfig, setting_name
+from bnlab.lab.results import Claim, Run, Verdict
 
 __all__ = [
     "CLAIM_MAX_KS",
+    "ActivationsAnalysis",
+    "NetSummary",
+    "PairKs",
     "analyse",
     "claims",
     "deep_mean",
     "last_layers",
     "layer_rows",
-    "load_run",
+    "ordered_records",
     "pairs",
     "result_line",
     "settings",
@@ -30,14 +34,51 @@ __all__ = [
 CLAIM_MAX_KS = 0.1  # "Gaussian-like": a KS distance below this to N(0,1)
 
 
-def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(config.json, the records of metrics.jsonl without failure events, net by net in the
-    run's order: jobs finish in any order, tables and figures list the nets as configured)."""
-    meta = read_config(run_dir)
-    records = [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if "event" not in r]
-    order = {name: k for k, name in enumerate(meta.get("settings", []))}
-    records.sort(key=lambda r: order.get(r.get("setting", ""), len(order)))  # stable
-    return meta, records
+@dataclass(frozen=True)
+class PairKs:
+    """One (activation, init), plain and with BN: KS distances to N(0,1) of the
+    pre-activations, each the mean over the last ``last_layers`` layers (None: not measured)."""
+
+    activation: str
+    init: str
+    ks_plain_init: float | None
+    ks_plain_trained: float | None
+    ks_shape_plain_trained: float | None  # of the values standardized by their own mean, std
+    ks_bn_init: float | None
+    ks_bn_trained: float | None
+    ks_shape_bn_trained: float | None
+
+
+@dataclass(frozen=True)
+class NetSummary:
+    """One net's summary record: held-out accuracy (eval mode) and its loss curve's ends."""
+
+    accuracy_init: float | None
+    accuracy_trained: float | None
+    loss_first: float | None
+    loss_last: float | None
+    diverged: bool | None  # training stopped at a non-finite loss
+
+
+@dataclass(frozen=True)
+class ActivationsAnalysis:
+    """What summary.json holds: the C5 numbers per (activation, init), each net's accuracy,
+    and the claims."""
+
+    experiment: str  # "activations"
+    config: dict[str, Any]  # the run's settings by flat name, as config.json's "config"
+    last_layers: int  # how many of the deepest layers the KS numbers average over
+    pairs: tuple[PairKs, ...]  # in the order the nets were configured
+    nets: dict[str, NetSummary]  # by net name (tanh-he-bn), in the configured order
+    claims: tuple[Claim, ...]
+    notes: str
+
+
+def ordered_records(run: Run[ActivationsConfig]) -> list[dict[str, Any]]:
+    """The run's records net by net in the run's order (config.json's "settings"): jobs
+    finish in any order, tables and figures list the nets as configured."""
+    order = {name: k for k, name in enumerate(run.meta.get("settings", []))}
+    return sorted(run.records, key=lambda r: order.get(r.get("setting", ""), len(order)))
 
 
 def layer_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,52 +180,63 @@ def claims(records: list[dict[str, Any]], depth: int) -> list[Claim]:
     return out
 
 
-def analyse(run_dir: Path) -> dict[str, Any]:
+def analyse(run: Run[ActivationsConfig]) -> ActivationsAnalysis:
     """The C5 numbers per (activation, init), each net's accuracy, and the claims
     (summary.json)."""
-    meta, records = load_run(run_dir)
-    depth = int(meta["config"]["depth"])
+    records = ordered_records(run)
+    depth = run.config.training.depth
     nets = {
-        r["setting"]: {
-            k: r.get(k)
-            for k in ("accuracy_init", "accuracy_trained", "loss_first", "loss_last", "diverged")
-        }
+        r["setting"]: NetSummary(
+            r.get("accuracy_init"),
+            r.get("accuracy_trained"),
+            r.get("loss_first"),
+            r.get("loss_last"),
+            r.get("diverged"),
+        )
         for r in records
         if r.get("type") == "net"
     }
-    pair_rows = []
-    for a, i in pairs(records):
-        row: dict[str, Any] = {"activation": a, "init": i}
-        for norm in ("plain", "bn"):
-            s = setting_name(a, i, norm)
-            row[f"ks_{norm}_init"] = deep_mean(records, s, "init", "ks", depth)
-            row[f"ks_{norm}_trained"] = deep_mean(records, s, "trained", "ks", depth)
-            row[f"ks_shape_{norm}_trained"] = deep_mean(records, s, "trained", "ks_shape", depth)
-        pair_rows.append(row)
-    return {
-        "experiment": "activations",
-        "config": meta.get("config", {}),
-        "last_layers": last_layers(depth),
-        "pairs": pair_rows,
-        "nets": nets,
-        "claims": [c.__dict__ for c in claims(records, depth)],
-        "notes": "ks: KS distance to N(0,1) of the pre-activations, mean over the last "
+
+    def ks(activation: str, init: str, norm: str, stage: str, key: str = "ks") -> float | None:
+        return deep_mean(records, setting_name(activation, init, norm), stage, key, depth)
+
+    pair_rows = tuple(
+        PairKs(
+            activation=a,
+            init=i,
+            ks_plain_init=ks(a, i, "plain", "init"),
+            ks_plain_trained=ks(a, i, "plain", "trained"),
+            ks_shape_plain_trained=ks(a, i, "plain", "trained", "ks_shape"),
+            ks_bn_init=ks(a, i, "bn", "init"),
+            ks_bn_trained=ks(a, i, "bn", "trained"),
+            ks_shape_bn_trained=ks(a, i, "bn", "trained", "ks_shape"),
+        )
+        for a, i in pairs(records)
+    )
+    return ActivationsAnalysis(
+        experiment="activations",
+        config=config_to_dict(run.config),
+        last_layers=last_layers(depth),
+        pairs=pair_rows,
+        nets=nets,
+        claims=tuple(claims(records, depth)),
+        notes="ks: KS distance to N(0,1) of the pre-activations, mean over the last "
         "last_layers layers; accuracy: held-out digits, eval mode",
-    }
+    )
 
 
-def result_line(summary: dict[str, Any], run_dir: Path) -> str:
+def result_line(analysis: ActivationsAnalysis, run: Run[ActivationsConfig]) -> str:
     """The result in one line: the C5 numbers per (activation, init) and the verdict."""
     found = ", ".join(
-        f"{p['activation']}/{p['init']} {p['ks_bn_trained']:.2f} vs {p['ks_plain_trained']:.2f}"
-        for p in summary["pairs"]
-        if p["ks_bn_trained"] is not None and p["ks_plain_trained"] is not None
+        f"{p.activation}/{p.init} {p.ks_bn_trained:.2f} vs {p.ks_plain_trained:.2f}"
+        for p in analysis.pairs
+        if p.ks_bn_trained is not None and p.ks_plain_trained is not None
     )
     verdict = next(
-        (c["verdict"] for c in summary["claims"] if c["id"] == "C5a"),
+        (c.verdict for c in analysis.claims if c.id == "C5a"),
         "not judged (needs plain and bn)",
     )
-    k = summary["last_layers"]
+    k = analysis.last_layers
     deepest = "last layer's" if k == 1 else f"last {k} layers'"
     return (
         f"activations: KS to N(0,1) of the {deepest} pre-activations after training, "

@@ -1,6 +1,7 @@
 """`bnlab activations`' report: the CS231n figure per net, the C5 numbers with depth, the
-training curves. Figures are drawn from the run directory's records (those that are missing);
-never trains, never writes summary.json.
+training curves. Renders :func:`~bnlab.lab.experiments.activations.analysis.analyse`'s numbers;
+figures are drawn from the run's records (those that are missing); never trains, never writes
+summary.json.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from typing import Any
 import numpy as np
 
 from bnlab.lab.experiments.activations.analysis import (
+    ActivationsAnalysis,
     analyse,
     layer_rows,
-    load_run,
+    ordered_records,
     result_line,
     settings,
 )
 from bnlab.lab.experiments.activations.config import LOSS_EVERY, ActivationsConfig, setting_name
 from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.report.html import Section, Table, file_figure
-from bnlab.lab.results import Claim
+from bnlab.lab.results import Run
 
 __all__ = ["SUMMARY_FIGURES", "draw_figures", "hist_figure_name", "report"]
 
@@ -271,31 +273,30 @@ def _layer_value(
     return None
 
 
-def _tables(summary: dict[str, Any], records: list[dict[str, Any]], depth: int) -> list[Table]:
-    k = summary["last_layers"]
-    rows = []
-    for p in summary["pairs"]:
-        plain = summary["nets"].get(setting_name(p["activation"], p["init"], "plain"), {})
-        bn = summary["nets"].get(setting_name(p["activation"], p["init"], "bn"), {})
-        rows.append(
-            [
-                p["activation"],
-                INIT_TEXT.get(p["init"], p["init"]),
-                *(
-                    _fmt(p[key])
-                    for key in (
-                        "ks_plain_init",
-                        "ks_bn_init",
-                        "ks_plain_trained",
-                        "ks_bn_trained",
-                        "ks_shape_plain_trained",
-                        "ks_shape_bn_trained",
-                    )
-                ),
-                _fmt(plain.get("accuracy_trained")),
-                _fmt(bn.get("accuracy_trained")),
-            ]
-        )
+def _accuracy(analysis: ActivationsAnalysis, activation: str, init: str, norm: str) -> str:
+    net = analysis.nets.get(setting_name(activation, init, norm))
+    return _fmt(None if net is None else net.accuracy_trained)
+
+
+def _tables(
+    analysis: ActivationsAnalysis, records: list[dict[str, Any]], depth: int
+) -> list[Table]:
+    k = analysis.last_layers
+    rows = [
+        [
+            p.activation,
+            INIT_TEXT.get(p.init, p.init),
+            _fmt(p.ks_plain_init),
+            _fmt(p.ks_bn_init),
+            _fmt(p.ks_plain_trained),
+            _fmt(p.ks_bn_trained),
+            _fmt(p.ks_shape_plain_trained),
+            _fmt(p.ks_shape_bn_trained),
+            _accuracy(analysis, p.activation, p.init, "plain"),
+            _accuracy(analysis, p.activation, p.init, "bn"),
+        ]
+        for p in analysis.pairs
+    ]
     claim_table = Table(
         f"KS distance to N(0,1), pre-activations, mean over the last {k} layers",
         [
@@ -338,25 +339,25 @@ def _tables(summary: dict[str, Any], records: list[dict[str, Any]], depth: int) 
     return [claim_table, depth_table]
 
 
-def report(run_dir: Path) -> list[Section]:
-    """The report's sections, from the run directory's files (draws missing figures)."""
-    run_dir = Path(run_dir)
-    meta, records = load_run(run_dir)
-    summ = analyse(run_dir)
-    cfg = meta["config"]
-    depth, steps = int(cfg["depth"]), int(cfg["steps"])
+def report(run: Run[ActivationsConfig]) -> list[Section]:
+    """The report's sections: the analysis rendered, figures from the records (draws the
+    missing ones into the run directory)."""
+    analysis = analyse(run)
+    records = ordered_records(run)
+    run_dir, cfg, tr = run.dir, run.config, run.config.training
+    depth, steps = tr.depth, tr.steps
     draw_figures(run_dir, records, depth, steps)
-    k = summ["last_layers"]
+    k = analysis.last_layers
     intro = (
-        f"Setup: MLP 784 -> {depth} x {cfg['width']} -> 10 on {meta.get('data', 'MNIST')}; "
+        f"Setup: MLP 784 -> {depth} x {tr.width} -> 10 on {run.meta.get('data', 'MNIST')}; "
         f"digits in [-1, 1], flattened. Inits: "
-        + "; ".join(f"{i} = {INIT_TEXT.get(i, i)}" for i in cfg["inits"])
+        + "; ".join(f"{i} = {INIT_TEXT.get(i, i)}" for i in cfg.inits)
         + ", biases 0. BN = bnlab.nn.BatchNorm1d after every hidden Linear, before the "
         f"nonlinearity. Each net is measured at init and after {steps} steps of Adam "
-        f"(lr {cfg['lr']}, batch {cfg['batch_size']}, softmax cross-entropy on the labels); "
+        f"(lr {tr.lr}, batch {tr.batch_size}, softmax cross-entropy on the labels); "
         f"the plain and BN nets of one init start from the same weights and see the same "
         f"batches.\n\n"
-        f"Measured on a fixed batch of {cfg['eval_size']} held-out digits through forward "
+        f"Measured on a fixed batch of {cfg.eval_size} held-out digits through forward "
         f"hooks, BN in train mode (batch statistics of that batch; at init the running "
         f"statistics are still 0 and 1, so eval mode would show an un-normalized net). 'pre' "
         f"is the input of the nonlinearity (the BN output in BN nets). The KS distance to "
@@ -368,8 +369,8 @@ def report(run_dir: Path) -> list[Section]:
     summary = Section(
         "C5a: BN keeps per-layer activations near N(0,1)",
         intro,
-        claims=[Claim(**c) for c in summ["claims"]],
-        tables=_tables(summ, records, depth),
+        claims=list(analysis.claims),
+        tables=_tables(analysis, records, depth),
         anchor="c5",
     )
     for name, (_, _, _, title) in SUMMARY_FIGURES.items():
@@ -398,12 +399,11 @@ def report(run_dir: Path) -> list[Section]:
     return [summary, hists, training]
 
 
-# Transitional: the analysis still reads the run directory itself.
-REPORT: ExperimentReport[ActivationsConfig, Any] = ExperimentReport(
+REPORT: ExperimentReport[ActivationsConfig, ActivationsAnalysis] = ExperimentReport(
     name="activations",
     title="bnlab activations: seeing covariate shift",
     config=ActivationsConfig,
-    analyse=lambda run: analyse(run.dir),
-    report=lambda run: report(run.dir),
-    result_line=lambda summary, run: result_line(summary, run.dir),
+    analyse=analyse,
+    report=report,
+    result_line=result_line,
 )

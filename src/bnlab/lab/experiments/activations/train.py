@@ -21,6 +21,7 @@ from bnlab.lab.experiments.activations.config import (
     LOSS_EVERY,
     Activation,
     ActivationsConfig,
+    NetTraining,
     Norm,
     setting_name,
 )
@@ -64,17 +65,13 @@ def build_net(
 
 @dataclass(frozen=True)
 class NetJob:
-    """One net of the run: measured at init, trained ``steps`` Adam steps, measured again."""
+    """One net of the run: measured at init, trained ``training.steps`` Adam steps, measured
+    again."""
 
     activation: Activation
     init: Init
     norm: Norm
-    depth: int
-    width: int
-    steps: int
-    batch_size: int
-    lr: float
-    seed: int
+    training: NetTraining  # the run's: every net the same size, steps and batches
 
     @property
     def key(self) -> str:
@@ -82,7 +79,7 @@ class NetJob:
 
     @property
     def total(self) -> int:
-        return self.steps
+        return self.training.steps
 
     def tag(self) -> dict[str, Any]:
         """The fields every record of this net carries."""
@@ -122,14 +119,15 @@ class NetState:
 
 
 def load(cfg: ActivationsConfig, log: Log) -> Loaded:
+    tr = cfg.training
     digits = load_digits("mnist", cfg.data, log)
-    split = digits.split(cfg.eval_size, derived_seed(cfg.seed, "holdout"), "--eval-size")
+    split = digits.split(cfg.eval_size, derived_seed(tr.seed, "holdout"), "--eval-size")
     n_train = len(split.train)
-    if n_train < cfg.batch_size:
-        raise ValueError(f"{n_train} training digits is less than one batch of {cfg.batch_size}")
+    if n_train < tr.batch_size:
+        raise ValueError(f"{n_train} training digits is less than one batch of {tr.batch_size}")
     jobs = plan(cfg, None)
     log(
-        f"{len(jobs)} nets ({cfg.depth} x {cfg.width}), {cfg.steps} Adam steps each, "
+        f"{len(jobs)} nets ({tr.depth} x {tr.width}), {tr.steps} Adam steps each, "
         f"on {split.description}"
     )
     meta = {"settings": [j.key for j in jobs], "data": split.description, "train_size": n_train}
@@ -139,10 +137,7 @@ def load(cfg: ActivationsConfig, log: Log) -> Loaded:
 def plan(cfg: ActivationsConfig, data: Any) -> list[NetJob]:
     """One job per (activation, init, norm), in that nesting order."""
     return [
-        NetJob(a, i, n, cfg.depth, cfg.width, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
-        for a in cfg.activations
-        for i in cfg.inits
-        for n in cfg.norms
+        NetJob(a, i, n, cfg.training) for a in cfg.activations for i in cfg.inits for n in cfg.norms
     ]
 
 
@@ -163,8 +158,9 @@ def train_net(
     t0 = time.perf_counter()
     x_tr, y_tr = data.training()
     x_ev, y_ev = data.evaluation()
-    model = build_net(job.activation, job.init, job.norm == "bn", job.depth, job.width, job.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=job.lr)
+    tr = job.training
+    model = build_net(job.activation, job.init, job.norm == "bn", tr.depth, tr.width, tr.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=tr.lr)
     records: list[dict[str, Any]] = []
     if state is None:
         records += _layer_records(job, model, x_ev, "init")
@@ -175,7 +171,7 @@ def train_net(
         opt.load_state_dict(state.opt)
     window = state.window.clone()
     loss_first, loss_last = state.loss_first, state.loss_last
-    order = batch_order(len(y_tr), job.batch_size, end, job.seed)[start:]  # (end - start, B)
+    order = batch_order(len(y_tr), tr.batch_size, end, tr.seed)[start:]  # (end - start, B)
     model.train()
     diverged = False
     for step in range(start, end):
@@ -188,7 +184,7 @@ def train_net(
         loss.backward()
         opt.step()
         window += loss.detach()
-        if (step + 1) % LOSS_EVERY == 0 or step + 1 == job.steps:
+        if (step + 1) % LOSS_EVERY == 0 or step + 1 == tr.steps:
             value = float(window) / (step % LOSS_EVERY + 1)
             window.zero_()
             point = {"type": "loss", **job.tag(), "step": step + 1, "loss": finite_or_none(value)}
@@ -197,7 +193,7 @@ def train_net(
                 loss_first = value
             loss_last = value
             emit(job.key, step + 1, f"loss {value:.3g}")
-    if not diverged and end < job.steps:
+    if not diverged and end < tr.steps:
         seconds = state.seconds + time.perf_counter() - t0
         new = NetState(
             model.state_dict(),
@@ -222,4 +218,4 @@ def train_net(
             "seconds": state.seconds + time.perf_counter() - t0,
         }
     )
-    return ChunkResult(job.steps, None, records)  # a finished net needs no state
+    return ChunkResult(tr.steps, None, records)  # a finished net needs no state

@@ -10,7 +10,7 @@ the baseline's distribution drifts, the BN net's stays put.
 
 What the paper does not give, chosen here and written into the report: the optimizer (plain
 SGD, the paper's era default), its learning rate, the init std, and which sigmoid is plotted.
-The paper trains 50,000 steps; the default here is 20,000 (see ``Ioffe2015Config.steps``).
+The paper trains 50,000 steps; the default here is 20,000 (see ``Training.steps`` in config.py).
 
 config.py (flags), train.py (jobs, data, one net's training and evaluation), analysis.py
 (records -> verdicts), report.py (run directory -> Figure 1 and tables).

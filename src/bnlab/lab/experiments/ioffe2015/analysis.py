@@ -1,26 +1,28 @@
 """`bnlab ioffe2015`'s analysis: records -> accuracies at checkpoints, drift of the sigmoid
-input, and a verdict per panel of Figure 1. Reads the run directory; trains nothing, draws
-nothing. The run writes what :func:`analyse` returns as summary.json.
+input, and a verdict per panel of Figure 1. Reads the run (:class:`~bnlab.lab.results.Run`);
+trains nothing, draws nothing. The run writes what :func:`analyse` returns as summary.json.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bnlab.lab.experiments.ioffe2015.config import NETS
-from bnlab.lab.results import Claim, Verdict
-from bnlab.lab.runs import read_config, read_jsonl
+from bnlab.lab.configs import config_to_dict
+from bnlab.lab.experiments.ioffe2015.config import NETS, Ioffe2015Config, Net
+from bnlab.lab.results import Claim, Run, Verdict
 
 __all__ = [
     "CHECKPOINTS",
+    "Ioffe2015Analysis",
+    "NetMean",
+    "NetResult",
     "accuracy_at",
     "analyse",
     "checkpoint_steps",
     "claims",
-    "load_run",
     "median_drift",
     "net_rows",
     "result_line",
@@ -30,11 +32,39 @@ __all__ = [
 CHECKPOINTS = (0.1, 0.5, 1.0)  # shares of the run where accuracies are compared
 
 
-def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(config.json, the evaluation records of metrics.jsonl without failure events)."""
-    meta = read_config(run_dir)
-    records = [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if "event" not in r]
-    return meta, records
+@dataclass(frozen=True)
+class NetResult:
+    """One net of one seed: accuracy at the checkpoints and the drift of its sigmoid input."""
+
+    seed: int
+    net: Net
+    accuracy: dict[int, float | None]  # checkpoint step -> held-out accuracy (None: no eval)
+    best_accuracy: float  # the highest held-out accuracy of any evaluation
+    median_drift_unit: float  # max - min over training of the plotted unit's median input
+    median_drift_mean_of_units: float  # the same, averaged over the last hidden layer's units
+
+
+@dataclass(frozen=True)
+class NetMean:
+    """One net, averaged over the seeds (None where no seed has the number)."""
+
+    accuracy: dict[int, float | None]  # checkpoint step -> mean held-out accuracy
+    median_drift_unit: float | None
+
+
+@dataclass(frozen=True)
+class Ioffe2015Analysis:
+    """What a run shows (summary.json): accuracy at the checkpoints and median drift per
+    (seed, net) and averaged over seeds, and a verdict per panel of Figure 1."""
+
+    experiment: str  # "ioffe2015"
+    config: dict[str, Any]  # the run's flags as config.json holds them (flat name -> value)
+    checkpoints: tuple[int, ...]  # the evaluated steps nearest above 10%, 50%, 100% of the run
+    seeds: tuple[int, ...]  # the seeds with both nets evaluated
+    mean_over_seeds: dict[Net, NetMean]
+    per_seed: tuple[NetResult, ...]  # seed by seed, baseline then bn
+    claims: tuple[Claim, ...]
+    notes: str
 
 
 def net_rows(records: list[dict[str, Any]], net: str, seed: int) -> list[dict[str, Any]]:
@@ -145,13 +175,10 @@ def claims(records: list[dict[str, Any]]) -> list[Claim]:
     ]
 
 
-# ---- figure -----------------------------------------------------------------------------------
-
-
-def analyse(run_dir: Path) -> dict[str, Any]:
+def analyse(run: Run[Ioffe2015Config]) -> Ioffe2015Analysis:
     """Accuracy at the checkpoints and median drift per (seed, net), and the claims
     (summary.json)."""
-    meta, records = load_run(run_dir)
+    records = run.records
     seeds = seeds_of(records)
     marks = checkpoint_steps(records)
     per_seed = []
@@ -159,59 +186,55 @@ def analyse(run_dir: Path) -> dict[str, Any]:
         for net in NETS:
             unit, mean_units = median_drift(records, net, seed)
             per_seed.append(
-                {
-                    "seed": seed,
-                    "net": net,
-                    "accuracy": {str(m): accuracy_at(records, net, seed, m) for m in marks},
-                    "best_accuracy": max(r["accuracy"] for r in net_rows(records, net, seed)),
-                    "median_drift_unit": unit,
-                    "median_drift_mean_of_units": mean_units,
-                }
+                NetResult(
+                    seed=seed,
+                    net=net,
+                    accuracy={m: accuracy_at(records, net, seed, m) for m in marks},
+                    best_accuracy=max(r["accuracy"] for r in net_rows(records, net, seed)),
+                    median_drift_unit=unit,
+                    median_drift_mean_of_units=mean_units,
+                )
             )
     mean = {
-        net: {
-            "accuracy": {
-                str(m): _mean_over_seeds([accuracy_at(records, net, s, m) for s in seeds])
-                for m in marks
+        net: NetMean(
+            accuracy={
+                m: _mean_over_seeds([accuracy_at(records, net, s, m) for s in seeds]) for m in marks
             },
-            "median_drift_unit": _mean_over_seeds(
-                [median_drift(records, net, s)[0] for s in seeds]
-            ),
-        }
+            median_drift_unit=_mean_over_seeds([median_drift(records, net, s)[0] for s in seeds]),
+        )
         for net in NETS
     }
-    return {
-        "experiment": "ioffe2015",
-        "config": meta.get("config", {}),
-        "checkpoints": marks,
-        "seeds": seeds,
-        "mean_over_seeds": mean,
-        "per_seed": per_seed,
-        "claims": [c.__dict__ for c in claims(records)],
-        "notes": "accuracy: held-out digits, eval mode, at the first evaluation at or after "
+    return Ioffe2015Analysis(
+        experiment="ioffe2015",
+        config=config_to_dict(run.config),
+        checkpoints=tuple(marks),
+        seeds=tuple(seeds),
+        mean_over_seeds=mean,
+        per_seed=tuple(per_seed),
+        claims=tuple(claims(records)),
+        notes="accuracy: held-out digits, eval mode, at the first evaluation at or after "
         "each checkpoint step; median drift: max - min over all evaluations of the median "
         "sigmoid input (the plotted unit, and the mean over the last hidden layer's units)",
-    }
+    )
 
 
-def result_line(summary: dict[str, Any], run_dir: Path) -> str:
+def result_line(analysis: Ioffe2015Analysis, run: Run[Ioffe2015Config]) -> str:
     """The result in one line: accuracies at the checkpoints, median drift, both verdicts."""
-    marks = summary["checkpoints"]
-    mean = summary["mean_over_seeds"]
+    marks = analysis.checkpoints
+    mean = analysis.mean_over_seeds
 
-    def accs(net: str) -> str:
-        return "/".join(_fmt(mean[net]["accuracy"][str(m)]) for m in marks)
+    def accs(net: Net) -> str:
+        return "/".join(_fmt(mean[net].accuracy[m]) for m in marks)
 
-    def drift(net: str) -> str:
-        value = mean[net]["median_drift_unit"]
+    def drift(net: Net) -> str:
+        value = mean[net].median_drift_unit
         return "-" if value is None else f"{value:.2f}"
 
-    verdicts = ", ".join(f"{c['id']} {c['verdict']}" for c in summary["claims"]) or "no verdicts"
-    unit = summary["config"].get("unit", 0)
+    verdicts = ", ".join(f"{c.id} {c.verdict}" for c in analysis.claims) or "no verdicts"
     return (
         f"ioffe2015: accuracy at steps {'/'.join(f'{m:,}' for m in marks)}: baseline "
-        f"{accs('baseline')}, BN {accs('bn')}; median drift of sigmoid input (unit {unit}): "
-        f"baseline {drift('baseline')}, BN {drift('bn')} -> {verdicts}"
+        f"{accs('baseline')}, BN {accs('bn')}; median drift of sigmoid input (unit "
+        f"{run.config.unit}): baseline {drift('baseline')}, BN {drift('bn')} -> {verdicts}"
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from bnlab.lab.experiments.driver import RunResult, run_experiment
 from bnlab.lab.experiments.ioffe2015.analysis import claims
-from bnlab.lab.experiments.ioffe2015.config import NETS, Ioffe2015Config
+from bnlab.lab.experiments.ioffe2015.config import NETS, Ioffe2015Config, Training
 from bnlab.lab.experiments.ioffe2015.report import REPORT
 from bnlab.lab.experiments.ioffe2015.train import (
     CHUNK_STEPS,
@@ -31,6 +31,7 @@ __all__ = [
     "Ioffe2015Config",
     "IoffeData",
     "NetJob",
+    "Training",
     "build_net",
     "claims",
     "eval_steps",

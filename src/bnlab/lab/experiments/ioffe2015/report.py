@@ -1,31 +1,28 @@
 """`bnlab ioffe2015`'s report: Figure 1 redrawn from the run's records, the checkpoint and
 drift tables, and the verdicts of :mod:`bnlab.lab.experiments.ioffe2015.analysis`. Reads the run
-directory; never trains, never writes summary.json.
+(:class:`~bnlab.lab.results.Run`); never trains, never writes summary.json.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bnlab.lab.experiments.ioffe2015.analysis import (
-    accuracy_at,
+    Ioffe2015Analysis,
     analyse,
-    checkpoint_steps,
-    load_run,
-    median_drift,
     net_rows,
     result_line,
-    seeds_of,
 )
 from bnlab.lab.experiments.ioffe2015.config import NETS, PAPER_STEPS, Ioffe2015Config
 from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.report.html import Section, Table, file_figure
-from bnlab.lab.results import Claim
+from bnlab.lab.results import Run
 
-__all__ = ["FIGURE", "draw_figure", "plot_figure1", "report"]
+__all__ = ["FIGURE", "REPORT", "draw_figure", "plot_figure1", "report"]
 
 NET_LABELS = {"baseline": "Without BN", "bn": "With BN"}
 NET_COLORS = {"baseline": "tab:blue", "bn": "tab:red"}
@@ -33,15 +30,14 @@ NET_COLORS = {"baseline": "tab:blue", "bn": "tab:red"}
 FIGURE = "figure1.png"
 
 
-def plot_figure1(records: list[dict[str, Any]], unit: int) -> Any:
-    """Figure 1 of the paper: (a) test accuracy of both nets, (b, c) percentiles of one
-    sigmoid input without and with BN (first seed)."""
+def plot_figure1(records: list[dict[str, Any]], seeds: Sequence[int], unit: int) -> Any:
+    """Figure 1 of the paper: (a) test accuracy of both nets over ``seeds``, (b, c)
+    percentiles of one sigmoid input without and with BN (the first seed)."""
     from bnlab.lab.report.plots import pyplot
 
     plt = pyplot()
     from matplotlib.ticker import FuncFormatter
 
-    seeds = seeds_of(records)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     ax = axes[0]
     lows = []
@@ -84,13 +80,17 @@ def plot_figure1(records: list[dict[str, Any]], unit: int) -> Any:
 
 
 def draw_figure(
-    run_dir: Path, records: list[dict[str, Any]], unit: int, redraw: bool = False
+    run_dir: Path,
+    records: list[dict[str, Any]],
+    seeds: Sequence[int],
+    unit: int,
+    redraw: bool = False,
 ) -> None:
-    """figure1.png from the records, if missing (or always with ``redraw``)."""
+    """figure1.png from the records of ``seeds``, if missing (or always with ``redraw``)."""
     from bnlab.lab.report.plots import save_figure
 
-    if records and (redraw or not (run_dir / FIGURE).exists()):
-        save_figure(plot_figure1(records, unit), run_dir / FIGURE)
+    if records and seeds and (redraw or not (run_dir / FIGURE).exists()):
+        save_figure(plot_figure1(records, seeds, unit), run_dir / FIGURE)
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -104,39 +104,33 @@ def _fmt_g(v: float) -> str:
     return f"{v:.3g}"  # spreads and drifts span 1e-4 .. 10: significant digits, not decimals
 
 
-def _tables(records: list[dict[str, Any]]) -> list[Table]:
-    seeds = seeds_of(records)
-    marks = checkpoint_steps(records)
-    acc_rows = []
-    for seed in seeds:
-        for net in NETS:
-            acc_rows.append(
-                [str(seed), NET_LABELS[net]]
-                + [_fmt(accuracy_at(records, net, seed, m)) for m in marks]
-                + [_fmt(max(r["accuracy"] for r in net_rows(records, net, seed)))]
-            )
+def _tables(analysis: Ioffe2015Analysis, records: list[dict[str, Any]]) -> list[Table]:
+    marks = analysis.checkpoints
     accuracy = Table(
         "Held-out accuracy at checkpoints",
         ["seed", "net", *(f"step {m:,}" for m in marks), "best"],
-        acc_rows,
+        [
+            [str(r.seed), NET_LABELS[r.net]]
+            + [_fmt(r.accuracy[m]) for m in marks]
+            + [_fmt(r.best_accuracy)]
+            for r in analysis.per_seed
+        ],
     )
     drift_rows = []
-    for seed in seeds:
-        for net in NETS:
-            rows = net_rows(records, net, seed)
-            unit, mean_units = median_drift(records, net, seed)
-            drift_rows.append(
-                [
-                    str(seed),
-                    NET_LABELS[net],
-                    _fmt_g(rows[0]["p50"]),
-                    _fmt_g(rows[-1]["p50"]),
-                    _fmt_g(unit),
-                    _fmt_g(mean_units),
-                    _fmt_g(rows[0]["p85"] - rows[0]["p15"]),
-                    _fmt_g(rows[-1]["p85"] - rows[-1]["p15"]),
-                ]
-            )
+    for r in analysis.per_seed:
+        rows = net_rows(records, r.net, r.seed)  # the first and last evaluations
+        drift_rows.append(
+            [
+                str(r.seed),
+                NET_LABELS[r.net],
+                _fmt_g(rows[0]["p50"]),
+                _fmt_g(rows[-1]["p50"]),
+                _fmt_g(r.median_drift_unit),
+                _fmt_g(r.median_drift_mean_of_units),
+                _fmt_g(rows[0]["p85"] - rows[0]["p15"]),
+                _fmt_g(rows[-1]["p85"] - rows[-1]["p15"]),
+            ]
+        )
     drift = Table(
         "Sigmoid input of the last hidden layer over training",
         [
@@ -155,32 +149,28 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
     return [accuracy, drift]
 
 
-def report(run_dir: Path) -> list[Section]:
-    """The report's sections, from the run directory's files (draws the figure if missing)."""
-    run_dir = Path(run_dir)
-    meta, records = load_run(run_dir)
-    summ = analyse(run_dir)
-    cfg = meta["config"]
-    if seeds_of(records):
-        draw_figure(run_dir, records, int(cfg["unit"]))
-    steps = int(cfg["steps"])
-    short = f"This run trains {steps:,} steps, the paper {PAPER_STEPS:,}" + (
-        " (shortened to fit a 10-minute CPU budget)." if steps < PAPER_STEPS else "."
+def report(run: Run[Ioffe2015Config]) -> list[Section]:
+    """The report's sections, from the run alone (draws the figure if missing)."""
+    analysis = analyse(run)
+    cfg, tr = run.config, run.config.training
+    draw_figure(run.dir, run.records, analysis.seeds, cfg.unit)
+    short = f"This run trains {tr.steps:,} steps, the paper {PAPER_STEPS:,}" + (
+        " (shortened to fit a 10-minute CPU budget)." if tr.steps < PAPER_STEPS else "."
     )
     intro = (
-        f"Setup (section 4.1 of the paper): MLP 784 -> {cfg['layers']} x {cfg['hidden']} "
-        f"sigmoid -> 10-way softmax, batch {cfg['batch_size']}, with BN (bnlab.nn.BatchNorm1d "
+        f"Setup (section 4.1 of the paper): MLP 784 -> {tr.layers} x {tr.hidden} "
+        f"sigmoid -> 10-way softmax, batch {tr.batch_size}, with BN (bnlab.nn.BatchNorm1d "
         f"after each hidden Linear, before the sigmoid) and without. Data: "
-        f"{meta.get('data', 'MNIST')}; digits in [-1, 1]. {short} The paper trains on the "
-        f"60,000 digits of the train split; this run on {int(meta.get('train_size', 0)):,}, so "
-        f"its accuracies sit below the paper's.\n\n"
-        f"Chosen here, since the paper does not say: weights ~ N(0, {cfg['init_std']}²) "
-        f"('small random Gaussian values'), biases 0; plain SGD, learning rate {cfg['lr']}, no "
-        f"momentum; the plotted sigmoid is unit {cfg['unit']} of the last hidden layer. In a "
+        f"{run.meta.get('data', 'MNIST')}; digits in [-1, 1]. {short} The paper trains on the "
+        f"60,000 digits of the train split; this run on {int(run.meta.get('train_size', 0)):,}, "
+        f"so its accuracies sit below the paper's.\n\n"
+        f"Chosen here, since the paper does not say: weights ~ N(0, {tr.init_std}²) "
+        f"('small random Gaussian values'), biases 0; plain SGD, learning rate {tr.lr}, no "
+        f"momentum; the plotted sigmoid is unit {cfg.unit} of the last hidden layer. In a "
         f"pilot with init std 0.1 the baseline trained about as fast as the BN net: the size "
         f"of the gap in (a) depends on the init scale. Both "
         f"nets of a seed start from the same Linear weights and see the same batches.\n\n"
-        f"Every {cfg['eval_every']} steps: held-out accuracy in eval mode (BN with running "
+        f"Every {tr.eval_every} steps: held-out accuracy in eval mode (BN with running "
         f"statistics), and the 15th/50th/85th percentiles of the sigmoid input over the "
         f"held-out digits, BN in train mode (statistics of those digits): the distribution "
         f"the sigmoid sees while training.\n\n"
@@ -190,12 +180,12 @@ def report(run_dir: Path) -> list[Section]:
     section = Section(
         "Ioffe & Szegedy 2015, Figure 1",
         intro,
-        claims=[Claim(**c) for c in summ["claims"]],
-        tables=_tables(records) if seeds_of(records) else [],
+        claims=list(analysis.claims),
+        tables=_tables(analysis, run.records) if analysis.seeds else [],
         anchor="figure1",
     )
     section.figures += file_figure(
-        run_dir / FIGURE,
+        run.dir / FIGURE,
         "Figure 1 reproduced",
         "(a) held-out accuracy vs steps; (b, c) 15th, 50th, 85th percentiles of one sigmoid "
         "input of the last hidden layer, without and with BN, same y scale.",
@@ -203,12 +193,11 @@ def report(run_dir: Path) -> list[Section]:
     return [section]
 
 
-# Transitional: the analysis still reads the run directory itself.
-REPORT: ExperimentReport[Ioffe2015Config, Any] = ExperimentReport(
+REPORT: ExperimentReport[Ioffe2015Config, Ioffe2015Analysis] = ExperimentReport(
     name="ioffe2015",
     title="bnlab ioffe2015: Ioffe & Szegedy 2015, Figure 1",
     config=Ioffe2015Config,
-    analyse=lambda run: analyse(run.dir),
-    report=lambda run: report(run.dir),
-    result_line=lambda summary, run: result_line(summary, run.dir),
+    analyse=analyse,
+    report=report,
+    result_line=result_line,
 )

@@ -28,7 +28,13 @@ from bnlab.lab.experiments.common import (
     batch_order,
     load_digits,
 )
-from bnlab.lab.experiments.ioffe2015.config import NETS, PAPER_STEPS, Ioffe2015Config, Net
+from bnlab.lab.experiments.ioffe2015.config import (
+    NETS,
+    PAPER_STEPS,
+    Ioffe2015Config,
+    Net,
+    Training,
+)
 from bnlab.lab.experiments.protocol import Loaded, Log
 from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.models.mlp import mlp
@@ -96,18 +102,12 @@ def eval_steps(steps: int, every: int) -> list[int]:
 
 @dataclass(frozen=True)
 class NetJob:
-    """One net of one seed: ``steps`` SGD steps, evaluated at :func:`eval_steps`."""
+    """One net of one seed: ``training.steps`` SGD steps, evaluated at :func:`eval_steps`."""
 
     seed: int
     net: Net
-    steps: int
-    eval_every: int
-    batch_size: int
-    hidden: int
-    layers: int
-    init_std: float
-    lr: float
-    unit: int
+    training: Training
+    unit: int  # the sigmoid of the last hidden layer whose percentiles are recorded
 
     @property
     def key(self) -> str:
@@ -115,7 +115,7 @@ class NetJob:
 
     @property
     def total(self) -> int:
-        return self.steps
+        return self.training.steps
 
 
 @dataclass(eq=False)
@@ -145,11 +145,12 @@ def load(cfg: Ioffe2015Config, log: Log) -> Loaded:
     }
     first = splits[cfg.seed_list[0]]
     n_train = len(first.train)
-    if n_train < cfg.batch_size:
-        raise ValueError(f"{n_train} training digits is less than one batch of {cfg.batch_size}")
+    tr = cfg.training
+    if n_train < tr.batch_size:
+        raise ValueError(f"{n_train} training digits is less than one batch of {tr.batch_size}")
     log(
-        f"{len(cfg.seed_list)} seed(s) x 2 nets ({cfg.layers} x {cfg.hidden} sigmoid), "
-        f"{cfg.steps:,} SGD steps (the paper: {PAPER_STEPS:,}), on {first.description}"
+        f"{len(cfg.seed_list)} seed(s) x 2 nets ({tr.layers} x {tr.hidden} sigmoid), "
+        f"{tr.steps:,} SGD steps (the paper: {PAPER_STEPS:,}), on {first.description}"
     )
     meta = {"data": first.description, "train_size": n_train, "paper_steps": PAPER_STEPS}
     return Loaded(IoffeData(digits, splits), meta)
@@ -157,22 +158,7 @@ def load(cfg: Ioffe2015Config, log: Log) -> Loaded:
 
 def plan(cfg: Ioffe2015Config, data: Any) -> list[NetJob]:
     """One job per (seed, net)."""
-    return [
-        NetJob(
-            seed,
-            net,
-            cfg.steps,
-            cfg.eval_every,
-            cfg.batch_size,
-            cfg.hidden,
-            cfg.layers,
-            cfg.init_std,
-            cfg.lr,
-            cfg.unit,
-        )
-        for seed in cfg.seed_list
-        for net in NETS
-    ]
+    return [NetJob(seed, net, cfg.training, cfg.unit) for seed in cfg.seed_list for net in NETS]
 
 
 def train_net(
@@ -183,15 +169,16 @@ def train_net(
     split = data.splits[job.seed]
     x_tr, y_tr = data.digits.training(split)
     x_te, y_te = data.digits.held_out(split)
-    model = build_net(job.net == "bn", job.seed, job.hidden, job.layers, job.init_std)
-    opt = torch.optim.SGD(model.parameters(), lr=job.lr)
+    tr = job.training
+    model = build_net(job.net == "bn", job.seed, tr.hidden, tr.layers, tr.init_std)
+    opt = torch.optim.SGD(model.parameters(), lr=tr.lr)
     if state is None:
         loss_sum, last_eval = torch.zeros(()), 0
     else:
         model.load_state_dict(state.model)
         opt.load_state_dict(state.opt)
         loss_sum, last_eval = state.loss_sum.clone(), state.last_eval
-    order = batch_order(len(y_tr), job.batch_size, end, job.seed)  # (end, B): the seed's batches
+    order = batch_order(len(y_tr), tr.batch_size, end, job.seed)  # (end, B): the seed's batches
 
     def sgd_steps(first: int, stop: int) -> None:
         for step in range(first, stop):
@@ -204,7 +191,7 @@ def train_net(
 
     records = []
     done = start
-    for target in eval_steps(job.steps, job.eval_every):
+    for target in eval_steps(tr.steps, tr.eval_every):
         if not (start < target <= end or target == start == 0):
             continue
         sgd_steps(done, target)
@@ -216,7 +203,7 @@ def train_net(
         emit(job.key, target, f"accuracy {row['accuracy']:.3f}")
         done, last_eval = target, target
     sgd_steps(done, end)
-    if end == job.steps:
+    if end == tr.steps:
         return ChunkResult(end, None, records)  # a finished net needs no state
     return ChunkResult(
         end, NetState(model.state_dict(), opt.state_dict(), loss_sum, last_eval), records

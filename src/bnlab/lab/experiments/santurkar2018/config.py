@@ -1,10 +1,13 @@
-"""`bnlab santurkar2018`'s configuration: the command-line flags, and what one job trains."""
+"""`bnlab santurkar2018`'s configuration: the command-line flags; the training settings every
+job carries are their own dataclass (:class:`Training`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from bnlab.lab.experiments.protocol import RunOptions
 from bnlab.lab.flags import FloatList, IntList, StrList
@@ -22,18 +25,54 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 @dataclass(frozen=True)
 class Training:
-    """Everything one job needs besides its (net, variant, seed, lr, steps): shared by every
-    job of a run."""
+    """What every job of a run trains with besides its (net, variant, seed, lr, steps) (flags:
+    --batch-size, --measures, --etas, --noise-mean, --noise-std, --noise-scale, --widths,
+    --hidden, --dln-depth, --dln-width)."""
 
     batch_size: int = 64
-    widths: tuple[int, ...] = (16, 16, 32, 32)
-    in_size: int = 14
-    hidden: tuple[int, ...] = (256, 256, 256)
-    dln: tuple[int, int, int] = (25, 20, 20)  # depth, width, in = out features
-    noise: tuple[float, float, float] = (0.5, 0.5, 2.0)  # n_mean, n_std, n_scale
-    etas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # step sizes, multiples of the lr
+    """minibatch size of every run"""
     measures: int = 25
-    probe_size: int = 256
+    """measured steps per main run (evenly spaced from step 0 to the end): ICS (one extra
+    forward-backward per layer), landscape (one per step size), activations and held-out
+    accuracy. 25 keeps the measurements near 30% of a run's time"""
+    etas: FloatList = (0.5, 1.0, 2.0, 4.0)
+    """step sizes of the landscape measurement, as multiples of the run's lr: the loss and
+    gradient are measured at w - eta * lr * grad (the paper moves 0.5x to 4x its lr)"""
+    noise_mean: float = 0.5
+    """noisy BN: each step, each activation's noise mean ~ U(-noise_mean, noise_mean)"""
+    noise_std: float = 0.5
+    """noisy BN: each step, each activation's noise std ~ U(0, noise_std), i.i.d. per sample"""
+    noise_scale: float = 2.0
+    """noisy BN: each step, each activation is also scaled by a factor log-uniform on
+    [1/noise_scale, noise_scale] (the variance moves 4x either way)"""
+    widths: IntList = (16, 16, 32, 32)
+    """the CNN's convolution widths (pairs, each closed by 2x2 max pooling)"""
+    hidden: IntList = (256, 256, 256)
+    """the MLP's hidden widths"""
+    dln_depth: int = 25
+    """layers of the deep linear network (the paper's 25)"""
+    dln_width: int = 20
+    """width (and input/output size) of the deep linear network"""
+
+    def validate(self) -> None:
+        """Raise ValueError for a bad value, naming its flag."""
+        for name in ("measures", "batch_size", "dln_depth", "dln_width"):
+            if getattr(self, name) < (2 if name == "batch_size" else 1):
+                raise ValueError(f"--{name.replace('_', '-')} is too small: {getattr(self, name)}")
+        if not self.etas or any(e <= 0 for e in self.etas):
+            raise ValueError(f"--etas must be positive multiples of the lr, got {self.etas}")
+        if self.noise_mean < 0 or self.noise_std < 0 or self.noise_scale < 1:
+            raise ValueError(
+                "--noise-mean and --noise-std must be >= 0 and --noise-scale >= 1 (a factor "
+                "drawn from [1/s, s])"
+            )
+        if not self.widths or len(self.widths) > 6 or any(w < 1 for w in self.widths):
+            raise ValueError(
+                f"--widths: 1 to 6 positive conv widths (14x14 input, one 2x2 pool per pair), "
+                f"got {self.widths}"
+            )
+        if any(w < 1 for w in self.hidden):
+            raise ValueError(f"--hidden widths must be positive, got {self.hidden}")
 
 
 @dataclass(frozen=True)
@@ -65,22 +104,8 @@ class Config(RunOptions):
     dln_lr: float = 0.03
     """SGD learning rate of the deep linear network (mean squared error): both variants train
     stably from 0.003 to 0.1 (600 steps); 0.03 is mid-range"""
-    batch_size: int = 64
-    """minibatch size of every run"""
-    measures: int = 25
-    """measured steps per main run (evenly spaced from step 0 to the end): ICS (one extra
-    forward-backward per layer), landscape (one per step size), activations and held-out
-    accuracy. 25 keeps the measurements near 30% of a run's time"""
-    etas: FloatList = (0.5, 1.0, 2.0, 4.0)
-    """step sizes of the landscape measurement, as multiples of the run's lr: the loss and
-    gradient are measured at w - eta * lr * grad (the paper moves 0.5x to 4x its lr)"""
-    noise_mean: float = 0.5
-    """noisy BN: each step, each activation's noise mean ~ U(-noise_mean, noise_mean)"""
-    noise_std: float = 0.5
-    """noisy BN: each step, each activation's noise std ~ U(0, noise_std), i.i.d. per sample"""
-    noise_scale: float = 2.0
-    """noisy BN: each step, each activation is also scaled by a factor log-uniform on
-    [1/noise_scale, noise_scale] (the variance moves 4x either way)"""
+    training: Annotated[Training, tyro.conf.OmitArgPrefixes] = Training()
+    """training settings (every job's)"""
     sweep_lrs: FloatList = (0.01, 0.03, 0.1, 0.3, 1.0)
     """learning rates of the sweep (part 4), for the image nets with and without BN"""
     sweep_seeds: IntList = (0, 1, 2)
@@ -101,28 +126,8 @@ class Config(RunOptions):
     costs ~40 training steps; 2,000 puts a curve point within +-1 pp)"""
     test_size: int = 0
     """test images scored after the last step (0 = the whole test split)"""
-    widths: IntList = (16, 16, 32, 32)
-    """the CNN's convolution widths (pairs, each closed by 2x2 max pooling)"""
-    hidden: IntList = (256, 256, 256)
-    """the MLP's hidden widths"""
-    dln_depth: int = 25
-    """layers of the deep linear network (the paper's 25)"""
-    dln_width: int = 20
-    """width (and input/output size) of the deep linear network"""
     checkpoint_every: int = 500
     """steps between checkpoints; a resumed run redoes at most this many per job"""
-
-    def training(self) -> Training:
-        return Training(
-            batch_size=self.batch_size,
-            widths=tuple(self.widths),
-            in_size=14,
-            hidden=tuple(self.hidden),
-            dln=(self.dln_depth, self.dln_width, self.dln_width),
-            noise=(self.noise_mean, self.noise_std, self.noise_scale),
-            etas=tuple(self.etas),
-            measures=self.measures,
-        )
 
     def validate(self) -> None:
         super().validate()
@@ -148,35 +153,24 @@ class Config(RunOptions):
             raise ValueError("--sweep-nets needs --sweep-seeds and --sweep-lrs")
         if self.test_size < 0:
             raise ValueError(f"--test-size must be >= 0 (0: the whole split), got {self.test_size}")
-        for name in ("steps", "measures", "batch_size", "eval_size", "dln_depth", "dln_width"):
-            if getattr(self, name) < (2 if name == "batch_size" else 1):
+        for name in ("steps", "eval_size"):
+            if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} is too small: {getattr(self, name)}")
+        self.training.validate()
         if self.sweep_nets and self.sweep_steps < 1:
             raise ValueError(f"--sweep-steps must be at least 1, got {self.sweep_steps}")
-        if self.measures > self.steps:
-            raise ValueError(f"--measures ({self.measures}) cannot exceed --steps ({self.steps})")
+        if self.training.measures > self.steps:
+            raise ValueError(
+                f"--measures ({self.training.measures}) cannot exceed --steps ({self.steps})"
+            )
         for name in ("lr", "dln_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if any(lr <= 0 for lr in self.sweep_lrs) or len(set(self.sweep_lrs)) != len(self.sweep_lrs):
             raise ValueError(f"--sweep-lrs must be distinct positive rates, got {self.sweep_lrs}")
-        if not self.etas or any(e <= 0 for e in self.etas):
-            raise ValueError(f"--etas must be positive multiples of the lr, got {self.etas}")
-        if self.noise_mean < 0 or self.noise_std < 0 or self.noise_scale < 1:
-            raise ValueError(
-                "--noise-mean and --noise-std must be >= 0 and --noise-scale >= 1 (a factor "
-                "drawn from [1/s, s])"
-            )
-        if not self.widths or len(self.widths) > 6 or any(w < 1 for w in self.widths):
-            raise ValueError(
-                f"--widths: 1 to 6 positive conv widths (14x14 input, one 2x2 pool per pair), "
-                f"got {self.widths}"
-            )
-        if any(w < 1 for w in self.hidden):
-            raise ValueError(f"--hidden widths must be positive, got {self.hidden}")
         if self.subset < 0:
             raise ValueError(f"--subset must be >= 0 (0: all), got {self.subset}")
-        if self.subset and self.subset < self.batch_size:
+        if self.subset and self.subset < self.training.batch_size:
             raise ValueError(f"--subset {self.subset} is smaller than one batch")
         if self.checkpoint_every < 1:
             raise ValueError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")

@@ -1,10 +1,12 @@
 """`bnlab santurkar2018`'s report: one section per part of the paper (figure with 95% CIs over
-seeds, the numbers, the verdict and its rule), C5b, and the deviations from the paper. Reads the
-run directory only; never trains.
+seeds, the numbers, the verdict and its rule), C5b, and the deviations from the paper. Renders
+the analysis (:func:`~bnlab.lab.experiments.santurkar2018.analysis.analyse`) and draws its
+figures from the run's records; never trains.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -18,17 +20,25 @@ from bnlab.lab.experiments.santurkar2018.analysis import (
     LANDSCAPE,
     LR_TOLERANCE,
     NOISY_MARGIN,
+    Diff,
+    IcsNet,
+    LandscapeNet,
+    LogDiff,
+    LrNet,
+    MeanCI,
+    NoisyNet,
+    Part,
+    Santurkar2018Analysis,
     analyse,
-    load_records,
     result_line,
 )
 from bnlab.lab.experiments.santurkar2018.config import QUANTILES, Config
 from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.report.plots import pyplot, save_figure
-from bnlab.lab.results import Claim
+from bnlab.lab.results import Claim, Run
 from bnlab.lab.stats import mean_ci
 
-__all__ = ["report"]
+__all__ = ["REPORT", "report"]
 
 COLORS = {"standard": "#1f77b4", "bn": "#d62728", "noisy-bn": "#2ca02c"}
 LABELS = {"standard": "standard", "bn": "BN", "noisy-bn": "noisy BN"}
@@ -81,9 +91,9 @@ def _n_seeds(records: list[dict[str, Any]], part: str = "main") -> int:
     return len({r["seed"] for r in records if r.get("kind") == "final" and r.get("part") == part})
 
 
-def _fmt(e: dict[str, Any], pct: bool = False, digits: int = 3) -> str:
-    m, (lo, hi) = e["mean"], e["ci95"]
-    if m is None or not math.isfinite(m):
+def _fmt(e: MeanCI, pct: bool = False, digits: int = 3) -> str:
+    m, (lo, hi) = e.mean, e.ci95
+    if not math.isfinite(m):
         return "-"
     if pct:
         body = f"{m * 100:.1f}"
@@ -92,20 +102,20 @@ def _fmt(e: dict[str, Any], pct: bool = False, digits: int = 3) -> str:
     return body + (f" [{lo:.{digits}g}, {hi:.{digits}g}]" if math.isfinite(lo) else "")
 
 
-def _ratio(pair: dict[str, Any]) -> str:
-    r = pair["ratio"]
-    if not math.isfinite(r["mean"]):
+def _ratio(pair: LogDiff) -> str:
+    r = pair.ratio
+    if not math.isfinite(r.mean):
         return "-"
-    lo, hi = r["ci95"]
-    return f"x{r['mean']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else "")
+    lo, hi = r.ci95
+    return f"x{r.mean:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else "")
 
 
-def _pp(pair: dict[str, Any]) -> str:
-    d = pair["diff"]
-    if not math.isfinite(d["mean"]):
+def _pp(pair: Diff) -> str:
+    d = pair.diff
+    if not math.isfinite(d.mean):
         return "-"
-    lo, hi = d["ci95"]
-    body = f"{d['mean'] * 100:+.1f} pp"
+    lo, hi = d.ci95
+    body = f"{d.mean * 100:+.1f} pp"
     return body + (f" [{lo * 100:+.1f}, {hi * 100:+.1f}]" if math.isfinite(lo) else "")
 
 
@@ -185,9 +195,8 @@ def _acts_figure(records: list[dict[str, Any]], net: str, path: Path) -> bytes |
     return save_figure(fig, path)
 
 
-def _part1(summary: dict[str, Any], records: list[dict[str, Any]], run_dir: Path) -> Section:
-    part = summary["parts"]["noisy_bn"]
-    nets = list(part["nets"])
+def _part1(part: Part[NoisyNet], records: list[dict[str, Any]], run_dir: Path) -> Section:
+    nets = list(part.nets)
     figs = []
     png = _curves_figure(records, nets, run_dir / "part1_curves.png")
     if png:
@@ -205,15 +214,15 @@ def _part1(summary: dict[str, Any], records: list[dict[str, Any]], run_dir: Path
                 )
             )
     rows = []
-    for net, e in part["nets"].items():
+    for net, e in part.nets.items():
         rows.append(
             [
                 NET_NAMES[net],
-                *(_fmt(e["test_acc"][v], pct=True) for v in ("standard", "bn", "noisy-bn")),
-                _pp(e["bn_minus_noisy"]),
-                _pp(e["noisy_minus_standard"]),
-                *(_fmt(e["drift"][v]) for v in ("standard", "bn", "noisy-bn")),
-                e["verdict"],
+                *(_fmt(e.test_acc[v], pct=True) for v in ("standard", "bn", "noisy-bn")),
+                _pp(e.bn_minus_noisy),
+                _pp(e.noisy_minus_standard),
+                *(_fmt(e.drift[v]) for v in ("standard", "bn", "noisy-bn")),
+                e.verdict,
             ]
         )
     table = Table(
@@ -240,9 +249,9 @@ def _part1(summary: dict[str, Any], records: list[dict[str, Any]], run_dir: Path
         "S1",
         "Noisy BN (time-varying shift of every BN output) still trains about as well as BN",
         "final held-out accuracy, BN - noisy BN, paired over seeds",
-        "; ".join(f"{NET_NAMES[n]}: {_pp(e['bn_minus_noisy'])}" for n, e in part["nets"].items()),
-        part["verdict"],
-        part["rule"],
+        "; ".join(f"{NET_NAMES[n]}: {_pp(e.bn_minus_noisy)}" for n, e in part.nets.items()),
+        part.verdict,
+        part.rule,
     )
     return Section(
         "Part 1: noisy BN (paper Fig. 2)",
@@ -325,27 +334,26 @@ def _ics_figure(records: list[dict[str, Any]], nets: list[str], path: Path) -> b
     return save_figure(fig, path)
 
 
-def _part2(summary: dict[str, Any], records: list[dict[str, Any]], run_dir: Path) -> Section:
-    part = summary["parts"]["ics"]
-    nets = list(part["nets"])
+def _part2(part: Part[IcsNet], records: list[dict[str, Any]], run_dir: Path) -> Section:
+    nets = list(part.nets)
     figs = []
     png = _ics_figure(records, nets, run_dir / "part2_ics.png")
     if png:
         figs.append(Figure("ICS over training and by layer", png, width=900))
     rows = []
-    for net, e in part["nets"].items():
+    for net, e in part.nets.items():
         rows.append(
             [
                 NET_NAMES[net],
-                _fmt(e["rel_l2"]["standard"]),
-                _fmt(e["rel_l2"]["bn"]),
-                _ratio(e["rel_l2"]["bn_over_standard"]),
-                _fmt(e["cos"]["standard"]),
-                _fmt(e["cos"]["bn"]),
-                _fmt(e["l2"]["standard"]),
-                _fmt(e["l2"]["bn"]),
-                e["verdict"],
-                e["cos"]["bn_reduces_ics"],
+                _fmt(e.rel_l2.standard),
+                _fmt(e.rel_l2.bn),
+                _ratio(e.rel_l2.bn_over_standard),
+                _fmt(e.cos.standard),
+                _fmt(e.cos.bn),
+                _fmt(e.l2.standard),
+                _fmt(e.l2.bn),
+                e.verdict,
+                e.cos.bn_reduces_ics,
             ]
         )
     table = Table(
@@ -373,11 +381,10 @@ def _part2(summary: dict[str, Any], records: list[dict[str, Any]], run_dir: Path
         "BN reduces internal covariate shift (Definition 2.1)",
         "||G - G'|| / ||G||, BN - standard, paired over seeds",
         "; ".join(
-            f"{NET_NAMES[n]}: {_fmt(e['rel_l2']['bn_minus_standard']['diff'])}"
-            for n, e in part["nets"].items()
+            f"{NET_NAMES[n]}: {_fmt(e.rel_l2.bn_minus_standard.diff)}" for n, e in part.nets.items()
         ),
-        part["verdict"],
-        part["rule"],
+        part.verdict,
+        part.rule,
     )
     return Section(
         "Part 2: internal covariate shift (paper Definition 2.1, Fig. 3)",
@@ -430,28 +437,27 @@ def _landscape_figure(records: list[dict[str, Any]], nets: list[str], path: Path
 
 
 def _part3(
-    summary: dict[str, Any], records: list[dict[str, Any]], run_dir: Path, cfg: dict[str, Any]
+    part: Part[LandscapeNet], records: list[dict[str, Any]], run_dir: Path, cfg: Config
 ) -> Section:
-    part = summary["parts"]["landscape"]
-    nets = list(part["nets"])
+    nets = list(part.nets)
     figs = []
     png = _landscape_figure(records, nets, run_dir / "part3_landscape.png")
     if png:
         figs.append(Figure("Loss landscape along the gradient", png, width=900))
     rows = []
-    for net, e in part["nets"].items():
-        for key, what in LANDSCAPE.items():
+    for net, e in part.nets.items():
+        for key, m in e.measures().items():
             rows.append(
                 [
                     NET_NAMES[net],
-                    what,
-                    _fmt(e[key]["standard"]),
-                    _fmt(e[key]["bn"]),
-                    _ratio(e[key]["bn_over_standard"]),
-                    e[key]["bn_smoother"],
+                    LANDSCAPE[key],
+                    _fmt(m.standard),
+                    _fmt(m.bn),
+                    _ratio(m.bn_over_standard),
+                    m.bn_smoother,
                 ]
             )
-    etas = ", ".join(f"{v:g}" for v in cfg.get("etas", []))
+    etas = ", ".join(f"{v:g}" for v in cfg.training.etas)
     table = Table(
         "Landscape measures, mean [95% CI] over seeds of each run's mean over measured steps",
         ["net", "measure", "standard", "BN", "BN / standard", "BN smoother"],
@@ -464,12 +470,12 @@ def _part3(
         "BN makes the loss landscape smoother (loss and gradient change less along the gradient)",
         "loss variation and effective beta-smoothness, BN / standard, paired over seeds",
         "; ".join(
-            f"{NET_NAMES[n]}: loss {_ratio(e['loss_range']['bn_over_standard'])}, beta "
-            f"{_ratio(e['beta']['bn_over_standard'])}"
-            for n, e in part["nets"].items()
+            f"{NET_NAMES[n]}: loss {_ratio(e.loss_range.bn_over_standard)}, beta "
+            f"{_ratio(e.beta.bn_over_standard)}"
+            for n, e in part.nets.items()
         ),
-        part["verdict"],
-        part["rule"],
+        part.verdict,
+        part.rule,
     )
     return Section(
         "Part 3: smoothness of the landscape (paper Fig. 4)",
@@ -486,21 +492,21 @@ def _part3(
 # ---- part 4 --------------------------------------------------------------------------------------
 
 
-def _lr_figure(part: dict[str, Any], path: Path) -> bytes | None:
-    nets = list(part["nets"])
+def _lr_figure(part: Part[LrNet], path: Path) -> bytes | None:
+    nets = list(part.nets)
     if not nets:
         return None
     fig, axes = pyplot().subplots(
         1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False, layout="constrained"
     )
     for ax, net in zip(axes[0], nets, strict=True):
-        e = part["nets"][net]
+        e = part.nets[net]
         for k, variant in enumerate(("standard", "bn")):
-            rows = e["test_acc"][variant]
+            rows = e.test_acc[variant]
             lrs = np.array([float(lr) for lr in rows])
-            mean = np.array([r["mean"] for r in rows.values()])
-            lo = np.array([r["ci95"][0] for r in rows.values()])
-            hi = np.array([r["ci95"][1] for r in rows.values()])
+            mean = np.array([r.mean for r in rows.values()])
+            lo = np.array([r.ci95[0] for r in rows.values()])
+            hi = np.array([r.ci95[1] for r in rows.values()])
             x = lrs * (1.04 if k else 0.96)  # side by side
             err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
             ax.errorbar(
@@ -513,17 +519,17 @@ def _lr_figure(part: dict[str, Any], path: Path) -> bytes | None:
                 label=LABELS[variant],
             )
             for xi, r in zip(x, rows.values(), strict=True):
-                if r["diverged"]:
+                if r.diverged:
                     ax.annotate(
-                        f"{len(r['diverged'])} diverged",
-                        (xi, r["mean"] * 100),
+                        f"{len(r.diverged)} diverged",
+                        (xi, r.mean * 100),
                         fontsize=7,
                         color=COLORS[variant],
                         xytext=(4, -10),
                         textcoords="offset points",
                     )
         ax.axhline(
-            (e["best"] - LR_TOLERANCE) * 100,
+            (e.best - LR_TOLERANCE) * 100,
             color="gray",
             ls="--",
             lw=0.8,
@@ -540,31 +546,29 @@ def _lr_figure(part: dict[str, Any], path: Path) -> bytes | None:
     return save_figure(fig, path)
 
 
-def _part4(summary: dict[str, Any], run_dir: Path, cfg: dict[str, Any]) -> Section:
-    part = summary["parts"]["lr_range"]
+def _part4(part: Part[LrNet], run_dir: Path, cfg: Config) -> Section:
     figs = []
     png = _lr_figure(part, run_dir / "part4_lr.png")
     if png:
         figs.append(Figure("Learning-rate sweep", png, width=900))
     rows = []
-    for net, e in part["nets"].items():
+    for net, e in part.nets.items():
         for variant in ("standard", "bn"):
             cells = [
-                _fmt(r, pct=True) + (f" ({len(r['diverged'])} div.)" if r["diverged"] else "")
-                for r in e["test_acc"][variant].values()
+                _fmt(r, pct=True) + (f" ({len(r.diverged)} div.)" if r.diverged else "")
+                for r in e.test_acc[variant].values()
             ]
             rows.append(
                 [
                     NET_NAMES[net],
                     LABELS[variant],
                     *cells,
-                    ", ".join(e["trains_at"][variant]) or "none",
+                    ", ".join(e.trains_at[variant]) or "none",
                 ]
             )
-    lrs = [f"lr {v:g}" for v in cfg.get("sweep_lrs", [])]
+    lrs = [f"lr {v:g}" for v in cfg.sweep_lrs]
     table = Table(
-        f"Final held-out accuracy (%) after {cfg.get('sweep_steps')} steps, "
-        "mean [95% CI] over seeds",
+        f"Final held-out accuracy (%) after {cfg.sweep_steps} steps, mean [95% CI] over seeds",
         ["net", "variant", *lrs, "trains at"],
         rows,
         f"A diverged run (loss not finite or above 1e6) scores {CHANCE:.0%}.",
@@ -574,12 +578,12 @@ def _part4(summary: dict[str, Any], run_dir: Path, cfg: dict[str, Any]) -> Secti
         "BN lets the net train over a wider range of learning rates",
         "learning rates at which each variant trains (within tolerance of the best)",
         "; ".join(
-            f"{NET_NAMES[n]}: standard {', '.join(e['trains_at']['standard']) or 'none'} vs BN "
-            f"{', '.join(e['trains_at']['bn']) or 'none'}"
-            for n, e in part["nets"].items()
+            f"{NET_NAMES[n]}: standard {', '.join(e.trains_at['standard']) or 'none'} vs BN "
+            f"{', '.join(e.trains_at['bn']) or 'none'}"
+            for n, e in part.nets.items()
         ),
-        part["verdict"],
-        part["rule"],
+        part.verdict,
+        part.rule,
     )
     return Section(
         "Part 4: learning-rate range",
@@ -595,21 +599,19 @@ def _part4(summary: dict[str, Any], run_dir: Path, cfg: dict[str, Any]) -> Secti
 # ---- C5b and set-up ------------------------------------------------------------------------------
 
 
-def _c5b(summary: dict[str, Any]) -> Section:
-    c = summary["C5b"]
-    ev = c["evidence"]
-    helps = summary["bn_helps"]
-    value = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in ev.items())
+def _c5b(analysis: Santurkar2018Analysis) -> Section:
+    c = analysis.C5b
+    value = "; ".join(
+        f"{k.replace('_', ' ')}: {v}" for k, v in dataclasses.asdict(c.evidence).items()
+    )
     rows = [
         [
             NET_NAMES[n],
-            "held-out accuracy" if e["measure"] == "test_acc" else "held-out MSE",
-            _pp(e["bn_minus_standard"])
-            if e["measure"] == "test_acc"
-            else _fmt(e["bn_minus_standard"]["diff"]),
-            e["verdict"],
+            "held-out accuracy" if e.measure == "test_acc" else "held-out MSE",
+            _pp(e.bn_minus_standard) if e.measure == "test_acc" else _fmt(e.bn_minus_standard.diff),
+            e.verdict,
         ]
-        for n, e in helps["nets"].items()
+        for n, e in analysis.bn_helps.nets.items()
     ]
     return Section(
         "C5b: does BN help because it reduces internal covariate shift?",
@@ -619,11 +621,11 @@ def _c5b(summary: dict[str, Any]) -> Section:
         claims=[
             Claim(
                 "C5b",
-                c["statement"],
+                c.statement,
                 "parts 1-4 of this experiment",
                 value,
-                c["verdict"],
-                c["rule"],
+                c.verdict,
+                c.rule,
             )
         ],
         tables=[
@@ -638,25 +640,26 @@ def _c5b(summary: dict[str, Any]) -> Section:
     )
 
 
-def _setup(cfg: dict[str, Any], meta_data: str) -> Section:
-    nets = ", ".join(cfg.get("nets", []))
-    seeds = ", ".join(map(str, cfg.get("seeds", [])))
+def _setup(cfg: Config, meta_data: str) -> Section:
+    t = cfg.training
+    nets = ", ".join(cfg.nets)
+    seeds = ", ".join(map(str, cfg.seeds))
     text = (
         f"Data: {meta_data}. Main runs: nets {nets}; seeds {seeds}; "
-        f"{cfg.get('steps')} steps of plain SGD (batch {cfg.get('batch_size')}), lr "
-        f"{cfg.get('lr')} for the image nets and {cfg.get('dln_lr')} for the deep linear net; "
-        f"{cfg.get('measures')} measured steps per run. Sweep: lrs "
-        f"{', '.join(f'{v:g}' for v in cfg.get('sweep_lrs', []))} x seeds "
-        f"{', '.join(map(str, cfg.get('sweep_seeds', [])))}, {cfg.get('sweep_steps')} steps. "
+        f"{cfg.steps} steps of plain SGD (batch {t.batch_size}), lr "
+        f"{cfg.lr} for the image nets and {cfg.dln_lr} for the deep linear net; "
+        f"{t.measures} measured steps per run. Sweep: lrs "
+        f"{', '.join(f'{v:g}' for v in cfg.sweep_lrs)} x seeds "
+        f"{', '.join(map(str, cfg.sweep_seeds))}, {cfg.sweep_steps} steps. "
         "Every variant of a seed starts from the same weights and sees the same batches.\n\n"
         "Deviations from the paper (Santurkar et al. 2018): "
         "(1) data: Fashion-MNIST average-pooled to 14x14 instead of CIFAR-10 (CPU budget); "
-        f"(2) architecture: a VGG-style CNN with {len(cfg.get('widths', []))} 3x3 convolutions "
-        f"(widths {', '.join(map(str, cfg.get('widths', [])))}) and one linear layer instead of "
+        f"(2) architecture: a VGG-style CNN with {len(t.widths)} 3x3 convolutions "
+        f"(widths {', '.join(map(str, t.widths))}) and one linear layer instead of "
         "VGG's 10 conv + 3 linear layers, plus a 3-layer MLP the paper does not have; the deep "
-        f"linear network has the paper's 25 layers but width {cfg.get('dln_width')} on a "
+        f"linear network has the paper's 25 layers but width {t.dln_width} on a "
         "synthetic task y = A x of our choosing; "
-        f"(3) length: {cfg.get('steps')} steps instead of the paper's ~15k (its plots span the "
+        f"(3) length: {cfg.steps} steps instead of the paper's ~15k (its plots span the "
         "first epochs of VGG); "
         "(4) optimizer: plain SGD without momentum or weight decay, at one learning rate for "
         "both variants in the main runs; "
@@ -670,33 +673,29 @@ def _setup(cfg: dict[str, Any], meta_data: str) -> Section:
     return Section("Set-up and deviations from the paper", text, anchor="setup")
 
 
-def report(run_dir: Path) -> list[Section]:
-    from bnlab.lab.runs import read_config
-
-    meta = read_config(run_dir)
-    cfg, records = load_records(run_dir)
-    summary = analyse(run_dir)
-    sections = [_c5b(summary)]
-    if summary["parts"]["noisy_bn"]["nets"]:
-        sections.append(_part1(summary, records, run_dir))
-    if summary["parts"]["ics"]["nets"]:
-        sections.append(_part2(summary, records, run_dir))
-    if summary["parts"]["landscape"]["nets"]:
-        sections.append(_part3(summary, records, run_dir, cfg))
-    if summary["parts"]["lr_range"]["nets"]:
-        sections.append(_part4(summary, run_dir, cfg))
-    sections.append(_setup(cfg, str(meta.get("data", "?"))))
-    if summary["diverged"]:
-        sections[-1].intro += "\n\nDiverged runs: " + ", ".join(summary["diverged"]) + "."
+def report(run: Run[Config]) -> list[Section]:
+    analysis = analyse(run)
+    parts, records, cfg = analysis.parts, run.records, run.config
+    sections = [_c5b(analysis)]
+    if parts.noisy_bn.nets:
+        sections.append(_part1(parts.noisy_bn, records, run.dir))
+    if parts.ics.nets:
+        sections.append(_part2(parts.ics, records, run.dir))
+    if parts.landscape.nets:
+        sections.append(_part3(parts.landscape, records, run.dir, cfg))
+    if parts.lr_range.nets:
+        sections.append(_part4(parts.lr_range, run.dir, cfg))
+    sections.append(_setup(cfg, str(run.meta.get("data", "?"))))
+    if analysis.diverged:
+        sections[-1].intro += "\n\nDiverged runs: " + ", ".join(analysis.diverged) + "."
     return sections
 
 
-# Transitional: the analysis still reads the run directory itself.
-REPORT: ExperimentReport[Config, Any] = ExperimentReport(
+REPORT: ExperimentReport[Config, Santurkar2018Analysis] = ExperimentReport(
     name="santurkar2018",
     title="bnlab santurkar2018: does BN help by reducing internal covariate shift?",
     config=Config,
-    analyse=lambda run: analyse(run.dir),
-    report=lambda run: report(run.dir),
-    result_line=lambda summary, run: result_line(summary, run.dir),
+    analyse=analyse,
+    report=report,
+    result_line=result_line,
 )

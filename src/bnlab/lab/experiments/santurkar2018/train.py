@@ -41,6 +41,8 @@ __all__ = ["Data", "RunJob", "load", "measure_steps", "plan", "train"]
 DIVERGED = 1e6  # a training loss above this (or not finite) stops the job: it diverged
 SWEEP_CURVE = 10  # training-loss points of a sweep job
 DLN_TRAIN, DLN_TEST = 4096, 1024  # synthetic samples of the deep linear network's task
+IN_SIZE = 14  # the image nets' input: 28x28 images average-pooled 2x2 (_pool)
+PROBE_SIZE = 256  # the fixed batch whose activations are recorded (Fig. 2)
 
 
 @dataclass(frozen=True)
@@ -116,10 +118,11 @@ def load(cfg: Config, log: Log) -> Loaded:
         )
     dln = None
     if "dln" in nets:
-        dln = synthetic_linear_task(cfg.dln_width)
+        width = cfg.training.dln_width
+        dln = synthetic_linear_task(width)
         what.append(
-            f"deep linear network: {DLN_TRAIN:,} + {DLN_TEST:,} samples x ~ N(0, I_{cfg.dln_width})"
-            f", y = A x with A ~ N(0, 1/{cfg.dln_width})"
+            f"deep linear network: {DLN_TRAIN:,} + {DLN_TEST:,} samples x ~ N(0, I_{width}), "
+            f"y = A x with A ~ N(0, 1/{width})"
         )
     description = "; ".join(what)
     data = Data(x_train, y_train, x_test, y_test, dln, cfg.eval_size, description)
@@ -128,7 +131,7 @@ def load(cfg: Config, log: Log) -> Loaded:
 
 
 def plan(cfg: Config, data: Data) -> list[RunJob]:
-    t = cfg.training()
+    t = cfg.training
     jobs = []
     for net in cfg.nets:
         variants = ("standard", "bn") if net == "dln" else ("standard", "bn", "noisy-bn")
@@ -304,11 +307,11 @@ def train(job: RunJob, state: Any, start: int, end: int, data: Data) -> ChunkRes
         job.net,  # type: ignore[arg-type]
         job.variant,  # type: ignore[arg-type]
         derived_generator(job.seed, "init"),
-        noise=t.noise,
+        noise=(t.noise_mean, t.noise_std, t.noise_scale),
         widths=t.widths,
-        in_size=t.in_size,
+        in_size=IN_SIZE,
         hidden=t.hidden,
-        dln=t.dln,
+        dln=(t.dln_depth, t.dln_width, t.dln_width),  # depth, width, in = out features
     )
     sums = {"loss": 0.0, "correct": 0.0, "n": 0}
     previous = None
@@ -319,7 +322,7 @@ def train(job: RunJob, state: Any, start: int, end: int, data: Data) -> ChunkRes
     order = batch_order(len(task.x), t.batch_size, job.steps, derived_seed(job.seed, "order"))
     measured = set(measure_steps(job.steps, t.measures)) if job.part == "main" else set()
     curve_only = set() if job.part == "main" else set(measure_steps(job.steps, SWEEP_CURVE)) - {0}
-    probe = task.x[: t.probe_size]
+    probe = task.x[:PROBE_SIZE]
     params = list(model.parameters())
     records: list[dict[str, Any]] = []
     base = {"net": job.net, "variant": job.variant, "seed": job.seed, "lr": job.lr}
