@@ -13,17 +13,20 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import tyro
 
+from bnlab.lab.configs import build, config_from_dict, config_to_dict
 from bnlab.lab.data import to_unit_range
 from bnlab.lab.experiments.common import train_test
 from bnlab.lab.experiments.regularization import experiment as reg
 from bnlab.lab.experiments.regularization.analysis import (
     MIN_EFFECT_PP,
+    RegularizationAnalysis,
     c6_verdict,
     fit_slope,
-    summarize,
 )
 from bnlab.lab.models.mlp import mlp
+from bnlab.lab.results import Run
 from bnlab.lab.runs import read_jsonl
 from bnlab.lab.stats import Estimate, format_ci, paired
 
@@ -72,8 +75,8 @@ def test_eval_mode_output_of_an_example_does_not_depend_on_its_batch() -> None:
 def test_train_mode_spread_shrinks_like_one_over_sqrt_batch_size() -> None:
     records = _probe((8, 16, 32, 64, 128), 40)
     fit = fit_slope([r["batch_size"] for r in records], [r["bn1_std"] for r in records])
-    assert -0.7 < fit["slope"] < -0.35, fit
-    assert fit["lo"] <= fit["slope"] <= fit["hi"]
+    assert -0.7 < fit.slope < -0.35, fit
+    assert fit.lo <= fit.slope <= fit.hi
 
 
 def test_probe_leaves_the_model_untouched() -> None:
@@ -131,6 +134,11 @@ def _epoch(variant: str, seed: int, epoch: int, train_acc: float, test_acc: floa
     }  # fmt: skip
 
 
+def _analyse(records: list[dict[str, Any]], **flat: Any) -> RegularizationAnalysis:
+    """The analysis of a run with these records, its config the defaults but for ``flat``."""
+    return reg.analyse(Run(Path("run"), "regularization", build(reg.Config, **flat), {}, records))
+
+
 def test_summary_reads_the_final_gap_over_the_last_epochs_and_the_gap_at_equal_fit() -> None:
     records = []
     for seed in (0, 1):
@@ -138,26 +146,24 @@ def test_summary_reads_the_final_gap_over_the_last_epochs_and_the_gap_at_equal_f
             # plain: fits at epoch 5, ends with a 10 pp gap; bn: fits at epoch 2, ends at 8 pp
             records.append(_epoch("plain", seed, e, min(1.0, 0.2 * e), 0.9 - 0.01 * seed))
             records.append(_epoch("bn", seed, e, 1.0 if e >= 2 else 0.5, 0.92 - 0.01 * seed))
-    config = {"seeds": [0, 1], "variants": ["plain", "bn"], "match_train_acc": 0.99}
-    s = summarize(records, config)
-    plain, bn = s["variants"]["plain"], s["variants"]["bn"]
-    assert plain["gap"].mean == pytest.approx(10.5)  # last 5 epochs: train 1.0, test 0.9 / 0.89
-    assert bn["gap"].mean == pytest.approx(8.5)
-    assert plain["per_seed"]["matched_epoch"] == [5.0, 5.0]
-    assert bn["per_seed"]["matched_epoch"] == [2.0, 2.0]
-    main = next(c for c in s["comparisons"] if c["quantity"] == "final gap")
-    assert (main["a"], main["b"], main["paired"].diff.mean) == ("plain", "bn", pytest.approx(2.0))
-    assert s["min_final_train_acc"] == pytest.approx(1.0)
+    a = _analyse(records, seeds=(0, 1), variants=("plain", "bn"), match_train_acc=0.99)
+    plain, bn = a.variants["plain"], a.variants["bn"]
+    assert plain.gap.mean == pytest.approx(10.5)  # last 5 epochs: train 1.0, test 0.9 / 0.89
+    assert bn.gap.mean == pytest.approx(8.5)
+    assert plain.per_seed.matched_epoch == (5.0, 5.0)
+    assert bn.per_seed.matched_epoch == (2.0, 2.0)
+    main = next(c for c in a.comparisons if c.quantity == "final gap")
+    assert (main.a, main.b, main.paired.diff.mean) == ("plain", "bn", pytest.approx(2.0))
+    assert a.min_final_train_acc == pytest.approx(1.0)
 
 
 def test_a_seed_without_records_is_missing_not_an_error() -> None:
     """A failed job leaves its (variant, seed) without records: left out, the rest stands."""
     records = [_epoch(v, s, 1, 1.0, 0.9) for v in ("plain", "bn") for s in (0, 1)]
     records = [r for r in records if (r["variant"], r["seed"]) != ("bn", 1)]
-    config = {"seeds": [0, 1], "variants": ["plain", "bn"], "match_train_acc": 0.99}
-    s = summarize(records, config)
-    assert s["variants"]["bn"]["gap"].n == 1 and s["variants"]["plain"]["gap"].n == 2
-    assert s["min_final_train_acc"] == 1.0
+    a = _analyse(records, seeds=(0, 1), variants=("plain", "bn"), match_train_acc=0.99)
+    assert a.variants["bn"].gap.n == 1 and a.variants["plain"].gap.n == 2
+    assert a.min_final_train_acc == 1.0
 
 
 # ---- jobs and chunks --------------------------------------------------------------------------
@@ -175,7 +181,8 @@ def test_plan_has_one_job_per_seed_and_variant_and_one_probe() -> None:
     jobs = reg.EXPERIMENT.plan(cfg, _tiny_data())
     assert [j.key for j in jobs] == [f"s{s}/{v}" for s in (3, 1) for v in reg.VARIANTS]
     assert [j.key for j in jobs if j.probe is not None] == ["s3/bn"]
-    assert all(j.total == cfg.epochs and j.unit_steps == 20 for j in jobs)
+    assert all(j.total == cfg.training.epochs and j.unit_steps == 20 for j in jobs)
+    assert all(j.training is cfg.training for j in jobs)  # the run's settings, not a copy
     no_probe = reg.EXPERIMENT.plan(dataclasses.replace(cfg, probe_batch_sizes=()), _tiny_data())
     assert all(j.probe is None for j in no_probe)
 
@@ -184,9 +191,9 @@ def test_plan_has_one_job_per_seed_and_variant_and_one_probe() -> None:
 def test_training_in_chunks_equals_training_in_one_go(variant: str) -> None:
     """A job resumed from its state (model and Adam) continues exactly where it stopped."""
     data = _tiny_data()
-    cfg = reg.Config(train_size=60, epochs=3, batch_size=20, hidden=(8,))
+    training = reg.Training(train_size=60, epochs=3, batch_size=20, hidden=(8,))
     probe = reg.Probe((2, 4), 3, 0) if variant == "bn" else None
-    job = reg.RegJob(0, variant, cfg.training(), probe)  # type: ignore[arg-type]
+    job = reg.RegJob(0, variant, training, probe)  # type: ignore[arg-type]
     whole = reg.EXPERIMENT.train(job, None, 0, 3, data)
     first = reg.EXPERIMENT.train(job, None, 0, 1, data)
     before = json.dumps({k: v.tolist() for k, v in first.state["model"].items()})
@@ -200,8 +207,8 @@ def test_training_in_chunks_equals_training_in_one_go(variant: str) -> None:
 
 
 def test_a_diverging_network_fails_its_job_with_the_fix() -> None:
-    cfg = reg.Config(train_size=60, epochs=2, batch_size=20, hidden=(8,), lr=1e30)
-    job = reg.RegJob(0, "plain", cfg.training())
+    training = reg.Training(train_size=60, epochs=2, batch_size=20, hidden=(8,), lr=1e30)
+    job = reg.RegJob(0, "plain", training)
     result = reg.EXPERIMENT.train(job, None, 0, 2, _tiny_data())
     assert result.failed is not None and "smaller --lr" in result.failed
     assert result.done < 2
@@ -220,7 +227,7 @@ def test_an_interrupted_run_resumes_to_the_same_records(
         batch_size=20, hidden=(8,), probe_batch_sizes=(2, 4), probe_batches=3,
         checkpoint_every=2, jobs=1, data=mnist_root,
     )  # fmt: skip
-    full = reg.run(reg.Config(**tiny, out=tmp_path / "full"), log=lambda _m: None)
+    full = reg.run(build(reg.Config, **tiny, out=tmp_path / "full"), log=lambda _m: None)
     real_epoch, calls = train.train_epoch, {"n": 0}
 
     def interrupted(*args: Any) -> dict[str, Any]:
@@ -230,7 +237,7 @@ def test_an_interrupted_run_resumes_to_the_same_records(
         return real_epoch(*args)
 
     monkeypatch.setattr(train, "train_epoch", interrupted)
-    cut = reg.Config(**tiny, out=tmp_path / "cut")
+    cut = build(reg.Config, **tiny, out=tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
         reg.run(cut, log=lambda _m: None)
     monkeypatch.setattr(train, "train_epoch", real_epoch)
@@ -244,6 +251,14 @@ def test_an_interrupted_run_resumes_to_the_same_records(
 
     assert sorted(resumed.records, key=key) == sorted(full.records, key=key)
     assert len([r for r in full.records if r["kind"] == "probe"]) == 2
+
+
+def test_training_flags_keep_their_names_and_config_json_stays_flat() -> None:
+    cfg = tyro.cli(reg.Config, args=["--epochs", "5", "--hidden", "8,8", "--holdout", "10"])
+    assert cfg.training == reg.Training(epochs=5, hidden=(8, 8)) and cfg.holdout == 10
+    flat = config_to_dict(cfg)
+    assert (flat["epochs"], flat["hidden"]) == (5, [8, 8]) and "training" not in flat
+    assert config_from_dict(reg.Config, flat) == cfg
 
 
 @pytest.mark.parametrize(
@@ -272,7 +287,7 @@ def test_an_interrupted_run_resumes_to_the_same_records(
 def test_bad_configs_are_value_errors_before_any_work(
     tmp_path: Path, mnist_root: Path, bad: dict[str, Any], match: str
 ) -> None:
-    cfg = reg.Config(**{"data": mnist_root, "out": tmp_path / "x", **bad})
+    cfg = build(reg.Config, **{"data": mnist_root, "out": tmp_path / "x", **bad})
     with pytest.raises(ValueError, match=match):
         reg.run(cfg, log=lambda _m: None)
     assert not (tmp_path / "x").exists()  # nothing written before the config is checked

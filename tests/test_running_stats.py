@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import tyro
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
 import bnlab.nn as bnn
+from bnlab.lab.configs import build, config_from_dict, config_to_dict
 from bnlab.lab.data import to_unit_range
 from bnlab.lab.experiments.running_stats import experiment as rs
 from bnlab.lab.models.mlp import forward_with_bn, mlp
@@ -179,8 +181,8 @@ def _tiny_data(n: int = 140) -> rs.StatsData:
 
 
 def _tiny_job(trace: bool = True, **kw: Any) -> rs.RunningStatsJob:
-    cfg = rs.Config(**{"epochs": 3, "batch_size": 20, "hidden": (8, 6), **kw})
-    return rs.RunningStatsJob(0, cfg.training(), 60, trace)
+    training = rs.Training(**{"epochs": 3, "batch_size": 20, "hidden": (8, 6), **kw})
+    return rs.RunningStatsJob(0, training, 60, trace)
 
 
 def test_plan_traces_the_first_seed_and_trains_on_the_whole_pool_by_default() -> None:
@@ -188,6 +190,7 @@ def test_plan_traces_the_first_seed_and_trains_on_the_whole_pool_by_default() ->
     assert [j.key for j in jobs] == ["s4", "s2", "s7"]
     assert [j.trace for j in jobs] == [True, False, False]
     assert {j.train_size for j in jobs} == {100} and {j.unit_steps for j in jobs} == {2}
+    assert all(j.training is jobs[0].training for j in jobs)  # the run's settings, not copies
 
 
 def test_training_in_chunks_equals_training_in_one_go() -> None:
@@ -214,6 +217,19 @@ def test_a_diverging_network_fails_its_job_with_the_fix() -> None:
 # ---- the run directory ------------------------------------------------------------------------
 
 
+def test_training_flags_keep_their_names_and_config_json_stays_flat() -> None:
+    cfg = tyro.cli(
+        rs.Config, args=["--momentum", "0.2", "--shadow-momenta", "0.05", "--epochs", "2"]
+    )
+    assert cfg.training == rs.Training(epochs=2, momentum=0.2, shadow_momenta=(0.05,))
+    flat = config_to_dict(cfg)
+    assert (flat["momentum"], flat["shadow_momenta"]) == (0.2, [0.05]) and "training" not in flat
+    assert config_from_dict(rs.Config, flat) == cfg
+    assert rs.estimator_names(cfg.training) == [
+        "ema-0.2", "ema-0.05", "cumulative", "precise", "population"
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -237,7 +253,7 @@ def test_a_diverging_network_fails_its_job_with_the_fix() -> None:
 def test_bad_configs_are_value_errors_before_any_work(
     tmp_path: Path, mnist_root: Path, bad: dict[str, Any], match: str
 ) -> None:
-    cfg = rs.Config(**{"data": mnist_root, "out": tmp_path / "x", **bad})
+    cfg = build(rs.Config, **{"data": mnist_root, "out": tmp_path / "x", **bad})
     with pytest.raises(ValueError, match=match):
         rs.run(cfg, log=lambda _m: None)
     assert not (tmp_path / "x").exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bnlab.lab.experiments.driver import RunResult, run_experiment
 from bnlab.lab.experiments.protocol import Experiment, Log
-from bnlab.lab.experiments.regularization.analysis import analyse, summarize
+from bnlab.lab.experiments.regularization.analysis import RegularizationAnalysis, analyse
 from bnlab.lab.experiments.regularization.config import SPLIT_SEED, VARIANTS, Config, Training
 from bnlab.lab.experiments.regularization.probe import probe_batch_dependence
 from bnlab.lab.experiments.regularization.report import REPORT, report
@@ -28,12 +28,12 @@ __all__ = [
     "Probe",
     "RegData",
     "RegJob",
+    "RegularizationAnalysis",
     "Training",
     "analyse",
     "probe_batch_dependence",
     "report",
     "run",
-    "summarize",
 ]
 
 EXPERIMENT: Experiment[Config] = Experiment(

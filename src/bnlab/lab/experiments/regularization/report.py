@@ -1,5 +1,6 @@
 """`bnlab regularization`'s report: the claims of :mod:`.analysis`, per-variant and paired
-tables, gap curves and the probe's spread, drawn from the run directory; never trains."""
+tables, gap curves and the probe's spread, drawn from the run (its analysis and records);
+never trains."""
 
 from __future__ import annotations
 
@@ -14,18 +15,18 @@ from bnlab.lab.experiments.regularization.analysis import (
     FINAL_WINDOW,
     FIT_ACC,
     FIT_MIN_BATCH,
+    RegularizationAnalysis,
+    SlopeFit,
     analyse,
-    claims,
     diff_text,
-    load_run,
     result_line,
-    summarize,
 )
 from bnlab.lab.experiments.regularization.config import Config
 from bnlab.lab.report.html import Figure, Section, Table
+from bnlab.lab.results import Run
 from bnlab.lab.stats import Estimate, format_ci
 
-__all__ = ["make_figures", "report"]
+__all__ = ["REPORT", "make_figures", "report"]
 
 
 # ---- figures ------------------------------------------------------------------------------------
@@ -56,7 +57,7 @@ def _plot_accuracy(records: list[dict[str, Any]], variants: list[str], path: Pat
     return save_figure(fig, path)
 
 
-def _plot_spread(summary: dict[str, Any], path: Path) -> bytes | None:
+def _plot_spread(a: RegularizationAnalysis, path: Path) -> bytes | None:
     """Spread of one digit's outputs vs batch size, log-log, with the 1/sqrt(B) guide."""
     from bnlab.lab.report.plots import pyplot
 
@@ -64,19 +65,19 @@ def _plot_spread(summary: dict[str, Any], path: Path) -> bytes | None:
 
     from bnlab.lab.report.plots import save_figure
 
-    probe = summary["probe"]
+    probe = a.probe
     if not probe:
         return None
-    b = np.array([r["batch_size"] for r in probe], dtype=float)
+    b = np.array([p.batch_size for p in probe], dtype=float)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    lt = np.array([r["logit_std"] for r in probe])
+    lt = np.array([p.logit_std for p in probe])
     err = np.array(
         [
-            [r["logit_std"] - r["logit_std_lo"] for r in probe],
-            [r["logit_std_hi"] - r["logit_std"] for r in probe],
+            [p.logit_std - p.logit_std_lo for p in probe],
+            [p.logit_std_hi - p.logit_std for p in probe],
         ]
     )
-    slope = summary["logit_slope"]["slope"]
+    slope = a.logit_slope.slope
     ax.errorbar(
         b,
         lt,
@@ -87,25 +88,25 @@ def _plot_spread(summary: dict[str, Any], path: Path) -> bytes | None:
         capsize=2,
         label=f"logits, train mode (slope {slope:.2f})",
     )
-    bn1 = np.array([r["bn1_std"] for r in probe])
+    bn1 = np.array([p.bn1_std for p in probe])
     ax.plot(
         b,
         bn1,
         marker="s",
         ms=4,
         lw=1.4,
-        label=f"first BN output, train mode (slope {summary['bn1_slope']['slope']:.2f})",
+        label=f"first BN output, train mode (slope {a.bn1_slope.slope:.2f})",
     )
     ref = b >= FIT_MIN_BATCH
     if ref.any():
         anchor = lt[ref][0] * math.sqrt(b[ref][0])
         ax.plot(b, anchor / np.sqrt(b), color="gray", ls=":", label="∝ 1/sqrt(B)")
-    eval_max = max(max(r["logit_std_eval"], r["bn1_std_eval"]) for r in probe)
+    eval_max = max(max(p.logit_std_eval, p.bn1_std_eval) for p in probe)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size B")
     ax.set_ylabel("std over batches (RMS over units)")
-    ax.set_title(f"One digit in {probe[0]['batches']} random batches per B")
+    ax.set_title(f"One digit in {probe[0].batches} random batches per B")
     ax.text(
         0.02,
         0.03,
@@ -118,15 +119,15 @@ def _plot_spread(summary: dict[str, Any], path: Path) -> bytes | None:
     return save_figure(fig, path)
 
 
-def make_figures(
-    run_dir: Path, records: list[dict[str, Any]], config: dict[str, Any]
-) -> dict[str, bytes]:
-    """gap_acc.png, gap_loss.png, accuracy.png and batch_spread.png (with a probe) from the
-    run's records, written into the run directory; name -> PNG bytes of those drawn."""
+def make_figures(run: Run[Config], a: RegularizationAnalysis) -> dict[str, bytes]:
+    """gap_acc.png, gap_loss.png, accuracy.png (the run's records) and batch_spread.png (the
+    analysis's probe, if any), written into the run directory; name -> PNG bytes of those
+    drawn."""
     from bnlab.lab.report.plots import plot_metric
 
-    variants = list(config["variants"])
-    epochs = [r for r in records if r.get("kind") == "epoch"]
+    run_dir = run.dir
+    variants = list(run.config.variants)
+    epochs = [r for r in run.records if r.get("kind") == "epoch"]
     drawn = {
         "gap_acc.png": plot_metric(
             epochs,
@@ -147,7 +148,7 @@ def make_figures(
         "accuracy.png": _plot_accuracy(epochs, variants, run_dir / "accuracy.png")
         if epochs
         else None,
-        "batch_spread.png": _plot_spread(summarize(records, config), run_dir / "batch_spread.png"),
+        "batch_spread.png": _plot_spread(a, run_dir / "batch_spread.png"),
     }
     return {name: png for name, png in drawn.items() if png is not None}
 
@@ -163,34 +164,31 @@ def _figures(pngs: dict[str, bytes], *wanted: tuple[str, str, str]) -> list[Figu
     return [Figure(title, pngs[name], caption) for name, title, caption in wanted if name in pngs]
 
 
-def report(run_dir: Path) -> list[Section]:
-    """The report's sections, from the run directory's files only (never trains)."""
-    run_dir = Path(run_dir)
-    meta, records = load_run(run_dir)
-    config = meta["config"]
-    pngs = make_figures(run_dir, records, config)
-    s = summarize(records, config)
-    sections = [_c6_section(pngs, meta, s)]
-    if s["probe"]:
-        sections.append(_probe_section(pngs, s))
+def report(run: Run[Config]) -> list[Section]:
+    """The report's sections, from the run alone (never trains)."""
+    a = analyse(run)
+    pngs = make_figures(run, a)
+    sections = [_c6_section(pngs, run, a)]
+    if a.probe:
+        sections.append(_probe_section(pngs, a))
     return sections
 
 
-def _c6_section(pngs: dict[str, bytes], meta: dict[str, Any], s: dict[str, Any]) -> Section:
+def _c6_section(pngs: dict[str, bytes], run: Run[Config], a: RegularizationAnalysis) -> Section:
     """Claims, per-variant and paired tables, gap figures."""
-    config = meta["config"]
-    per = s["variants"]
-    n_seeds = len(s["seeds"])
-    match_pct = 100 * float(config["match_train_acc"])
+    cfg, t = run.config, run.config.training
+    per = a.variants
+    n_seeds = len(a.seeds)
+    match_pct = 100 * float(cfg.match_train_acc)
 
     lowest = {
-        v: min((a for a in per[v]["per_seed"]["train_acc"] if math.isfinite(a)), default=math.nan)
-        for v in per
+        v: min((x for x in s.per_seed.train_acc if math.isfinite(x)), default=math.nan)
+        for v, s in per.items()
     }
-    unfit = ", ".join(f"{v} {100 * a:.1f}%" for v, a in lowest.items() if not a >= FIT_ACC)
+    unfit = ", ".join(f"{v} {100 * x:.1f}%" for v, x in lowest.items() if not x >= FIT_ACC)
     fit_note = (
         f"Every network fits its training subset by the end (lowest final train accuracy "
-        f"{100 * s['min_final_train_acc']:.1f}%), so the final gap compares generalization at "
+        f"{100 * a.min_final_train_acc:.1f}%), so the final gap compares generalization at "
         f"equal (perfect) fit, not fitting speed."
         if not unfit
         else f"Not every network fits its training subset by the end in eval mode (lowest "
@@ -200,17 +198,17 @@ def _c6_section(pngs: dict[str, bytes], meta: dict[str, Any], s: dict[str, Any])
         f"in eval mode, where its running statistics stand in for the batch's."
     )
     rows = []
-    for v in config["variants"]:
+    for v in cfg.variants:
         p = per[v]
         rows.append(
             [
                 v,
-                format_ci(_pct(p["train_acc"]), "{:.1f}", "%"),
-                format_ci(_pct(p["test_acc"]), "{:.2f}", "%"),
-                format_ci(p["gap"], "{:.2f}", " pp"),
-                format_ci(p["loss_gap"], "{:.3f}"),
-                f"{format_ci(p['matched_epoch'], '{:.1f}')} ({p['reached_match']}/{n_seeds})",
-                format_ci(p["matched_gap"], "{:.2f}", " pp"),
+                format_ci(_pct(p.train_acc), "{:.1f}", "%"),
+                format_ci(_pct(p.test_acc), "{:.2f}", "%"),
+                format_ci(p.gap, "{:.2f}", " pp"),
+                format_ci(p.loss_gap, "{:.3f}"),
+                f"{format_ci(p.matched_epoch, '{:.1f}')} ({p.reached_match}/{n_seeds})",
+                format_ci(p.matched_gap, "{:.2f}", " pp"),
             ]
         )
     per_variant = Table(
@@ -225,26 +223,23 @@ def _c6_section(pngs: dict[str, bytes], meta: dict[str, Any], s: dict[str, Any])
             "acc gap there",
         ],
         rows,
-        f"final = mean over the last {min(FINAL_WINDOW, config['epochs'])} of "
-        f"{config['epochs']} epochs; gap = train "
+        f"final = mean over the last {min(FINAL_WINDOW, t.epochs)} of "
+        f"{t.epochs} epochs; gap = train "
         f"- held-out accuracy (percentage points), loss gap = held-out - train cross-entropy; "
         f"all in eval mode.",
     )
     paired = Table(
         "Paired comparisons (same seed = same subset, init and batch order)",
         ["a - b", "what it isolates", "quantity", "difference (a - b)"],
-        [
-            [f"{c['a']} - {c['b']}", c["meaning"], c["quantity"], diff_text(c["paired"])]
-            for c in s["comparisons"]
-        ],
+        [[f"{c.a} - {c.b}", c.meaning, c.quantity, diff_text(c.paired)] for c in a.comparisons],
         "positive = b has the smaller gap; paired Student t interval and paired t-test.",
     )
     lead = (
-        f"Setup: {meta.get('data', '')}. Each seed draws {config['train_size']:,} training digits "
-        f"from the pool; {config['holdout']:,} held-out digits, the same for every seed. MLP "
-        f"784-{'-'.join(map(str, config['hidden']))}-10, {config['activation']} units, BN after "
-        f"each hidden Linear (bn, bn-full); Adam lr {config['lr']:g}, batch "
-        f"{config['batch_size']}, {config['epochs']} epochs, {n_seeds} seeds.\n\n"
+        f"Setup: {run.data}. Each seed draws {t.train_size:,} training digits "
+        f"from the pool; {cfg.holdout:,} held-out digits, the same for every seed. MLP "
+        f"784-{'-'.join(map(str, t.hidden))}-10, {t.activation} units, BN after "
+        f"each hidden Linear (bn, bn-full); Adam lr {t.lr:g}, batch "
+        f"{t.batch_size}, {t.epochs} epochs, {n_seeds} seeds.\n\n"
         "What is compared: BN both speeds up fitting and (the claim) regularizes. To keep "
         "the two apart the gap is read where fitting speed no longer matters: at the end of "
         f"training, when the networks fit their training set, and at the first epoch each "
@@ -258,7 +253,7 @@ def _c6_section(pngs: dict[str, bytes], meta: dict[str, Any], s: dict[str, Any])
     return Section(
         "C6: does batch norm regularize?",
         lead,
-        claims=claims(s, config),
+        claims=list(a.claims),
         tables=[per_variant, paired],
         figures=_figures(
             pngs,
@@ -274,20 +269,20 @@ def _c6_section(pngs: dict[str, bytes], meta: dict[str, Any], s: dict[str, Any])
     )
 
 
-def _probe_section(pngs: dict[str, bytes], s: dict[str, Any]) -> Section:
+def _probe_section(pngs: dict[str, bytes], a: RegularizationAnalysis) -> Section:
     """The batch-dependence probe: table of spreads, slopes, figure."""
-    probe = s["probe"]
-    ls, bs1 = s["logit_slope"], s["bn1_slope"]
+    probe = a.probe
+    ls, bs1 = a.logit_slope, a.bn1_slope
     prows = [
         [
-            str(r["batch_size"]),
-            f"{r['logit_std']:.4f} [{r['logit_std_lo']:.4f}, {r['logit_std_hi']:.4f}]",
-            f"{r['bn1_std']:.4f}",
-            f"{r['logit_std_eval']:.3g}",
-            f"{r['bn1_std_eval']:.3g}",
-            f"{100 * r['flip_rate']:.1f}%",
+            str(p.batch_size),
+            f"{p.logit_std:.4f} [{p.logit_std_lo:.4f}, {p.logit_std_hi:.4f}]",
+            f"{p.bn1_std:.4f}",
+            f"{p.logit_std_eval:.3g}",
+            f"{p.bn1_std_eval:.3g}",
+            f"{100 * p.flip_rate:.1f}%",
         ]
-        for r in probe
+        for p in probe
     ]
     ptable = Table(
         "Spread of one digit's outputs over random batches",
@@ -305,13 +300,13 @@ def _probe_section(pngs: dict[str, bytes], s: dict[str, Any]) -> Section:
         "its eval-mode prediction.",
     )
 
-    def slope_text(f: dict[str, float]) -> str:
-        ci = f" [{f['lo']:.3f}, {f['hi']:.3f}]" if math.isfinite(f["lo"]) else ""
-        return f"{f['slope']:.3f}{ci}"
+    def slope_text(f: SlopeFit) -> str:
+        ci = f" [{f.lo:.3f}, {f.hi:.3f}]" if math.isfinite(f.lo) else ""
+        return f"{f.slope:.3f}{ci}"
 
     intro = (
-        f"The network: seed {s['seeds'][0]}'s bn network after training. The digit: the "
-        f"first held-out digit, placed in {probe[0]['batches']} random batches of B - 1 "
+        f"The network: seed {a.seeds[0]}'s bn network after training. The digit: the "
+        f"first held-out digit, placed in {probe[0].batches} random batches of B - 1 "
         "other digits from the training pool for every batch size B. In train mode BN "
         "normalizes with the batch's statistics, so the digit's outputs move with its "
         "batch mates; in eval mode BN uses the running statistics and the same batches "
@@ -336,12 +331,11 @@ def _probe_section(pngs: dict[str, bytes], s: dict[str, Any]) -> Section:
     )
 
 
-# Transitional: the analysis still reads the run directory itself.
-REPORT: ExperimentReport[Config, Any] = ExperimentReport(
+REPORT: ExperimentReport[Config, RegularizationAnalysis] = ExperimentReport(
     name="regularization",
     title="bnlab regularization: does BN regularize? (claim C6)",
     config=Config,
-    analyse=lambda run: analyse(run.dir),
-    report=lambda run: report(run.dir),
-    result_line=lambda summary, run: result_line(summary, run.dir),
+    analyse=analyse,
+    report=report,
+    result_line=result_line,
 )

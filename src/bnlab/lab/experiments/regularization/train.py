@@ -71,14 +71,15 @@ def load(cfg: Config, log: Log) -> Loaded:
         cfg.dataset, cfg.data, cfg.holdout, SPLIT_SEED, log
     )
     pool_n = x_pool.shape[0]
-    if cfg.train_size > pool_n:
-        raise ValueError(f"--train-size {cfg.train_size} exceeds the training pool ({pool_n:,})")
+    t = cfg.training
+    if t.train_size > pool_n:
+        raise ValueError(f"--train-size {t.train_size} exceeds the training pool ({pool_n:,})")
     if cfg.probe_batch_sizes and max(cfg.probe_batch_sizes) > pool_n + 1:
         raise ValueError(f"--probe-batch-sizes: at most {pool_n + 1} (the pool and the digit)")
     log(what)
     log(
-        f"training {', '.join(cfg.variants)} x {len(cfg.seeds)} seed(s) on {cfg.train_size:,} "
-        f"digits for {cfg.epochs} epochs"
+        f"training {', '.join(cfg.variants)} x {len(cfg.seeds)} seed(s) on {t.train_size:,} "
+        f"digits for {t.epochs} epochs"
         + (
             f"; then the probe: {len(cfg.probe_batch_sizes)} batch sizes x "
             f"{cfg.probe_batches} batches"
@@ -91,8 +92,7 @@ def load(cfg: Config, log: Log) -> Loaded:
 
 def plan(cfg: Config, data: RegData) -> list[RegJob]:
     """One job per (seed, variant), seed by seed; the first seed's bn job also probes."""
-    training = cfg.training()
-    first = cfg.seeds[0]
+    training, first = cfg.training, cfg.seeds[0]
     probe = (
         Probe(cfg.probe_batch_sizes, cfg.probe_batches, first) if cfg.probe_batch_sizes else None
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from bnlab.lab.experiments.protocol import RunOptions
 from bnlab.lab.flags import FloatList, IntList
@@ -34,40 +36,12 @@ def ema_name(momentum: float) -> str:
     return f"ema-{momentum:g}"
 
 
-def estimator_names(config: dict[str, Any]) -> list[str]:
-    """Table order: the model's EMA, the shadow EMAs, cumulative, precise, population."""
-    shadow = [ema_name(m) for m in config["shadow_momenta"]]
-    return [ema_name(config["momentum"]), *shadow, CUMULATIVE, PRECISE, POPULATION]
-
-
 @dataclass(frozen=True)
 class Training:
-    """What a job needs to train one seed's network and form its estimates."""
+    """What a job needs to train one seed's network and form its estimates (flags:
+    --train-size, --epochs, --batch-size, --lr, --hidden, --activation, --momentum,
+    --shadow-momenta, --precise-batch-size)."""
 
-    train_size: int  # 0 = the whole pool
-    epochs: int
-    batch_size: int
-    lr: float
-    hidden: tuple[int, ...]
-    activation: Activation
-    momentum: float
-    shadow_momenta: tuple[float, ...]
-    precise_batch_size: int  # 0 = batch_size
-
-
-@dataclass(frozen=True)
-class Config(RunOptions):
-    """Eval-mode statistics of BN: EMA vs cumulative average vs precise recomputation.
-
-    Defaults: 5 seeds x 10 epochs of a BN MLP on the MNIST training pool (8,000 digits when
-    only the 10k test split is present), estimators compared after every epoch; about a
-    minute on a 2-core CPU (one process per core); --quick runs a 15-second taste.
-    """
-
-    seeds: IntList = (0, 1, 2, 3, 4)
-    """one training run per seed (init, batch order); 5 give a paired t-interval on accuracies"""
-    holdout: int = 2000
-    """held-out digits for eval accuracy (the rest of a single split is the training pool)"""
     train_size: int = 0
     """training digits drawn from the pool; 0 = the whole pool (population = all of them)"""
     epochs: int = 10
@@ -88,35 +62,9 @@ class Config(RunOptions):
     staler), 0.5 ~3 (fresh, noisy); the cumulative average is always tracked"""
     precise_batch_size: int = 0
     """batch size of the precise recomputation pass; 0 = --batch-size (as in training)"""
-    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
-    """which dataset"""
-    data: Path | None = None
-    """directory with the IDX files (else $BNLAB_DATA, ~/.cache/bnlab, system dirs, download)"""
-    checkpoint_every: int = 5
-    """epochs between checkpoints of a seed's run; a resumed run redoes at most this many"""
-
-    def training(self) -> Training:
-        return Training(
-            self.train_size,
-            self.epochs,
-            self.batch_size,
-            self.lr,
-            self.hidden,
-            self.activation,
-            self.momentum,
-            self.shadow_momenta,
-            self.precise_batch_size,
-        )
 
     def validate(self) -> None:
-        """Every value that could otherwise only fail mid-run, named by its flag. (Sizes that
-        depend on the data, --train-size against the training pool, are checked when the data
-        is loaded, still before any training.)"""
-        super().validate()
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds: give at least one seed, none repeated (got {self.seeds})")
-        if min(self.seeds) < 0:
-            raise ValueError(f"--seeds must be >= 0, got {self.seeds}")
+        """Raise ValueError for a bad training value, named by its flag."""
         if self.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2 or self.precise_batch_size == 1 or self.precise_batch_size < 0:
@@ -124,8 +72,6 @@ class Config(RunOptions):
                 "--batch-size and --precise-batch-size must be at least 2 (BN needs 2 "
                 "values per channel); --precise-batch-size 0 = --batch-size"
             )
-        if self.holdout < 1:
-            raise ValueError(f"--holdout must be at least 1, got {self.holdout}")
         if self.train_size < 0:
             raise ValueError(
                 f"--train-size must be >= 0 (0 = the whole pool), got {self.train_size}"
@@ -147,5 +93,47 @@ class Config(RunOptions):
             raise ValueError(f"--shadow-momenta repeats the model's --momentum {self.momentum:g}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+
+
+def estimator_names(training: Training) -> list[str]:
+    """Table order: the model's EMA, the shadow EMAs, cumulative, precise, population."""
+    shadow = [ema_name(m) for m in training.shadow_momenta]
+    return [ema_name(training.momentum), *shadow, CUMULATIVE, PRECISE, POPULATION]
+
+
+@dataclass(frozen=True)
+class Config(RunOptions):
+    """Eval-mode statistics of BN: EMA vs cumulative average vs precise recomputation.
+
+    Defaults: 5 seeds x 10 epochs of a BN MLP on the MNIST training pool (8,000 digits when
+    only the 10k test split is present), estimators compared after every epoch; about a
+    minute on a 2-core CPU (one process per core); --quick runs a 15-second taste.
+    """
+
+    seeds: IntList = (0, 1, 2, 3, 4)
+    """one training run per seed (init, batch order); 5 give a paired t-interval on accuracies"""
+    holdout: int = 2000
+    """held-out digits for eval accuracy (the rest of a single split is the training pool)"""
+    training: Annotated[Training, tyro.conf.OmitArgPrefixes] = Training()
+    """training settings (every job's)"""
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    """which dataset"""
+    data: Path | None = None
+    """directory with the IDX files (else $BNLAB_DATA, ~/.cache/bnlab, system dirs, download)"""
+    checkpoint_every: int = 5
+    """epochs between checkpoints of a seed's run; a resumed run redoes at most this many"""
+
+    def validate(self) -> None:
+        """Every value that could otherwise only fail mid-run, named by its flag. (Sizes that
+        depend on the data, --train-size against the training pool, are checked when the data
+        is loaded, still before any training.)"""
+        super().validate()
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds: give at least one seed, none repeated (got {self.seeds})")
+        if min(self.seeds) < 0:
+            raise ValueError(f"--seeds must be >= 0, got {self.seeds}")
+        if self.holdout < 1:
+            raise ValueError(f"--holdout must be at least 1, got {self.holdout}")
+        self.training.validate()
         if self.checkpoint_every < 1:
             raise ValueError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bnlab.lab.experiments.driver import RunResult, run_experiment
 from bnlab.lab.experiments.protocol import Experiment, Log
-from bnlab.lab.experiments.running_stats.analysis import analyse, summarize
+from bnlab.lab.experiments.running_stats.analysis import RunningStatsAnalysis, analyse
 from bnlab.lab.experiments.running_stats.config import Config, Training, estimator_names
 from bnlab.lab.experiments.running_stats.estimators import (
     ShadowStats,
@@ -29,6 +29,7 @@ from bnlab.lab.experiments.running_stats.train import (
 __all__ = [
     "EXPERIMENT",
     "Config",
+    "RunningStatsAnalysis",
     "RunningStatsJob",
     "ShadowStats",
     "StatsData",
@@ -42,7 +43,6 @@ __all__ = [
     "report",
     "run",
     "stat_errors",
-    "summarize",
 ]
 
 EXPERIMENT: Experiment[Config] = Experiment(

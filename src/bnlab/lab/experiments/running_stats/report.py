@@ -1,20 +1,19 @@
 """`bnlab running-stats`' report: the estimators' table, statistic errors and accuracy over
-training, and one channel's trace, drawn from the run directory; never trains."""
+training, and one channel's trace, drawn from the run (its analysis and records); never
+trains."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.experiments.running_stats.analysis import (
+    RunningStatsAnalysis,
     analyse,
     curves,
-    load_run,
     result_line,
-    summarize,
 )
 from bnlab.lab.experiments.running_stats.config import (
     CUMULATIVE,
@@ -26,17 +25,16 @@ from bnlab.lab.experiments.running_stats.config import (
     estimator_names,
 )
 from bnlab.lab.report.html import Figure, Section, Table
+from bnlab.lab.results import Run
 from bnlab.lab.stats import format_ci
 
-__all__ = ["make_figures", "report"]
+__all__ = ["REPORT", "make_figures", "report"]
 
 
 # ---- figures ------------------------------------------------------------------------------------
 
 
-def make_figures(
-    run_dir: Path, records: list[dict[str, Any]], config: dict[str, Any]
-) -> dict[str, bytes]:
+def make_figures(run: Run[Config]) -> dict[str, bytes]:
     """stat_errors.png, accuracy.png and trace.png (with a trace) from the run's records,
     written into the run directory; name -> PNG bytes of those drawn."""
     from bnlab.lab.report.plots import pyplot
@@ -45,10 +43,11 @@ def make_figures(
 
     from bnlab.lab.report.plots import save_figure
 
+    run_dir, records = run.dir, run.records
     drawn: dict[str, bytes] = {}
     if not any(r.get("kind") == "epoch" for r in records):
         return drawn
-    names = [n for n in estimator_names(config) if n != POPULATION]
+    names = [n for n in estimator_names(run.config.training) if n != POPULATION]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in (
         (axes[0], "mean_err", "|mean - population mean| / population std"),
@@ -135,37 +134,32 @@ def make_figures(
 # ---- the section --------------------------------------------------------------------------------
 
 
-def _layers(values: list[float], pct: bool = False) -> str:
+def _layers(values: Sequence[float], pct: bool = False) -> str:
     return " / ".join(f"{100 * v:.2f}%" if pct else f"{v:.4f}" for v in values)
 
 
-def report(run_dir: Path) -> list[Section]:
-    """The report's sections, from the run directory's files only (never trains)."""
-    run_dir = Path(run_dir)
-    meta, records = load_run(run_dir)
-    config = meta["config"]
-    pngs = make_figures(run_dir, records, config)
-    s = summarize(records, config)
-    est = s["estimators"]
+def report(run: Run[Config]) -> list[Section]:
+    """The report's sections, from the run alone (never trains)."""
+    a = analyse(run)
+    t = run.config.training
+    pngs = make_figures(run)
+    est = a.estimators
     rows = []
-    for name in estimator_names(config):
-        if name not in est:
-            continue
-        e = est[name]
-        d = e["acc_vs_population"]
+    for name, e in est.items():
+        d = e.acc_vs_population
         delta = "-" if name == POPULATION or d is None else format_ci(d.diff, "{:+.2f}")
         rows.append(
             [
                 name,
-                format_ci(e["test_acc"], "{:.2f}", "%"),
+                format_ci(e.test_acc, "{:.2f}", "%"),
                 delta,
-                _layers(e["mean_err"]),
-                _layers(e["var_err"], True),
+                _layers(e.mean_err),
+                _layers(e.var_err, True),
             ]
         )
-    n_layers = len(config["hidden"])
+    n_layers = len(t.hidden)
     table = Table(
-        f"Estimators after {s['epoch']} epochs (mean over {len(s['seeds'])} seeds)",
+        f"Estimators after {a.epoch} epochs (mean over {len(a.seeds)} seeds)",
         [
             "estimator",
             "held-out acc [95% CI]",
@@ -179,35 +173,34 @@ def report(run_dir: Path) -> list[Section]:
         "= statistics of each BN layer's input over the whole training set with the final "
         "weights (by definition error 0). Accuracy differences paired over seeds (Student t).",
     )
-    ema = ema_name(config["momentum"])
+    ema = ema_name(t.momentum)
     finding = ""
     if all(k in est for k in (ema, CUMULATIVE, PRECISE, POPULATION)):
         finding = (
             "\n\nAfter the last epoch, averaged over layers: variance error "
-            f"{100 * np.mean(est[ema]['var_err']):.2f}% ({ema}), "
-            f"{100 * np.mean(est[CUMULATIVE]['var_err']):.2f}% (cumulative), "
-            f"{100 * np.mean(est[PRECISE]['var_err']):.2f}% (precise); held-out accuracy "
-            f"{est[ema]['test_acc'].mean:.2f}%, {est[CUMULATIVE]['test_acc'].mean:.2f}%, "
-            f"{est[PRECISE]['test_acc'].mean:.2f}% "
-            f"(population {est[POPULATION]['test_acc'].mean:.2f}%)."
+            f"{100 * np.mean(est[ema].var_err):.2f}% ({ema}), "
+            f"{100 * np.mean(est[CUMULATIVE].var_err):.2f}% (cumulative), "
+            f"{100 * np.mean(est[PRECISE].var_err):.2f}% (precise); held-out accuracy "
+            f"{est[ema].test_acc.mean:.2f}%, {est[CUMULATIVE].test_acc.mean:.2f}%, "
+            f"{est[PRECISE].test_acc.mean:.2f}% "
+            f"(population {est[POPULATION].test_acc.mean:.2f}%)."
         )
     trend = ""
-    var_curves = curves(records, "var_err", lambda v: float(np.mean(v)))
-    if CUMULATIVE in var_curves and len(var_curves[CUMULATIVE][0]) > 1:
-        ep, val = var_curves[CUMULATIVE]
+    if len(a.cumulative_var_err) > 1:
+        (first, err_first), (last, err_last) = a.cumulative_var_err[0], a.cumulative_var_err[-1]
         trend = (
-            f" The cumulative average's variance error was {100 * val[0]:.1f}% after epoch "
-            f"{ep[0]} and {100 * val[-1]:.1f}% after epoch {ep[-1]}."
+            f" The cumulative average's variance error was {100 * err_first:.1f}% after epoch "
+            f"{first} and {100 * err_last:.1f}% after epoch {last}."
         )
-    pb = config["precise_batch_size"] or config["batch_size"]
-    digits = meta.get("train_digits")
+    pb = t.precise_batch_size or t.batch_size
+    digits = run.meta.get("train_digits")
     intro = (
-        f"Setup: {meta.get('data', '')}; "
+        f"Setup: {run.data}; "
         f"{f'{digits:,}' if isinstance(digits, int) else '?'} training digits. MLP "
-        f"784-{'-'.join(map(str, config['hidden']))}-10, {config['activation']} units, BN "
-        f"(momentum {config['momentum']:g}) after each hidden Linear; Adam lr {config['lr']:g}, "
-        f"batch {config['batch_size']}, {config['epochs']} epochs, seeds "
-        f"{', '.join(map(str, s['seeds']))}.\n\n"
+        f"784-{'-'.join(map(str, t.hidden))}-10, {t.activation} units, BN "
+        f"(momentum {t.momentum:g}) after each hidden Linear; Adam lr {t.lr:g}, "
+        f"batch {t.batch_size}, {t.epochs} epochs, seeds "
+        f"{', '.join(map(str, a.seeds))}.\n\n"
         f"Estimators, all from the same training run: {ema} = the model's own running "
         "statistics; other ema-m = shadow BN layers with momentum m fed the same BN inputs; "
         "cumulative = shadow layers with momentum=None (the plain average of every batch "
@@ -255,12 +248,11 @@ def report(run_dir: Path) -> list[Section]:
     ]
 
 
-# Transitional: the analysis still reads the run directory itself.
-REPORT: ExperimentReport[Config, Any] = ExperimentReport(
+REPORT: ExperimentReport[Config, RunningStatsAnalysis] = ExperimentReport(
     name="running-stats",
     title="bnlab running-stats: which statistics should eval mode use?",
     config=Config,
-    analyse=lambda run: analyse(run.dir),
-    report=lambda run: report(run.dir),
-    result_line=lambda summary, run: result_line(summary, run.dir),
+    analyse=analyse,
+    report=report,
+    result_line=result_line,
 )

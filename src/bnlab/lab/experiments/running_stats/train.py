@@ -81,20 +81,20 @@ def load(cfg: Config, log: Log) -> Loaded:
         cfg.dataset, cfg.data, cfg.holdout, SPLIT_SEED, log
     )
     pool_n = x_pool.shape[0]
-    n = cfg.train_size or pool_n
+    t = cfg.training
+    n = t.train_size or pool_n
     if n > pool_n:
         raise ValueError(f"--train-size {n} exceeds the training pool ({pool_n:,})")
-    if n < max(cfg.batch_size, cfg.precise_batch_size):
+    if n < max(t.batch_size, t.precise_batch_size):
         raise ValueError(f"{n} training digits are fewer than one batch")
     log(what)
-    log(f"training a BN MLP on {n:,} digits, {cfg.epochs} epochs x {len(cfg.seeds)} seed(s)")
+    log(f"training a BN MLP on {n:,} digits, {t.epochs} epochs x {len(cfg.seeds)} seed(s)")
     return Loaded(StatsData(x_pool, y_pool, x_test, y_test), {"data": what, "train_digits": n})
 
 
 def plan(cfg: Config, data: StatsData) -> list[RunningStatsJob]:
-    n = cfg.train_size or data.x_pool.shape[0]
-    training = cfg.training()
-    return [RunningStatsJob(s, training, n, trace=k == 0) for k, s in enumerate(cfg.seeds)]
+    n = cfg.training.train_size or data.x_pool.shape[0]
+    return [RunningStatsJob(s, cfg.training, n, trace=k == 0) for k, s in enumerate(cfg.seeds)]
 
 
 @torch.no_grad()
