@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 
 from bnlab import kernels
+from bnlab.lab.configs import build
 from bnlab.lab.data import to_unit_range
 from bnlab.lab.experiments.gan.experiment import (
     DEFAULT_VARIANTS,
@@ -167,7 +168,8 @@ def main() -> None:
     args = parser.parse_args()
     threads = torch.get_num_threads()
     variants = [parse_variant(v) for v in args.variants.split(",")]
-    cfg = GanConfig(
+    cfg = build(
+        GanConfig,
         epochs=args.epochs,
         data=Path(args.data) if args.data else None,
         variants=tuple(variants),
@@ -175,7 +177,7 @@ def main() -> None:
     data = load_gan_data(
         "mnist", cfg.data, "any", 0, 100, False, 1, torch.device("cpu"), lambda _m: None
     )
-    images, seed, training = data.images, cfg.seed, cfg.training("cpu")
+    images, seed, training = data.images, cfg.seed, cfg.training
     print(f"torch {torch.__version__}, {threads} threads; {data.description}; {args.epochs} epochs")
 
     if args.only_bn:

@@ -11,8 +11,10 @@ import pytest
 from bnlab.lab.experiments.ablation import analysis as ablation_analysis
 from bnlab.lab.experiments.ablation import experiment as ablation
 from bnlab.lab.experiments.ablation import report as ablation_report
+from bnlab.lab.experiments.ablation.config import AblationConfig
 from bnlab.lab.experiments.ablation.experiment import NOTEBOOK2, NOTEBOOK3, Cell, design
 from bnlab.lab.models.gan import BLOG_VARIANTS, parse_variant
+from bnlab.lab.results import Run, load_run
 from bnlab.lab.runs import append_jsonl, atomic_write_json
 
 
@@ -40,8 +42,8 @@ def test_cell_specs_round_trip_through_the_variant_parser():
         assert parse_variant(cell.variant().spec()) == cell.variant()
 
 
-def _fake_run(tmp_path, truth, seeds=(0, 1, 2), noise=0.05):
-    """A run dir whose FDs follow ``truth(cell)`` times log-normal noise."""
+def _fake_run(tmp_path, truth, seeds=(0, 1, 2), noise=0.05) -> Run[AblationConfig]:
+    """A run whose FDs follow ``truth(cell)`` times log-normal noise."""
     rng = np.random.default_rng(0)
     cells = design()
     atomic_write_json(
@@ -57,7 +59,7 @@ def _fake_run(tmp_path, truth, seeds=(0, 1, 2), noise=0.05):
             fd = truth(c) * math.exp(rng.normal(0, noise))
             records.append({"seed": s, "variant": c.name, "epoch": 3, "fd": fd, "fd_train": fd * 2})
     append_jsonl(tmp_path / "metrics.jsonl", records)
-    return tmp_path
+    return load_run(tmp_path, AblationConfig, "gan-ablation")
 
 
 def test_analysis_recovers_a_planted_main_effect_and_interaction(tmp_path):
@@ -71,44 +73,43 @@ def test_analysis_recovers_a_planted_main_effect_and_interaction(tmp_path):
             fd *= 1.5
         return fd
 
-    run_dir = _fake_run(tmp_path, truth)
-    result = ablation_analysis.analyse(run_dir)["responses"]["fd"]
-    by_term = {t["term"]: t for t in result["terms"]}
+    result = ablation_analysis.analyse(_fake_run(tmp_path, truth)).responses["fd"]
+    by_term = {t.term: t for t in result.terms}
     g = by_term["g_out_bn"]
-    assert g["lo"] < 1.5 < g["hi"] and g["ratio"] == pytest.approx(1.5, rel=0.05)
+    assert g.lo < 1.5 < g.hi and g.ratio == pytest.approx(1.5, rel=0.05)
     for null in ("d_in_bn", "joint"):
-        assert by_term[null]["lo"] < 1 < by_term[null]["hi"]
-    assert result["ranking"][0]["factor"] in ("logit_bn", "modes:notebook3", "modes:tidy")
+        assert by_term[null].lo < 1 < by_term[null].hi
+    assert result.ranking[0].factor in ("logit_bn", "modes:notebook3", "modes:tidy")
     inter = by_term["logit_bn x modes:notebook3"]
-    assert inter["hi"] < 1  # logit BN hurts much less once D switches to eval
+    assert inter.hi < 1  # logit BN hurts much less once D switches to eval
     paths = {
-        row[1]: float(row[3]) for row in result["paths"] if row[0].startswith("from notebook 2")
+        row.change: float(row.ratio)
+        for row in result.paths
+        if row.start.startswith("from notebook 2")
     }
     assert paths["mode switching -> notebook3"] < 0.2  # switching modes repairs notebook 2
-    assert "BN on D's logit" in result["conclusion"] or "mode switching" in result["conclusion"]
+    assert "BN on D's logit" in result.conclusion or "mode switching" in result.conclusion
 
 
 def test_analysis_finds_nothing_in_pure_noise(tmp_path):
-    run_dir = _fake_run(tmp_path, lambda c: 10.0, noise=0.1)
-    result = ablation_analysis.analyse(run_dir)["responses"]["fd"]
-    significant = [t for t in result["terms"] if t["lo"] > 1 or t["hi"] < 1]
+    run = _fake_run(tmp_path, lambda c: 10.0, noise=0.1)
+    result = ablation_analysis.analyse(run).responses["fd"]
+    significant = [t for t in result.terms if t.lo > 1 or t.hi < 1]
     assert len(significant) <= 2  # 26 terms at 95%: about one false positive expected
 
 
 def test_report_has_tables_figure_and_conclusion(tmp_path):
-    run_dir = _fake_run(tmp_path, lambda c: 30.0 if c.g_out_bn else 10.0)
-    sections = ablation_report.report(run_dir)
+    run = _fake_run(tmp_path, lambda c: 30.0 if c.g_out_bn else 10.0)
+    sections = ablation_report.report(run)
     assert len(sections) == 2  # G in eval and train mode
     titles = [t.title for t in sections[0].tables]
     assert "Factors ranked by their effect on FD" in titles
     assert sections[0].figures and sections[0].figures[0].png[:4] == b"\x89PNG"
     assert "BN on G's output" in sections[0].intro
-    assert not (run_dir / "summary.json").exists()  # the run writes it, never the report
+    assert not (run.dir / "summary.json").exists()  # the run writes it, never the report
 
 
 def test_a_tiny_ablation_runs_end_to_end(mnist_root, tmp_path, monkeypatch):
-    from bnlab.lab.experiments.ablation.experiment import AblationConfig
-
     monkeypatch.setenv("BNLAB_CACHE", str(tmp_path / "cache"))
     cfg = AblationConfig(
         seeds=(0,),

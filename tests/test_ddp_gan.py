@@ -45,9 +45,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def step_losses(variant: str, training: GanTraining, images: torch.Tensor, steps: int) -> list:
+def step_losses(
+    variant: str,
+    training: GanTraining,
+    images: torch.Tensor,
+    steps: int,
+    world_size: int = 1,
+    ddp_bn: str = "sync",
+) -> list:
     """Per-step [d_loss, g_loss] of the first ``steps`` steps, as train_epoch takes them."""
-    trainer = GanTrainer(BLOG_VARIANTS[variant], training, SEED, images, torch.device("cpu"))
+    trainer = GanTrainer(
+        BLOG_VARIANTS[variant], training, SEED, images, torch.device("cpu"), world_size, ddp_bn
+    )
     out: list[list[float]] = []
     epoch = 0
     while len(out) < steps:
@@ -68,8 +77,10 @@ def _rank(rank, world, port, cases, images, steps, result):
     try:
         out = {}
         for variant, ddp_bn, batch in cases:  # one launch for every case: start-up is the cost
-            training = GanTraining(world_size=world, ddp_bn=ddp_bn, batch_size=batch)
-            out[variant, ddp_bn, batch] = step_losses(variant, training, images, steps)
+            training = GanTraining(batch_size=batch)
+            out[variant, ddp_bn, batch] = step_losses(
+                variant, training, images, steps, world, ddp_bn
+            )
         if rank == 0:
             torch.save(out, result)
     finally:

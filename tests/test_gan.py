@@ -12,6 +12,7 @@ from torch import nn
 
 import bnlab.lab.experiments.gan.experiment as gan
 import bnlab.nn as bnn
+from bnlab.lab.configs import build
 from bnlab.lab.data import to_unit_range
 from bnlab.lab.experiments.driver import RunFailed
 from bnlab.lab.experiments.gan.experiment import GanConfig, GanTrainer, GanTraining, run
@@ -53,7 +54,7 @@ def _cfg(mnist_root: Path, tmp_path: Path, **kw) -> GanConfig:
         metrics=False,  # image metrics have their own test
     )
     base.update(kw)
-    return GanConfig(**base)
+    return build(GanConfig, **base)
 
 
 def _images(mnist_root: Path, subset: int) -> torch.Tensor:

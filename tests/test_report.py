@@ -148,7 +148,7 @@ def test_runs_of_the_same_variants_are_compared_paired_by_seed(run_dir: Path, tm
     path = build_report([run_dir, other], tmp_path / "both.html")
     html = path.read_text()
     assert "GAN: runs compared" in html
-    assert "ddp_bn=local nproc=4" in html and "nproc=None" in html
+    assert "ddp_bn=local nproc=4" in html and "nproc=1" in html  # the first run: one process
     assert "+5" in html or "5 (p=" in html
 
 

@@ -1,6 +1,8 @@
 """`bnlab gan-ablation`'s analysis: main effects and two-way interactions of the factors on
 log Frechet distance, paths between the notebooks, repairs of notebook 2, and a conclusion.
-Reads the run directory; trains nothing, draws nothing.
+Reads the run (:class:`~bnlab.lab.results.Run`; its records are GAN epoch records, as
+``bnlab gan`` writes them); trains nothing, draws nothing. The run writes what
+:func:`analyse` returns as summary.json.
 """
 
 from __future__ import annotations
@@ -8,8 +10,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,24 +22,108 @@ from bnlab.lab.experiments.ablation.config import (
     NOTEBOOK3,
     NOTEBOOK3_UNSHUFFLED,
     TWO_LEVEL,
+    AblationConfig,
     Cell,
     design,
 )
-from bnlab.lab.runs import read_config, read_jsonl
+from bnlab.lab.results import Run
 
-__all__ = ["analyse", "cells_and_scores", "effects", "result_line"]
+__all__ = [
+    "AblationAnalysis",
+    "Effect",
+    "FactorEffect",
+    "ModesOnceFixed",
+    "PathStep",
+    "Repair",
+    "Response",
+    "analyse",
+    "cells_and_scores",
+    "effects",
+    "result_line",
+]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One term of the fit as an FD ratio: exp of its contrast (see :func:`_contrasts`)."""
+
+    term: str  # a factor, modes:<m>, or an interaction "a x b"
+    log_effect: float
+    ratio: float  # exp(log_effect); for an interaction a ratio of ratios
+    lo: float  # 95% CI of the ratio (nan without residual degrees of freedom)
+    hi: float
+    p: float
+    dof: int  # residual degrees of freedom of the fit
+
+
+@dataclass(frozen=True)
+class FactorEffect(Effect):
+    """A main effect in the ranking, named by its factor (the same as its term)."""
+
+    factor: str
+
+
+class PathStep(NamedTuple):
+    """One single change on the way between the notebooks (a table row; a list in JSON)."""
+
+    start: str  # "from notebook 2's setup", "from notebook 3's setup", "notebook2 as run", ...
+    change: str  # "(as is)", "BN on G's output -> False", "shuffle -> True", ...
+    fd: str  # the changed cell's mean FD over seeds, 3 significant digits
+    ratio: str  # against the start's FD, 2 decimals
+
+
+class Repair(NamedTuple):
+    """Notebook 2's BN placement with some BN layers removed, no mode switching (a table row)."""
+
+    removed: str  # the BN layers removed, in words
+    cell: str  # the cell's name
+    fd: str  # its mean FD over seeds, 3 significant digits
+    ratio: str  # against notebook 2's placement, 2 decimals
+
+
+@dataclass(frozen=True)
+class ModesOnceFixed:
+    """Mode switching vs none with DCGAN-style placement, paired over seeds."""
+
+    modes: str  # notebook3 or tidy
+    ratio: float  # FD ratio, geometric mean over seeds
+    lo: float  # 95% t interval (nan with one seed)
+    hi: float
+    n: int  # seeds
+
+
+@dataclass(frozen=True)
+class Response:
+    """Everything the analysis says about one response (FD with G in eval or train mode)."""
+
+    terms: tuple[Effect, ...]  # main effects and two-way interactions
+    ranking: tuple[FactorEffect, ...]  # the main effects, largest |log effect| first
+    paths: tuple[PathStep, ...]
+    repairs: tuple[Repair, ...]
+    modes_fixed: tuple[ModesOnceFixed, ...]
+    cell_means: dict[str, float]  # cell -> geometric mean over seeds (nan: not scored)
+    conclusion: str
+
+
+@dataclass(frozen=True)
+class AblationAnalysis:
+    """What a run shows (summary.json): per response (``fd``, ``fd_train``) the fit, paths,
+    repairs and a conclusion; ``ranking`` repeats the eval-mode ranking."""
+
+    experiment: str  # "gan-ablation"
+    responses: dict[str, Response]
+    ranking: tuple[FactorEffect, ...]
 
 
 def cells_and_scores(
-    run_dir: Path, key: str
+    run: Run[AblationConfig], key: str
 ) -> tuple[dict[str, Cell], dict[str, dict[int, float]]]:
     """The run's cells (from its config) and, per cell, seed -> last measured ``key``."""
-    config = read_config(run_dir)["config"]
-    cells = {c.name: c for c in design(config["cells"])}
+    cells = {c.name: c for c in design(run.config.cells)}
     scores: dict[str, dict[int, float]] = defaultdict(dict)
     last: dict[tuple[str, int], int] = {}
-    for r in read_jsonl(run_dir / "metrics.jsonl"):
-        if "event" in r or r.get(key) is None or r["variant"] not in cells:
+    for r in run.records:
+        if r.get(key) is None or r["variant"] not in cells:
             continue
         k = (r["variant"], r["seed"])
         if r["epoch"] >= last.get(k, -1):
@@ -95,7 +181,7 @@ def _contrasts() -> dict[str, np.ndarray]:
 
 def effects(
     cells: dict[str, Cell], scores: dict[str, dict[int, float]], floor: float = 1e-6
-) -> list[dict[str, Any]]:
+) -> list[Effect]:
     """Least squares on log(score) over the factorial cells and seeds; one row per effect.
 
     ``ratio`` is the multiplicative change of the score: exp of the contrast in
@@ -127,15 +213,15 @@ def effects(
         se = math.sqrt(max(float(L @ cov @ L), 0.0)) if math.isfinite(sigma2) else math.nan
         ok = math.isfinite(se) and se > 0
         out.append(
-            {
-                "term": term,
-                "log_effect": est,
-                "ratio": math.exp(est),
-                "lo": math.exp(est - t * se) if ok else math.nan,
-                "hi": math.exp(est + t * se) if ok else math.nan,
-                "p": float(2 * sps.t.sf(abs(est / se), dof)) if ok else math.nan,
-                "dof": int(dof),
-            }
+            Effect(
+                term=term,
+                log_effect=est,
+                ratio=math.exp(est),
+                lo=math.exp(est - t * se) if ok else math.nan,
+                hi=math.exp(est + t * se) if ok else math.nan,
+                p=float(2 * sps.t.sf(abs(est / se), dof)) if ok else math.nan,
+                dof=int(dof),
+            )
         )
     return out
 
@@ -152,7 +238,7 @@ def _find(cells: dict[str, Cell], **levels: Any) -> str | None:
     return None
 
 
-def _paths(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[list[str]]:
+def _paths(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[PathStep]:
     """Single changes from notebook 2's placement/modes towards notebook 3's, and back."""
     nb2 = dict(logit_bn=True, g_out_bn=True, d_in_bn=True, joint=False, modes="none")
     nb3 = dict(logit_bn=True, g_out_bn=False, d_in_bn=False, joint=False, modes="notebook3")
@@ -165,7 +251,7 @@ def _paths(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[
         if base is None:
             continue
         b = _cell_mean(scores, base)
-        rows.append([label, "(as is)", f"{b:.3g}", "1.00"])
+        rows.append(PathStep(label, "(as is)", f"{b:.3g}", "1.00"))
         for factor in ("g_out_bn", "d_in_bn", "modes", "logit_bn", "joint"):
             changed = dict(start)
             if factor in ("logit_bn", "joint"):
@@ -179,12 +265,14 @@ def _paths(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[
                 continue
             v = _cell_mean(scores, name)
             what = f"{FACTOR_TEXT[factor]} -> {changed[factor]}"
-            rows.append([label, what, f"{v:.3g}", f"{v / b:.2f}" if b else "-"])
+            rows.append(PathStep(label, what, f"{v:.3g}", f"{v / b:.2f}" if b else "-"))
     for nb, other in ((NOTEBOOK2, NOTEBOOK2_SHUFFLED), (NOTEBOOK3, NOTEBOOK3_UNSHUFFLED)):
         a, b = _cell_mean(scores, nb.label), _cell_mean(scores, other.label)
         if math.isfinite(a) and math.isfinite(b):
             rows.append(
-                [f"{nb.label} as run", f"shuffle -> {other.shuffle}", f"{b:.3g}", f"{b / a:.2f}"]
+                PathStep(
+                    f"{nb.label} as run", f"shuffle -> {other.shuffle}", f"{b:.3g}", f"{b / a:.2f}"
+                )
             )
     return rows
 
@@ -192,7 +280,7 @@ def _paths(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[
 PLACEMENT = ("logit_bn", "g_out_bn", "d_in_bn")
 
 
-def _repairs(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[list[str]]:
+def _repairs(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> list[Repair]:
     """Notebook 2's placement repaired by every subset of removals, without mode switching:
     which BN layers must go for the GAN to work when both nets always train?"""
     rows = []
@@ -208,13 +296,13 @@ def _repairs(cells: dict[str, Cell], scores: dict[str, dict[int, float]]) -> lis
                 continue
             fd = _cell_mean(scores, name)
             what = ", ".join(FACTOR_TEXT[f] for f in removed) or "(none: notebook 2's placement)"
-            rows.append([what, name, f"{fd:.3g}", f"{fd / nb2:.2f}" if nb2 else "-"])
+            rows.append(Repair(what, name, f"{fd:.3g}", f"{fd / nb2:.2f}" if nb2 else "-"))
     return rows
 
 
 def _modes_once_fixed(
     cells: dict[str, Cell], scores: dict[str, dict[int, float]]
-) -> list[dict[str, Any]]:
+) -> list[ModesOnceFixed]:
     """Mode switching where placement follows the DCGAN guideline (no BN on G's output, D's
     input or logit), paired over seeds: is it still needed?"""
     from scipy import stats as sps
@@ -235,44 +323,36 @@ def _modes_once_fixed(
             mean, sd = float(np.mean(d)), float(np.std(d, ddof=1))
             half = float(sps.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
             out.append(
-                {
-                    "modes": m,
-                    "ratio": math.exp(mean),
-                    "lo": math.exp(mean - half),
-                    "hi": math.exp(mean + half),
-                    "n": len(d),
-                }
+                ModesOnceFixed(
+                    m, math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(d)
+                )
             )
         elif d:
-            out.append(
-                {"modes": m, "ratio": math.exp(d[0]), "lo": math.nan, "hi": math.nan, "n": 1}
-            )
+            out.append(ModesOnceFixed(m, math.exp(d[0]), math.nan, math.nan, 1))
     return out
 
 
 def _conclusion(
-    ranking: list[dict[str, Any]],
-    terms: list[dict[str, Any]],
-    modes_fixed: list[dict[str, Any]],
-    paths: list[list[str]],
-    repairs: list[list[str]] | None = None,
+    ranking: list[FactorEffect],
+    terms: list[Effect],
+    modes_fixed: list[ModesOnceFixed],
+    paths: list[PathStep],
+    repairs: list[Repair] | None = None,
 ) -> str:
-    def sig(e: dict[str, Any]) -> bool:
-        return math.isfinite(e["lo"]) and (e["lo"] > 1 or e["hi"] < 1)
+    def sig(e: Effect) -> bool:
+        return math.isfinite(e.lo) and (e.lo > 1 or e.hi < 1)
 
     parts = []
     strong = [e for e in ranking if sig(e)]
     if strong:
         top = strong[0]
-        name = FACTOR_TEXT.get(top["factor"].split(":")[0], top["factor"])
+        name = FACTOR_TEXT.get(top.factor.split(":")[0], top.factor)
         parts.append(
-            f"The largest effect on the Frechet distance is {name} ({top['factor']})"
-            f": FD x{top['ratio']:.2f} [{top['lo']:.2f}, {top['hi']:.2f}] (95% CI, on vs off or vs "
+            f"The largest effect on the Frechet distance is {name} ({top.factor})"
+            f": FD x{top.ratio:.2f} [{top.lo:.2f}, {top.hi:.2f}] (95% CI, on vs off or vs "
             "no switching, averaged over the other factors)."
         )
-        others = [
-            FACTOR_TEXT.get(e["factor"], e["factor"]) + f" (x{e['ratio']:.2f})" for e in strong[1:4]
-        ]
+        others = [FACTOR_TEXT.get(e.factor, e.factor) + f" (x{e.ratio:.2f})" for e in strong[1:4]]
         if others:
             parts.append("Also significant: " + ", ".join(others) + ".")
     else:
@@ -281,35 +361,35 @@ def _conclusion(
             "(all 95% CIs include x1); run more seeds or epochs."
         )
     inter = sorted(
-        (t for t in terms if " x " in t["term"] and sig(t)), key=lambda t: -abs(t["log_effect"])
+        (t for t in terms if " x " in t.term and sig(t)), key=lambda t: -abs(t.log_effect)
     )
     if inter:
         t = inter[0]
         parts.append(
-            f"The strongest interaction is {t['term']} (ratio of ratios "
-            f"x{t['ratio']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}]): one factor's effect "
+            f"The strongest interaction is {t.term} (ratio of ratios "
+            f"x{t.ratio:.2f} [{t.lo:.2f}, {t.hi:.2f}]): one factor's effect "
             "depends on the other's level."
         )
-    fixes = [r for r in paths if r[0] == "from notebook 2's setup" and r[1] != "(as is)"]
+    fixes = [r for r in paths if r.start == "from notebook 2's setup" and r.change != "(as is)"]
     if fixes:
-        best = min(fixes, key=lambda r: float(r[3]))
+        best = min(fixes, key=lambda r: float(r.ratio))
         parts.append(
             f"Starting from notebook 2's setup, the single change that helps most is "
-            f"'{best[1]}' (FD x{float(best[3]):.2f})."
+            f"'{best.change}' (FD x{float(best.ratio):.2f})."
         )
     if repairs:
-        best = min(repairs, key=lambda r: float(r[2]))
+        fix = min(repairs, key=lambda r: float(r.fd))
         parts.append(
-            f"Without mode switching, notebook 2 works best after removing {best[0]} "
-            f"(FD {best[2]}, x{float(best[3]):.2f} of notebook 2's placement)."
+            f"Without mode switching, notebook 2 works best after removing {fix.removed} "
+            f"(FD {fix.fd}, x{float(fix.ratio):.2f} of notebook 2's placement)."
         )
-    by_name = {e["factor"]: e for e in ranking}
+    by_name = {e.factor: e for e in ranking}
     dcgan = [by_name[f] for f in ("g_out_bn", "d_in_bn") if f in by_name]
     if dcgan:
-        worse = [e for e in dcgan if math.isfinite(e["lo"]) and e["lo"] > 1]
+        worse = [e for e in dcgan if math.isfinite(e.lo) and e.lo > 1]
         parts.append(
             "DCGAN guideline (no BN on G's output or D's input): "
-            + "; ".join(f"{FACTOR_TEXT[e['factor']]} x{e['ratio']:.2f}" for e in dcgan)
+            + "; ".join(f"{FACTOR_TEXT[e.factor]} x{e.ratio:.2f}" for e in dcgan)
             + (
                 " - the data agree: each violation makes FD worse."
                 if len(worse) == len(dcgan)
@@ -319,54 +399,58 @@ def _conclusion(
             )
         )
     for m in modes_fixed:
-        if math.isfinite(m["lo"]):
+        if math.isfinite(m.lo):
             verdict = (
                 "makes it worse"
-                if m["lo"] > 1
+                if m.lo > 1
                 else "helps"
-                if m["hi"] < 1
+                if m.hi < 1
                 else "makes no measurable difference"
             )
             parts.append(
                 f"With DCGAN-style placement (no BN on G's output, D's input or logit), "
-                f"switching modes as '{m['modes']}' vs never {verdict}: FD "
-                f"x{m['ratio']:.2f} [{m['lo']:.2f}, {m['hi']:.2f}]."
+                f"switching modes as '{m.modes}' vs never {verdict}: FD "
+                f"x{m.ratio:.2f} [{m.lo:.2f}, {m.hi:.2f}]."
             )
     return " ".join(parts)
 
 
-def _ranking(terms: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    main = [dict(t, factor=t["term"]) for t in terms if " x " not in t["term"]]
-    return sorted(main, key=lambda t: -abs(t["log_effect"]))
+def _ranking(terms: list[Effect]) -> list[FactorEffect]:
+    main = [FactorEffect(**vars(t), factor=t.term) for t in terms if " x " not in t.term]
+    return sorted(main, key=lambda t: -abs(t.log_effect))
 
 
-def analyse(run_dir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"experiment": "gan-ablation", "responses": {}}
-    for key in ("fd", "fd_train"):
-        cells, scores = cells_and_scores(run_dir, key)
-        terms = effects(cells, scores)
-        ranking = _ranking(terms)
-        paths = _paths(cells, scores)
-        repairs = _repairs(cells, scores)
-        modes_fixed = _modes_once_fixed(cells, scores)
-        out["responses"][key] = {
-            "terms": terms,
-            "ranking": ranking,
-            "paths": paths,
-            "repairs": repairs,
-            "modes_fixed": modes_fixed,
-            "cell_means": {n: _cell_mean(scores, n) for n in cells},
-            "conclusion": _conclusion(ranking, terms, modes_fixed, paths, repairs),
-        }
-    out["ranking"] = out["responses"]["fd"]["ranking"]
-    return out
+def _response(run: Run[AblationConfig], key: str) -> Response:
+    cells, scores = cells_and_scores(run, key)
+    terms = effects(cells, scores)
+    ranking = _ranking(terms)
+    paths = _paths(cells, scores)
+    repairs = _repairs(cells, scores)
+    modes_fixed = _modes_once_fixed(cells, scores)
+    return Response(
+        terms=tuple(terms),
+        ranking=tuple(ranking),
+        paths=tuple(paths),
+        repairs=tuple(repairs),
+        modes_fixed=tuple(modes_fixed),
+        cell_means={n: _cell_mean(scores, n) for n in cells},
+        conclusion=_conclusion(ranking, terms, modes_fixed, paths, repairs),
+    )
 
 
-def result_line(summary: dict[str, Any], run_dir: Path) -> str:
-    top = summary["ranking"][0] if summary["ranking"] else None
-    if top is None:
+def analyse(run: Run[AblationConfig]) -> AblationAnalysis:
+    """The factorial fit, paths, repairs and conclusion for FD with G in eval mode (``fd``)
+    and in train mode (``fd_train``) (summary.json)."""
+    responses = {key: _response(run, key) for key in ("fd", "fd_train")}
+    return AblationAnalysis("gan-ablation", responses, responses["fd"].ranking)
+
+
+def result_line(analysis: AblationAnalysis, run: Run[AblationConfig]) -> str:
+    """The largest main effect on FD (G in eval mode), with its 95% CI."""
+    if not analysis.ranking:
         return "gan-ablation: no factorial cells, no effects"
+    top = analysis.ranking[0]
     return (
-        f"gan-ablation: largest effect on FD: {top['factor']} (x{top['ratio']:.2f} "
-        f"[{top['lo']:.2f}, {top['hi']:.2f}])"
+        f"gan-ablation: largest effect on FD: {top.factor} (x{top.ratio:.2f} "
+        f"[{top.lo:.2f}, {top.hi:.2f}])"
     )

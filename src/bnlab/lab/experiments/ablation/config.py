@@ -38,10 +38,14 @@ from bnlab.lab.experiments.protocol import RunOptions
 from bnlab.lab.flags import IntList
 from bnlab.lab.models.gan import Modes, Variant
 
-__all__ = ["AblationConfig", "Cell", "design"]
+__all__ = ["CELL_TRAINING", "AblationConfig", "Cell", "design"]
 
 TWO_LEVEL = ("logit_bn", "g_out_bn", "d_in_bn", "joint")
 MODES: tuple[Modes, ...] = typing.get_args(Modes)
+# Every cell trains like bnlab gan's defaults (batch 100, Adam 2e-4, BN from bnlab), sample
+# grids at epoch 1 and the last only, scored once after its last epoch in both G modes (the
+# evaluation factor). --epochs and --metric-samples are the ablation's own flags.
+CELL_TRAINING = GanTraining(sample_every=0, metrics=True, metrics_at="last", sample_mode="both")
 FACTOR_TEXT = {
     "logit_bn": "BN on D's logit",
     "g_out_bn": "BN on G's output",
@@ -80,21 +84,16 @@ class AblationConfig(RunOptions):
     checkpoint_every: int = 5
     """epochs between checkpoints of a cell"""
 
-    def training(self, device: str) -> GanTraining:
-        """Every cell trains like bnlab gan, scored once after its last epoch in both G modes."""
-        return GanTraining(
-            epochs=self.epochs,
-            device=device,
-            sample_every=0,  # sample grids at epoch 1 and the last only
-            metrics=True,
-            metrics_at="last",
-            metric_samples=self.metric_samples,
-            sample_mode="both",
+    def cell_training(self) -> GanTraining:
+        """What every cell trains with: :data:`CELL_TRAINING` for --epochs epochs, scored on
+        --metric-samples samples."""
+        return dataclasses.replace(
+            CELL_TRAINING, epochs=self.epochs, metric_samples=self.metric_samples
         )
 
     def validate(self) -> None:
         super().validate()
-        self.training("cpu").validate()
+        self.cell_training().validate()
         validate_run_shape(self.subset, self.checkpoint_every)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds: give distinct seeds, got {self.seeds}")

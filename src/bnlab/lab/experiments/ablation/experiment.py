@@ -28,13 +28,14 @@ __all__ = [
 
 
 def load(cfg: AblationConfig, log: Log) -> Loaded:
+    training = cfg.cell_training()
     data = load_gan_data(
         cfg.dataset,
         cfg.data,
         "any",
         cfg.subset,
-        100,
-        True,
+        training.batch_size,
+        training.metrics,
         cfg.classifier_steps,
         resolve_device("auto"),
         log,
@@ -45,10 +46,10 @@ def load(cfg: AblationConfig, log: Log) -> Loaded:
 
 
 def plan(cfg: AblationConfig, data: GanData) -> list[GanJob]:
-    training = cfg.training(str(resolve_device("auto")))
+    training, device = cfg.cell_training(), str(resolve_device("auto"))
     steps = data.images.shape[0] // training.batch_size
     return [
-        GanJob(cell.variant(), seed, training, seed == cfg.seeds[0], steps)
+        GanJob(cell.variant(), seed, training, device, seed == cfg.seeds[0], steps)
         for seed in cfg.seeds
         for cell in design(cfg.cells)
     ]

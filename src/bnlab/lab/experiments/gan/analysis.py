@@ -1,7 +1,8 @@
-"""`bnlab gan`'s analysis: records -> per-variant numbers and a verdict per claim (C1-C4).
+"""`bnlab gan`'s analysis: records -> per-variant numbers and a verdict per claim (C1-C4),
+and several runs of the same variants compared.
 
-Reads the run directory (config.json, metrics.jsonl); trains nothing, draws nothing. The run
-writes what :func:`analyse` returns as summary.json; the report shows the same numbers.
+Reads the run (:class:`~bnlab.lab.results.Run`); trains nothing, draws nothing. The run writes
+what :func:`analyse` returns as summary.json; the report shows the same numbers.
 """
 
 from __future__ import annotations
@@ -10,22 +11,28 @@ import dataclasses
 import json
 import math
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from bnlab.lab.results import Claim
-from bnlab.lab.runs import read_config, read_jsonl
+from bnlab.lab.configs import config_to_dict
+from bnlab.lab.experiments.gan.config import GanConfig
+from bnlab.lab.results import Claim, Run
 from bnlab.lab.stats import Estimate, mean_ci, paired, verdict
 
 __all__ = [
     "LOSSES",
     "METRICS",
+    "CompareRow",
+    "Final",
+    "GanAnalysis",
+    "GanComparison",
+    "PairedDiff",
     "analyse",
     "claims",
     "compare",
-    "load_run",
     "result_line",
     "run_labels",
     "variant_names",
@@ -51,17 +58,31 @@ BN_MODELS = ("init-bn", "init-bn-tidy")  # ... against BN, as notebook 3 ran it 
 BROKEN = "init-bn-nomode"  # notebook 2
 
 
-def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(config.json, the epoch records of metrics.jsonl without failure events)."""
-    meta = read_config(run_dir)
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r]
-    return meta, records
+@dataclass(frozen=True)
+class Final:
+    """One quantity of one variant over the seeds (a loss: mean of its last 25% of epochs; an
+    image metric: its last measured value), as summary.json holds it."""
+
+    mean: float
+    ci95: tuple[float, float]  # t interval over seeds (nan with one seed)
+    n_seeds: int
 
 
-def variant_names(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+@dataclass(frozen=True)
+class GanAnalysis:
+    """What a run shows (summary.json): final numbers per variant and the blog's claims."""
+
+    experiment: str  # "gan"
+    config: dict[str, Any]  # the run's flags as config.json holds them (flat name -> value)
+    variants: dict[str, dict[str, Final]]  # variant -> quantity (d_loss, fd, fd_train, ...)
+    claims: tuple[Claim, ...]
+    notes: str
+
+
+def variant_names(run: Run[GanConfig]) -> list[str]:
     """The run's variants in the order they were given."""
-    names = [v["name"] for v in meta.get("config", {}).get("variants", [])]
-    return names or sorted({r["variant"] for r in records})
+    names = [v.name for v in run.config.variants]
+    return names or sorted({r["variant"] for r in run.records})
 
 
 def _final(records: list[dict[str, Any]], variant: str, key: str) -> dict[int, float]:
@@ -232,41 +253,39 @@ def claims(records: list[dict[str, Any]]) -> list[Claim]:
     return [c for c in out if c is not None]
 
 
-def analyse(run_dir: Path) -> dict[str, Any]:
+def analyse(run: Run[GanConfig]) -> GanAnalysis:
     """Per variant: final values (mean and 95% CI over seeds) and the claims (summary.json)."""
-    meta, records = load_run(run_dir)
-    variants = variant_names(meta, records)
+    records = run.records
     keys = [
         k
         for k in (*LOSSES, *METRICS, *(f"{m}_train" for m in METRICS))
         if any(k in r for r in records)
     ]
     per_variant = {}
-    for v in variants:
+    for v in variant_names(run):
         entry = {}
         for k in keys:
             vals = _late_mean(records, v, k) if k in LOSSES else _final(records, v, k)
             est = mean_ci(list(vals.values()))
-            entry[k] = {"mean": est.mean, "ci95": [est.lo, est.hi], "n_seeds": est.n}
+            entry[k] = Final(est.mean, (est.lo, est.hi), est.n)
         per_variant[v] = entry
-    return {
-        "experiment": "gan",
-        "config": meta.get("config", {}),
-        "variants": per_variant,
-        "claims": [c.__dict__ for c in claims(records)],
-        "notes": "losses: mean over the last 25% of epochs; metrics: last measured epoch; "
+    return GanAnalysis(
+        experiment="gan",
+        config=config_to_dict(run.config),
+        variants=per_variant,
+        claims=tuple(claims(records)),
+        notes="losses: mean over the last 25% of epochs; metrics: last measured epoch; "
         "CI: t interval over seeds",
-    }
+    )
 
 
-def result_line(summary: dict[str, Any], run_dir: Path) -> str:
+def result_line(analysis: GanAnalysis, run: Run[GanConfig]) -> str:
     """The end of a run: last-epoch numbers per variant (mean over seeds), then the verdicts."""
-    meta, records = load_run(run_dir)
-    seeds = sorted({r["seed"] for r in records})
-    lines = [summary_table(records, variant_names(meta, records), seeds), ""]
-    for c in summary.get("claims", []):
-        lines.append(f"{c['id']:<40} {c['verdict']}")
-    return "\n".join(lines) + f"\n{run_dir}: report.html, summary.json, metrics.jsonl, samples/"
+    seeds = sorted({r["seed"] for r in run.records})
+    lines = [summary_table(run.records, variant_names(run), seeds), ""]
+    for c in analysis.claims:
+        lines.append(f"{c.id:<40} {c.verdict}")
+    return "\n".join(lines) + f"\n{run.dir}: report.html, summary.json, metrics.jsonl, samples/"
 
 
 def summary_table(records: list[dict[str, Any]], variants: list[str], seeds: list[int]) -> str:
@@ -302,44 +321,79 @@ def summary_table(records: list[dict[str, Any]], variants: list[str], seeds: lis
 _RUN_HOW = {"out", "resume", "quick", "jobs", "runner", "ray_address", "data", "tensorboard"}
 
 
-def run_labels(metas: list[dict[str, Any]]) -> list[str]:
-    """A short label per run: the settings in which the runs differ (e.g. nproc=4 ddp_bn=sync)."""
-    configs = [m.get("config", {}) for m in metas]
-    keys = sorted({k for c in configs for k in c} - _RUN_HOW)
-    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+@dataclass(frozen=True)
+class PairedDiff:
+    """A run's value minus the first run's, paired over the seeds both ran."""
+
+    diff: Estimate  # mean difference with its 95% CI
+    p: float  # paired t-test
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One variant of one run in a comparison."""
+
+    variant: str
+    run: str  # the run's label (see :func:`run_labels`)
+    finals: dict[str, Estimate]  # quantity (fd, fd_train, classes_covered) -> over seeds
+    diffs: dict[str, PairedDiff]  # quantity -> against the first run (with >= 2 seeds in common)
+    ms_per_step: float  # median wall time of a training step over epochs (nan: none recorded)
+
+
+@dataclass(frozen=True)
+class GanComparison:
+    """Several runs of the same variants and seeds, side by side."""
+
+    runs: tuple[str, ...]  # the run directories
+    labels: tuple[str, ...]  # one per run: the settings in which the runs differ
+    keys: tuple[str, ...]  # the quantities compared (those the first run measured)
+    rows: tuple[CompareRow, ...]  # variant by variant, each run in turn
+
+
+def run_labels(configs: Sequence[GanConfig]) -> list[str]:
+    """A short label per run: the settings in which the runs differ (e.g. nproc=4 ddp_bn=sync),
+    by their flat names and as config.json writes their values."""
+    flat = [config_to_dict(c) for c in configs]
+    keys = sorted({k for c in flat for k in c} - _RUN_HOW)
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in flat}) > 1]
     labels = []
-    for c in configs:
+    for c, cfg in zip(flat, configs, strict=True):
         parts = [f"{k}={c.get(k)}" for k in differ]
-        if "ddp_bn" in differ and c.get("nproc", 1) == 1:  # one process: no data parallelism
+        if "ddp_bn" in differ and cfg.nproc == 1:  # one process: no data parallelism
             parts = [p for p in parts if not p.startswith("ddp_bn=")]
         labels.append(" ".join(parts) or "run")
     return labels
 
 
-def compare(run_dirs: list[Path]) -> dict[str, Any]:
+def compare(runs: list[Run[GanConfig]]) -> GanComparison:
     """Final FD (eval and train-mode G), classes covered and time per step of each run's
     variants, with paired differences (over seeds) against the first run."""
-    runs = [load_run(Path(d)) for d in run_dirs]
-    labels = run_labels([meta for meta, _ in runs])
-    variants = [v for v in variant_names(*runs[0]) if all(v in variant_names(*r) for r in runs)]
-    keys = [k for k in ("fd", "fd_train", "classes_covered") if any(k in r for r in runs[0][1])]
+    labels = run_labels([run.config for run in runs])
+    first = runs[0]
+    variants = [v for v in variant_names(first) if all(v in variant_names(r) for r in runs)]
+    keys = [k for k in ("fd", "fd_train", "classes_covered") if any(k in r for r in first.records)]
     rows = []
     for v in variants:
-        for (meta, records), label in zip(runs, labels, strict=True):
-            row: dict[str, Any] = {"variant": v, "run": label}
+        for run, label in zip(runs, labels, strict=True):
+            finals, diffs = {}, {}
             for k in keys:
-                row[k] = dataclasses.asdict(mean_ci(list(_final(records, v, k).values())))
-                base = _final(runs[0][1], v, k)
-                mine = _final(records, v, k)
+                mine = _final(run.records, v, k)
+                finals[k] = mean_ci(list(mine.values()))
+                base = _final(first.records, v, k)
                 seeds = sorted(set(base) & set(mine))
                 if label != labels[0] and len(seeds) >= 2:
                     p = paired([mine[s] for s in seeds], [base[s] for s in seeds])
-                    row[f"{k}_diff"] = dataclasses.asdict(p.diff) | {"p": p.p_value}
+                    diffs[k] = PairedDiff(p.diff, p.p_value)
             per_step = [
-                1000 * meta["config"].get("batch_size", 100) / r["images_per_s"]
-                for r in records
+                1000 * run.config.training.batch_size / r["images_per_s"]
+                for r in run.records
                 if r.get("variant") == v and r.get("images_per_s")
             ]
-            row["ms_per_step"] = float(np.median(per_step)) if per_step else math.nan
-            rows.append(row)
-    return {"runs": [str(d) for d in run_dirs], "labels": labels, "keys": keys, "rows": rows}
+            ms = float(np.median(per_step)) if per_step else math.nan
+            rows.append(CompareRow(v, label, finals, diffs, ms))
+    return GanComparison(
+        runs=tuple(str(run.dir) for run in runs),
+        labels=tuple(labels),
+        keys=tuple(keys),
+        rows=tuple(rows),
+    )

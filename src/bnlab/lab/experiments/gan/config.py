@@ -1,4 +1,5 @@
-"""`bnlab gan`'s configuration: the command-line flags, and the training settings of a job."""
+"""`bnlab gan`'s configuration: the command-line flags, the training settings of a job among
+them (:class:`GanTraining`, nested: its flags keep their flat names)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bnlab.lab.models.gan import BLOG_VARIANTS, Variant, parse_variant
 
 __all__ = [
     "DEFAULT_VARIANTS",
+    "DdpBn",
     "GanConfig",
     "GanTraining",
     "VariantList",
@@ -38,26 +40,44 @@ VariantList = Annotated[
 ]
 
 
+DdpBn = Literal["sync", "local"]
+
+
 @dataclass(frozen=True)
 class GanTraining:
-    """What a GAN job needs to train and score one (seed, variant): shared by ``bnlab gan`` and
-    ``bnlab gan-ablation``."""
+    """What a GAN job needs to train and score one (seed, variant) (flags of ``bnlab gan``:
+    --epochs, --bn, --fused, --batch-size, --lr, --latent, --hidden, --sample-every,
+    --metrics, --metrics-at, --metric-samples, --sample-mode). ``bnlab gan-ablation`` trains
+    its cells with these settings too (see its ``AblationConfig.cell_training``)."""
 
     epochs: int = 200
-    batch_size: int = 100
-    lr: float = 2e-4
-    latent: int = 64
-    hidden: int = 256
+    """passes over the training split (the blog: 200)"""
     bn: Literal["bnlab", "torch"] = "bnlab"
-    device: str = "cpu"
+    """whose BatchNorm1d the BN variants use (torch's for comparison)"""
+    fused: bool = False
+    """a hidden layer's BN and LeakyReLU as one fused bnlab.nn.BatchNormAct1d (one kernel each
+    way; the same numbers up to float32 rounding)"""
+    batch_size: int = 100
+    """the notebooks' batch size (drop_last)"""
+    lr: float = 2e-4
+    """Adam learning rate, default betas, as in the notebooks"""
+    latent: int = 64
+    """size of z"""
+    hidden: int = 256
+    """width of the hidden layers of G and D"""
     sample_every: int = 25
+    """save sample grids (and score samples) at epoch 1, every N epochs and the last (the
+    blog: 1 and every 25)"""
     metrics: bool = True
+    """score samples (Frechet distance, class coverage, stray dots) on a classifier trained
+    and cached by bnlab (first use: about 20 s)"""
     metrics_at: Literal["sample-epochs", "last"] = "sample-epochs"
+    """when to score: at every sample epoch (curves), or only after the last epoch (cheaper)"""
     metric_samples: int = 10_000
+    """samples from a fixed z per scoring (10,000 as usual for FID-style metrics)"""
     sample_mode: Literal["eval", "train", "both"] = "eval"
-    fused: bool = False  # hidden BN + LeakyReLU as one bnlab.nn.BatchNormAct1d
-    world_size: int = 1  # ranks that train each job together (torchrun); 1 = one process
-    ddp_bn: Literal["sync", "local"] = "sync"
+    """G's mode when scoring: eval (running statistics, what a user deploys), train (batch
+    statistics over batches of --batch-size, what the blog's images showed), or both"""
 
     def validate(self) -> None:
         """Every value that could otherwise only fail mid-run, named by its flag."""
@@ -80,18 +100,6 @@ class GanTraining:
             )
         if self.fused and self.bn != "bnlab":
             raise ValueError("--fused uses bnlab's BatchNormAct1d: it needs --bn bnlab")
-        if self.fused and self.world_size > 1:
-            # convert_sync_batchnorm makes a SyncBatchNorm of every BN layer, activation lost
-            raise ValueError("--fused has no data-parallel (SyncBatchNorm) form: drop --nproc")
-        if self.world_size < 1:
-            raise ValueError(f"--nproc must be at least 1, got {self.world_size}")
-        per_rank = self.batch_size // self.world_size
-        if self.world_size > 1 and (per_rank < 1 or (self.ddp_bn == "local" and per_rank < 2)):
-            need = "2 values per rank (--ddp-bn local)" if self.ddp_bn == "local" else "1 per rank"
-            raise ValueError(
-                f"--batch-size {self.batch_size} over --nproc {self.world_size} ranks leaves "
-                f"{per_rank} per rank; need {need}"
-            )
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,8 @@ class GanConfig(RunOptions):
     """variants to train: blog names (plain, init, init-bn, init-bn-tidy, init-bn-nomode) or
     new ones as NAME=BASE:key=value:... (keys init, g_norm, d_norm, modes, joint_real_fake,
     shuffle; e.g. mine=init-bn:modes=tidy:d_norm=010)"""
-    epochs: int = 200
-    """passes over the training split (the blog: 200)"""
+    training: Annotated[GanTraining, tyro.conf.OmitArgPrefixes] = GanTraining()
+    """training settings (every job's)"""
     dataset: Literal["mnist", "fashion-mnist"] = "mnist"
     """which dataset"""
     data: Path | None = None
@@ -121,34 +129,8 @@ class GanConfig(RunOptions):
     """several seeds, each a full run of every variant (overrides --seed)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where to train; auto = cuda if available"""
-    bn: Literal["bnlab", "torch"] = "bnlab"
-    """whose BatchNorm1d the BN variants use (torch's for comparison)"""
-    fused: bool = False
-    """a hidden layer's BN and LeakyReLU as one fused bnlab.nn.BatchNormAct1d (one kernel each
-    way; the same numbers up to float32 rounding)"""
-    batch_size: int = 100
-    """the notebooks' batch size (drop_last)"""
-    lr: float = 2e-4
-    """Adam learning rate, default betas, as in the notebooks"""
-    latent: int = 64
-    """size of z"""
-    hidden: int = 256
-    """width of the hidden layers of G and D"""
     subset: int = 0
     """train on the first N images only (0 = the whole split); for quick checks"""
-    sample_every: int = 25
-    """save sample grids (and score samples) at epoch 1, every N epochs and the last (the
-    blog: 1 and every 25)"""
-    metrics: bool = True
-    """score samples (Frechet distance, class coverage, stray dots) on a classifier trained
-    and cached by bnlab (first use: about 20 s)"""
-    metrics_at: Literal["sample-epochs", "last"] = "sample-epochs"
-    """when to score: at every sample epoch (curves), or only after the last epoch (cheaper)"""
-    metric_samples: int = 10_000
-    """samples from a fixed z per scoring (10,000 as usual for FID-style metrics)"""
-    sample_mode: Literal["eval", "train", "both"] = "eval"
-    """G's mode when scoring: eval (running statistics, what a user deploys), train (batch
-    statistics over batches of --batch-size, what the blog's images showed), or both"""
     classifier_steps: int = 1000
     """training steps of the metric classifier (cached per setting; 1000: 99.2% on MNIST)"""
     checkpoint_every: int = 5
@@ -156,7 +138,7 @@ class GanConfig(RunOptions):
     nproc: int = 1
     """train each (seed, variant) data-parallel on N processes (torchrun, DistributedDataParallel;
     global batch --batch-size split over them); same as torchrun --nproc-per-node N -m bnlab gan"""
-    ddp_bn: Literal["sync", "local"] = "sync"
+    ddp_bn: DdpBn = "sync"
     """with --nproc > 1: sync = SyncBatchNorm (statistics over the global batch: the
     single-process numbers), local = each rank normalizes its own B/N rows ("ghost" batches)"""
     tensorboard: bool = False
@@ -167,25 +149,6 @@ class GanConfig(RunOptions):
     def seed_list(self) -> tuple[int, ...]:
         return self.seeds or (self.seed,)
 
-    def training(self, device: str) -> GanTraining:
-        return GanTraining(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            latent=self.latent,
-            hidden=self.hidden,
-            bn=self.bn,
-            device=device,
-            sample_every=self.sample_every,
-            metrics=self.metrics,
-            metrics_at=self.metrics_at,
-            metric_samples=self.metric_samples,
-            sample_mode=self.sample_mode,
-            fused=self.fused,
-            world_size=self.nproc,
-            ddp_bn=self.ddp_bn,
-        )
-
     def validate(self) -> None:
         super().validate()
         names = [v.name for v in self.variants]
@@ -193,7 +156,8 @@ class GanConfig(RunOptions):
             raise ValueError("--variants: give at least one variant")
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {', '.join(names)}")
-        self.training("cpu").validate()
+        self.training.validate()
+        self._validate_data_parallel()
         validate_run_shape(self.subset, self.checkpoint_every)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must not repeat a seed, got {self.seeds}")
@@ -210,6 +174,22 @@ class GanConfig(RunOptions):
                 raise ValueError(
                     "--tensorboard needs the tensorboard package: pip install 'bnlab[tensorboard]'"
                 ) from None
+
+    def _validate_data_parallel(self) -> None:
+        """--nproc and --ddp-bn against the training settings: every rank needs rows."""
+        tr = self.training
+        if tr.fused and self.nproc > 1:
+            # convert_sync_batchnorm makes a SyncBatchNorm of every BN layer, activation lost
+            raise ValueError("--fused has no data-parallel (SyncBatchNorm) form: drop --nproc")
+        if self.nproc < 1:
+            raise ValueError(f"--nproc must be at least 1, got {self.nproc}")
+        per_rank = tr.batch_size // self.nproc
+        if self.nproc > 1 and (per_rank < 1 or (self.ddp_bn == "local" and per_rank < 2)):
+            need = "2 values per rank (--ddp-bn local)" if self.ddp_bn == "local" else "1 per rank"
+            raise ValueError(
+                f"--batch-size {tr.batch_size} over --nproc {self.nproc} ranks leaves "
+                f"{per_rank} per rank; need {need}"
+            )
 
 
 def validate_run_shape(subset: int, checkpoint_every: int) -> None:

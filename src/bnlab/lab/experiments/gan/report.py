@@ -1,12 +1,12 @@
 """`bnlab gan`'s report: the blog's figures, metric curves with seed bands, samples, and the
-claims of :mod:`bnlab.lab.experiments.gan.analysis`. Reads the run directory; never trains.
+claims of :mod:`bnlab.lab.experiments.gan.analysis`. Reads the run
+(:class:`~bnlab.lab.results.Run`); never trains, never writes summary.json.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -14,20 +14,21 @@ from PIL import Image, ImageDraw
 from bnlab.lab.experiments.gan.analysis import (
     LOSSES,
     METRICS,
+    GanAnalysis,
     analyse,
-    claims,
     compare,
-    load_run,
     result_line,
     variant_names,
 )
 from bnlab.lab.experiments.gan.config import GanConfig
 from bnlab.lab.experiments.protocol import ExperimentReport
+from bnlab.lab.models.gan import Variant
 from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.report.plots import plot_losses, plot_metric
+from bnlab.lab.results import Run
 from bnlab.lab.stats import Estimate
 
-__all__ = ["compare_report", "report"]
+__all__ = ["REPORT", "compare_report", "report"]
 
 
 def _sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> bytes | None:
@@ -57,7 +58,7 @@ def _sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> 
     return buf.getvalue()
 
 
-def _summary_table(summ: dict[str, Any]) -> Table:
+def _summary_table(analysis: GanAnalysis) -> Table:
     cols = [
         k
         for k in (
@@ -71,16 +72,14 @@ def _summary_table(summ: dict[str, Any]) -> Table:
             "stray_dots",
             "fd_train",
         )
-        if any(k in v for v in summ["variants"].values())
+        if any(k in v for v in analysis.variants.values())
     ]
     rows = []
-    for variant, entry in summ["variants"].items():
+    for variant, entry in analysis.variants.items():
         row = [variant]
         for k in cols:
             e = entry.get(k)
-            row.append(
-                Estimate(e["mean"], e["ci95"][0], e["ci95"][1], e["n_seeds"]).fmt() if e else "-"
-            )
+            row.append(Estimate(e.mean, e.ci95[0], e.ci95[1], e.n_seeds).fmt() if e else "-")
         rows.append(row)
     names = {**LOSSES, **{k: k.replace("_", " ") for k in METRICS}, "fd_train": "FD (train-mode G)"}
     return Table(
@@ -92,25 +91,25 @@ def _summary_table(summ: dict[str, Any]) -> Table:
     )
 
 
-def report(run_dir: Path) -> list[Section]:
-    meta, records = load_run(run_dir)
-    c = meta.get("config", {})
-    variants = variant_names(meta, records)
+def report(run: Run[GanConfig]) -> list[Section]:
+    """The report's sections, from the run alone (draws its figures into the run directory)."""
+    analysis = analyse(run)
+    run_dir, records, cfg = run.dir, run.records, run.config
+    variants = variant_names(run)
     seeds = sorted({r["seed"] for r in records})
-    summ = analyse(run_dir)
     intro = (
         f"The blog's MNIST GAN, reproduced: {len(variants)} variants x {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}), {c.get('epochs')} epochs on {meta.get('data', '?')}. "
-        "All variants of a seed saw the same batches and the same z. Variants: "
-        + "; ".join(f"{v['name']}: " + _variant_text(v) for v in c.get("variants", []))
+        f"({', '.join(map(str, seeds))}), {cfg.training.epochs} epochs on "
+        f"{run.meta.get('data', '?')}. All variants of a seed saw the same batches and the "
+        "same z. Variants: " + "; ".join(f"{v.name}: " + _variant_text(v) for v in cfg.variants)
     )
     sections = [
         Section(
             "GAN: claims",
             intro + "\n\nEach claim of the blog (C1-C4) as a "
             "measured paired difference between variants over seeds.",
-            claims=claims(records),
-            tables=[_summary_table(summ)],
+            claims=list(analysis.claims),
+            tables=[_summary_table(analysis)],
             anchor="gan",
         )
     ]
@@ -169,36 +168,36 @@ def report(run_dir: Path) -> list[Section]:
     return sections
 
 
-def _variant_text(v: dict[str, Any]) -> str:
+def _variant_text(v: Variant) -> str:
     bits = lambda f: "".join("1" if x else "0" for x in f)  # noqa: E731
     return (
-        f"init {v['init']}, BN after G layers {bits(v['g_norm'])}, D layers "
-        f"{bits(v['d_norm'])}, modes {v['modes']}" + ("" if v["shuffle"] else ", unshuffled")
+        f"init {v.init}, BN after G layers {bits(v.g_norm)}, D layers "
+        f"{bits(v.d_norm)}, modes {v.modes}" + ("" if v.shuffle else ", unshuffled")
     )
 
 
-def compare_report(run_dirs: list[Path]) -> list[Section]:
+def compare_report(runs: list[Run[GanConfig]]) -> list[Section]:
     """Runs of the same variants and seeds side by side (e.g. one process, N ranks with
     per-rank BN, N ranks with SyncBN: does BN's batch matter?)."""
-    comp = compare(run_dirs)
+    comp = compare(runs)
     names = {"fd": "FD (eval G)", "fd_train": "FD (train-mode G)", "classes_covered": "classes"}
-    header = ["variant", "run", *(names[k] for k in comp["keys"])]
-    header += [f"{names[k]} - {comp['labels'][0]}" for k in comp["keys"] if k != "classes_covered"]
+    header = ["variant", "run", *(names[k] for k in comp.keys)]
+    header += [f"{names[k]} - {comp.labels[0]}" for k in comp.keys if k != "classes_covered"]
     header.append("ms/step")
     rows = []
-    for r in comp["rows"]:
-        row = [r["variant"], r["run"]]
-        row += [_estimate(r[k]).fmt() for k in comp["keys"]]
-        for k in comp["keys"]:
+    for r in comp.rows:
+        row = [r.variant, r.run]
+        row += [r.finals[k].fmt() for k in comp.keys]
+        for k in comp.keys:
             if k == "classes_covered":
                 continue
-            d = r.get(f"{k}_diff")
-            row.append(f"{_estimate(d).fmt()} (p={d['p']:.2g})" if d else "-")
-        row.append(f"{r['ms_per_step']:.1f}")
+            d = r.diffs.get(k)
+            row.append(f"{d.diff.fmt()} (p={d.p:.2g})" if d else "-")
+        row.append(f"{r.ms_per_step:.1f}")
         rows.append(row)
     intro = (
         "The same variants and seeds trained in several ways: "
-        + "; ".join(f"{lab}: {d}" for lab, d in zip(comp["labels"], comp["runs"], strict=True))
+        + "; ".join(f"{lab}: {d}" for lab, d in zip(comp.labels, comp.runs, strict=True))
         + ". Differences are paired over seeds against the first run (95% CI). ms/step: the "
         "median wall time of a training step (D and G) over epochs; with several ranks it "
         "includes their communication."
@@ -213,17 +212,12 @@ def compare_report(run_dirs: list[Path]) -> list[Section]:
     ]
 
 
-def _estimate(d: dict[str, Any]) -> Estimate:
-    return Estimate(d["mean"], d["lo"], d["hi"], d["n"])
-
-
-# Transitional: the analysis still reads the run directory itself.
-REPORT: ExperimentReport[GanConfig, Any] = ExperimentReport(
+REPORT: ExperimentReport[GanConfig, GanAnalysis] = ExperimentReport(
     name="gan",
     title="bnlab gan: the blog's GAN notebooks, measured",
     config=GanConfig,
-    analyse=lambda run: analyse(run.dir),
-    report=lambda run: report(run.dir),
-    result_line=lambda summary, run: result_line(summary, run.dir),
-    compare=lambda runs: compare_report([r.dir for r in runs]),
+    analyse=analyse,
+    report=report,
+    result_line=result_line,
+    compare=compare_report,
 )

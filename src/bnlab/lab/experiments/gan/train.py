@@ -30,7 +30,7 @@ import bnlab.nn as bnn
 from bnlab.lab.data import batch_indices, load_dataset, to_unit_range
 from bnlab.lab.data.fingerprint import not_data
 from bnlab.lab.experiments.common import data_dir_arg, resolve_device
-from bnlab.lab.experiments.gan.config import GanConfig, GanTraining
+from bnlab.lab.experiments.gan.config import DdpBn, GanConfig, GanTraining
 from bnlab.lab.experiments.protocol import Loaded, Log
 from bnlab.lab.images import grid_png
 from bnlab.lab.jobs import ChunkResult, emit
@@ -81,10 +81,19 @@ class GanTrainer:
 
     Args:
         images: (N, 784) uint8, the whole training split (on the training device).
+        world_size: ranks that train this (seed, variant) together (torchrun); 1 = one process.
+        ddp_bn: with several ranks, SyncBatchNorm ("sync") or per-rank BN ("local").
     """
 
     def __init__(
-        self, variant: Variant, cfg: GanTraining, seed: int, images: Tensor, device: torch.device
+        self,
+        variant: Variant,
+        cfg: GanTraining,
+        seed: int,
+        images: Tensor,
+        device: torch.device,
+        world_size: int = 1,
+        ddp_bn: DdpBn = "sync",
     ) -> None:
         self.variant, self.cfg, self.seed = variant, cfg, seed
         self.images = images
@@ -104,7 +113,7 @@ class GanTrainer:
         self.zeros = torch.zeros(b, 1, device=device)
         self.last_fake: Tensor | None = None
         # How this process takes part in a step: the whole batch, or its rank's slice of it.
-        self.dp = DataParallel(self, cfg) if cfg.world_size > 1 else None
+        self.dp = DataParallel(self, world_size, ddp_bn) if world_size > 1 else None
         self.part: OneProcess | DataParallel = self.dp or OneProcess(self)
 
     @property
@@ -269,20 +278,20 @@ class DataParallel:
       forward before a backward, and D's weight gradients are never formed in the G step.
     """
 
-    def __init__(self, trainer: GanTrainer, cfg: GanTraining) -> None:
+    def __init__(self, trainer: GanTrainer, world_size: int, ddp_bn: DdpBn) -> None:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.t = trainer
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
-        if cfg.world_size != self.world:
+        if world_size != self.world:
             raise ValueError(
-                f"the job expects {cfg.world_size} ranks, torch.distributed has {self.world}"
+                f"the job expects {world_size} ranks, torch.distributed has {self.world}"
             )
-        if cfg.ddp_bn == "sync":
+        if ddp_bn == "sync":
             trainer.G = bnn.SyncBatchNorm.convert_sync_batchnorm(trainer.G)
             trainer.D = bnn.SyncBatchNorm.convert_sync_batchnorm(trainer.D)
-        b = cfg.batch_size
+        b = trainer.cfg.batch_size
         sizes = [b // self.world + (1 if r < b % self.world else 0) for r in range(self.world)]
         self.lo = sum(sizes[: self.rank])
         self.hi = self.lo + sizes[self.rank]
@@ -405,8 +414,11 @@ class GanJob:
     variant: Variant
     seed: int
     training: GanTraining
+    device: str  # where to train, resolved from --device (with N ranks on CUDA: this rank's GPU)
     primary: bool  # the run's first seed: its sample files carry no -s<seed> suffix
     steps_per_epoch: int
+    world_size: int = 1  # --nproc: ranks that train the job together (torchrun)
+    ddp_bn: DdpBn = "sync"  # --ddp-bn: what BN normalizes over with several ranks
 
     @property
     def key(self) -> str:
@@ -470,20 +482,21 @@ def load_gan_data(
 
 def load(cfg: GanConfig, log: Log) -> Loaded:
     device = resolve_device(cfg.device)
+    tr = cfg.training
     data = load_gan_data(
         cfg.dataset,
         cfg.data,
         cfg.split,
         cfg.subset,
-        cfg.batch_size,
-        cfg.metrics,
+        tr.batch_size,
+        tr.metrics,
         cfg.classifier_steps,
         device,
         log,
     )
     log(
         f"training {len(cfg.variants)} variant(s) x {len(cfg.seed_list)} seed(s) on "
-        f"{data.description}; {cfg.epochs} epochs of {data.images.shape[0] // cfg.batch_size} "
+        f"{data.description}; {tr.epochs} epochs of {data.images.shape[0] // tr.batch_size} "
         "steps"
     )
     for v in cfg.variants:
@@ -491,7 +504,7 @@ def load(cfg: GanConfig, log: Log) -> Loaded:
     real = grid_png(to_unit_range(data.images[:100]))
     meta: dict[str, Any] = {"data": data.description}
     if cfg.nproc > 1:
-        meta["data_parallel"] = data_parallel_note(cfg.nproc, cfg.batch_size, cfg.ddp_bn)
+        meta["data_parallel"] = data_parallel_note(cfg.nproc, tr.batch_size, cfg.ddp_bn)
         log(meta["data_parallel"])
     return Loaded(data, meta, files={"real.png": real})
 
@@ -517,11 +530,12 @@ def plan(cfg: GanConfig, data: GanData) -> list[GanJob]:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and ddp.world_size() > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
-    training = cfg.training(str(device))
-    steps = data.images.shape[0] // cfg.batch_size
+    steps = data.images.shape[0] // cfg.training.batch_size
     seeds = cfg.seed_list
     return [
-        GanJob(v, seed, training, seed == seeds[0], steps) for seed in seeds for v in cfg.variants
+        GanJob(v, seed, cfg.training, str(device), seed == seeds[0], steps, cfg.nproc, cfg.ddp_bn)
+        for seed in seeds
+        for v in cfg.variants
     ]
 
 
@@ -542,8 +556,10 @@ def score_samples(trainer: GanTrainer, evaluator: Any, seed: int) -> dict[str, f
 def train_chunk(job: GanJob, state: Any, start: int, end: int, data: GanData) -> ChunkResult:
     """Train epochs [start, end) of one (seed, variant) from ``state``; write nothing."""
     t, variant, seed = job.training, job.variant, job.seed
-    device = torch.device(t.device)
-    trainer = GanTrainer(variant, t, seed, data.images.to(device), device)
+    device = torch.device(job.device)
+    trainer = GanTrainer(
+        variant, t, seed, data.images.to(device), device, job.world_size, job.ddp_bn
+    )
     if state is not None:
         trainer.load_state_dict(state)
     z_fixed = torch.randn(100, t.latent, generator=derived_generator(seed, "sample-z"))
