@@ -33,7 +33,15 @@ from bnlab.lab.jobs import ChunkResult
 from bnlab.lab.report.html import Section
 from bnlab.lab.results import Run
 
-__all__ = ["OPERATIONAL", "Experiment", "ExperimentReport", "Loaded", "Log", "RunOptions"]
+__all__ = [
+    "OPERATIONAL",
+    "Experiment",
+    "ExperimentReport",
+    "Loaded",
+    "Log",
+    "RunOptions",
+    "validate_training",
+]
 
 Log = Callable[[str], None]
 
@@ -71,6 +79,25 @@ class RunOptions:
 
 # Fields that only say where and how a run executes: a resume may change them freely.
 OPERATIONAL = frozenset({f.name for f in dataclasses.fields(RunOptions)} | {"data"})
+
+
+def validate_training(settings: Any, at_least_one: tuple[str, ...]) -> None:
+    """The checks training sub-configs share, each named by its flag: the ``at_least_one``
+    fields >= 1, ``batch_size`` >= 2 (BN needs two values), ``lr`` in (0, 1).
+
+    Raises:
+        ValueError: the first bad value.
+    """
+    for name in at_least_one:
+        if getattr(settings, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be at least 1, got {getattr(settings, name)}")
+    if settings.batch_size < 2:
+        raise ValueError(
+            f"--batch-size must be at least 2 (BN needs two values), got {settings.batch_size}"
+        )
+    if not 0 < settings.lr < 1:
+        raise ValueError(f"--lr must be in (0, 1), got {settings.lr}")
 
 
 @dataclass(frozen=True)

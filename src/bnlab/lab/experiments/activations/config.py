@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from bnlab.lab.experiments.protocol import RunOptions
+from bnlab.lab.experiments.protocol import RunOptions, validate_training
 from bnlab.lab.flags import choice_list
 from bnlab.lab.models.mlp import INITS, Init
 
@@ -56,15 +56,7 @@ class NetTraining:
 
     def validate(self) -> None:
         """Every value that could otherwise only fail mid-run, named by its flag."""
-        for name in ("depth", "width", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise ValueError(
-                f"--batch-size must be at least 2 (BN needs two values), got {self.batch_size}"
-            )
-        if not 0 < self.lr < 1:
-            raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
+        validate_training(self, at_least_one=("depth", "width", "steps"))
         if self.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
 

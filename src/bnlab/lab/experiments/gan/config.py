@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from bnlab.lab.experiments.protocol import RunOptions
+from bnlab.lab.experiments.protocol import RunOptions, validate_training
 from bnlab.lab.flags import IntList
 from bnlab.lab.models.gan import BLOG_VARIANTS, Variant, parse_variant
 
@@ -81,15 +81,7 @@ class GanTraining:
 
     def validate(self) -> None:
         """Every value that could otherwise only fail mid-run, named by its flag."""
-        for name in ("epochs", "latent", "hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise ValueError(
-                f"--batch-size must be at least 2 (BN needs two values), got {self.batch_size}"
-            )
-        if not 0 < self.lr < 1:
-            raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
+        validate_training(self, at_least_one=("epochs", "latent", "hidden"))
         if self.sample_every < 0:
             raise ValueError(
                 f"--sample-every must be >= 0 (0: first and last epoch), got {self.sample_every}"
