@@ -346,3 +346,28 @@ def test_ray_runner_equals_the_local_one_and_retries_a_dead_worker(
     assert _numbers(result.records) == reference and result.failed == {}
     ckpt = dataclasses.asdict(ToyConfig())
     assert json.loads((result.run_dir / "config.json").read_text())["config"]["n"] == ckpt["n"]
+
+
+def test_a_cuda_device_resolved_from_auto_runs_every_job_in_this_process(monkeypatch, tmp_path):
+    """--device auto on a GPU machine must not build a process pool (processes would queue on
+    the one GPU): the driver resolves the device before it picks the runner."""
+    from bnlab.lab import runners
+    from bnlab.lab.configs import build
+    from bnlab.lab.experiments.gan.config import GanConfig
+    from bnlab.lab.experiments.gan.experiment import EXPERIMENT
+
+    class Picked(Exception):
+        pass
+
+    def make_runner(kind, jobs, threads, ray_address=None, one_process=False, announce=None):
+        raise Picked(one_process)
+
+    monkeypatch.setattr(runners, "make_runner", make_runner)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(Picked) as picked:
+        run_experiment(EXPERIMENT, build(GanConfig, device="auto", out=tmp_path / "r"))
+    assert picked.value.args == (True,)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(Picked) as picked:
+        run_experiment(EXPERIMENT, build(GanConfig, device="auto", out=tmp_path / "r"))
+    assert picked.value.args == (False,)
