@@ -99,7 +99,7 @@ def report_from_files(
         from bnlab.lab.experiments.reports import read_run
 
         reading, run = read_run(run_dir)
-        sections = reading.report(run)
+        sections = reading.sections(run)
         assert all(isinstance(s, Section) for s in sections)
         assert (run_dir / figure).read_bytes()[:8] == PNG_MAGIC
         assert (summary.read_bytes() if summary.exists() else None) == before
@@ -133,7 +133,7 @@ def report_from_run_dir(
 
         reading, run = read_run(copy)
         assert reading is exp.reading
-        sections = reading.report(run)
+        sections = reading.sections(run)
         assert sections and all(isinstance(s, Section) for s in sections)
         assert (copy / figure).read_bytes()[:8] == PNG_MAGIC
         assert not (copy / "summary.json").exists()

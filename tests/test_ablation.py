@@ -100,7 +100,7 @@ def test_analysis_finds_nothing_in_pure_noise(tmp_path):
 
 def test_report_has_tables_figure_and_conclusion(tmp_path):
     run = _fake_run(tmp_path, lambda c: 30.0 if c.g_out_bn else 10.0)
-    sections = ablation_report.report(run)
+    sections = ablation_report.REPORT.sections(run)
     assert len(sections) == 2  # G in eval and train mode
     titles = [t.title for t in sections[0].tables]
     assert "Factors ranked by their effect on FD" in titles

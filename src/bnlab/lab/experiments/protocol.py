@@ -5,9 +5,9 @@ An experiment is two halves, so that reading a run never needs its training code
 - :class:`ExperimentReport` (defined in the experiment's ``report.py``): its name and title,
   its ``Config`` class, ``analyse(run) -> analysis`` (a :class:`~bnlab.lab.results.Run` ->
   a dataclass of numbers and verdicts; the driver writes it as summary.json),
-  ``report(run) -> sections`` (figures and text from the run alone: ``bnlab report`` rebuilds
-  it, it never trains), the one-line ``result_line`` and an optional ``compare`` of several
-  runs;
+  ``report(run, analysis) -> sections`` (renders that analysis, with figures drawn from the
+  run's records: ``bnlab report`` rebuilds it from the run alone, it never trains), the
+  one-line ``result_line`` and an optional ``compare`` of several runs;
 - :class:`Experiment` (the experiment's ``experiment.py``): that report, plus
   ``load(config, log) -> Loaded`` (the data every job needs, loaded once by the driver and
   shipped once to every worker), ``plan(config, data) -> list[Job]`` (typed, frozen jobs,
@@ -125,9 +125,13 @@ class ExperimentReport(Generic[C, A]):
     title: str  # report.html's title
     config: type[C]
     analyse: Callable[[Run[C]], A]
-    report: Callable[[Run[C]], list[Section]]
+    report: Callable[[Run[C], A], list[Section]]  # renders the analysis: never recomputes it
     result_line: Callable[[A, Run[C]], str]  # printed at the end of a run
     compare: Callable[[list[Run[C]]], list[Section]] | None = None  # bnlab report RUN RUN ...
+
+    def sections(self, run: Run[C]) -> list[Section]:
+        """The report of ``run``: its analysis, rendered."""
+        return self.report(run, self.analyse(run))
 
 
 @dataclass(frozen=True)

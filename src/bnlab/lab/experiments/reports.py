@@ -72,7 +72,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None, markdown: bool =
         if reading.compare is not None:
             sections.extend(reading.compare([run for _, run in runs]))
     for reading, run in runs:
-        sections.extend(reading.report(run))
+        sections.extend(reading.sections(run))
     names = "; ".join(f"{reading.name} ({run.dir})" for reading, run in runs)
     name = "report.md" if markdown else "report.html"
     if out is None:

@@ -59,10 +59,9 @@ def _effects_figure(ranking: tuple[FactorEffect, ...], title: str, path: Path) -
     return save_figure(fig, path)
 
 
-def report(run: Run[AblationConfig]) -> list[Section]:
+def report(run: Run[AblationConfig], analysis: AblationAnalysis) -> list[Section]:
     """The report's sections, one per G mode scored, from the run alone (draws the effects
     figures into the run directory)."""
-    analysis = analyse(run)
     cfg = run.config
     sections = []
     for key, mode in (("fd", "eval"), ("fd_train", "train")):

@@ -339,10 +339,9 @@ def _tables(
     return [claim_table, depth_table]
 
 
-def report(run: Run[ActivationsConfig]) -> list[Section]:
+def report(run: Run[ActivationsConfig], analysis: ActivationsAnalysis) -> list[Section]:
     """The report's sections: the analysis rendered, figures from the records (draws the
     missing ones into the run directory)."""
-    analysis = analyse(run)
     records = ordered_records(run)
     run_dir, cfg, tr = run.dir, run.config, run.config.training
     depth, steps = tr.depth, tr.steps

@@ -91,9 +91,8 @@ def _summary_table(analysis: GanAnalysis) -> Table:
     )
 
 
-def report(run: Run[GanConfig]) -> list[Section]:
+def report(run: Run[GanConfig], analysis: GanAnalysis) -> list[Section]:
     """The report's sections, from the run alone (draws its figures into the run directory)."""
-    analysis = analyse(run)
     run_dir, records, cfg = run.dir, run.records, run.config
     variants = variant_names(run)
     seeds = sorted({r["seed"] for r in records})

@@ -149,9 +149,8 @@ def _tables(analysis: Ioffe2015Analysis, records: list[dict[str, Any]]) -> list[
     return [accuracy, drift]
 
 
-def report(run: Run[Ioffe2015Config]) -> list[Section]:
+def report(run: Run[Ioffe2015Config], analysis: Ioffe2015Analysis) -> list[Section]:
     """The report's sections, from the run alone (draws the figure if missing)."""
-    analysis = analyse(run)
     cfg, tr = run.config, run.config.training
     draw_figure(run.dir, run.records, analysis.seeds, cfg.unit)
     short = f"This run trains {tr.steps:,} steps, the paper {PAPER_STEPS:,}" + (

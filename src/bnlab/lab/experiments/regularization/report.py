@@ -164,9 +164,8 @@ def _figures(pngs: dict[str, bytes], *wanted: tuple[str, str, str]) -> list[Figu
     return [Figure(title, pngs[name], caption) for name, title, caption in wanted if name in pngs]
 
 
-def report(run: Run[Config]) -> list[Section]:
+def report(run: Run[Config], a: RegularizationAnalysis) -> list[Section]:
     """The report's sections, from the run alone (never trains)."""
-    a = analyse(run)
     pngs = make_figures(run, a)
     sections = [_c6_section(pngs, run, a)]
     if a.probe:

@@ -138,9 +138,8 @@ def _layers(values: Sequence[float], pct: bool = False) -> str:
     return " / ".join(f"{100 * v:.2f}%" if pct else f"{v:.4f}" for v in values)
 
 
-def report(run: Run[Config]) -> list[Section]:
+def report(run: Run[Config], a: RunningStatsAnalysis) -> list[Section]:
     """The report's sections, from the run alone (never trains)."""
-    a = analyse(run)
     t = run.config.training
     pngs = make_figures(run)
     est = a.estimators

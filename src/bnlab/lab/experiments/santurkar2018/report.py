@@ -673,8 +673,7 @@ def _setup(cfg: Config, meta_data: str) -> Section:
     return Section("Set-up and deviations from the paper", text, anchor="setup")
 
 
-def report(run: Run[Config]) -> list[Section]:
-    analysis = analyse(run)
+def report(run: Run[Config], analysis: Santurkar2018Analysis) -> list[Section]:
     parts, records, cfg = analysis.parts, run.records, run.config
     sections = [_c5b(analysis)]
     if parts.noisy_bn.nets:
