@@ -128,8 +128,8 @@ def analyse(run: Run[ToyConfig]) -> ToyAnalysis:
     return ToyAnalysis(len(run.records))
 
 
-def report(run: Run[ToyConfig]) -> list[Section]:
-    return [Section("Toy", f"{analyse(run).records} records")]
+def report(run: Run[ToyConfig], analysis: ToyAnalysis) -> list[Section]:
+    return [Section("Toy", f"{analysis.records} records")]
 
 
 TOY_REPORT: ExperimentReport[ToyConfig, ToyAnalysis] = ExperimentReport(

@@ -165,13 +165,14 @@ def next_job(states: list[JobState]) -> JobState | None:
     return max(idle, key=lambda js: js.remaining) if idle else None
 
 
-def run_chunk(train: Train, chunk: Chunk, data: Any) -> ChunkResult:
-    """Train one chunk where the caller runs (a worker, a rank, this process); a crash of the
-    training code fails the job, not the run."""
+def run_chunk(train: Train, job: Any, state: Any, start: int, end: int, data: Any) -> ChunkResult:
+    """Train units [start, end) of ``job`` from ``state`` wherever the caller runs (this
+    process, a pool worker, a Ray task, a rank): the one place where a raise of the training
+    code becomes the job's failure (its traceback on that process's stderr), not the run's."""
     try:
-        return train(*chunk.args(), data)
+        return train(job, state, start, end, data)
     except Exception as exc:
-        return ChunkResult(chunk.start, chunk.js.state, failed=failure(exc))
+        return ChunkResult(start, state, failed=failure(exc))
 
 
 class Executor(Protocol):
@@ -205,7 +206,7 @@ class InlineExecutor:
         return Ran(self.run(chunk))
 
     def run(self, chunk: Chunk) -> ChunkResult | Lost:
-        return run_chunk(self.train, chunk, self.data)
+        return run_chunk(self.train, *chunk.args(), self.data)
 
     def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, ChunkResult | Lost]]:
         return [(h, h.outcome) for h in handles]

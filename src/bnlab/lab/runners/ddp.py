@@ -133,7 +133,7 @@ class _AllRanks(InlineExecutor):
 
     def run(self, chunk: Chunk) -> ChunkResult | Lost:
         _broadcast((self.states.index(chunk.js), chunk.start, chunk.end, chunk.js.state))
-        result = run_chunk(self.train, chunk, self.data)  # maybe the job's fault: see below
+        result = run_chunk(self.train, *chunk.args(), self.data)  # maybe the job's fault: see below
         # Raises RunStopped if a peer is gone: then a collective inside the chunk failed for
         # that reason, not for the job's, and nothing is recorded.
         outcomes = _outcomes(result.failed)
@@ -159,7 +159,7 @@ def follow(load_and_plan: Callable[[Any], tuple[list[Any], Any]], train: Train) 
         index, start, end, state = order
         # rank 0 records the failure; say it here too, with the traceback. (A failure on this
         # rank alone, mid-chunk, leaves rank 0 waiting in a collective until TIMEOUT.)
-        result = run_chunk(train, Chunk(JobState(jobs[index], start, state), start, end), data)
+        result = run_chunk(train, jobs[index], state, start, end, data)
         if result.failed is not None:
             print(f"rank {dist.get_rank()}: job {index} failed", file=sys.stderr)
         _outcomes(result.failed)

@@ -36,6 +36,7 @@ from bnlab.lab.jobs import (
     Train,
     chunk_loop,
     failure,
+    run_chunk,
     set_sink,
 )
 
@@ -140,7 +141,7 @@ class PoolExecutor:
                 out.append((fut, Lost(WORKER_DIED)))
                 if generation == self.generation:
                     self._renew()
-            except Exception as exc:  # a crashed chunk fails its job, not the run
+            except Exception as exc:  # the result could not come back (e.g. not picklable)
                 out.append((fut, ChunkResult(chunk.start, chunk.js.state, failed=failure(exc))))
         return out
 
@@ -185,7 +186,7 @@ def _watch_driver(pid: int) -> None:
 
 
 def _chunk(train: Train, job: Any, state: Any, start: int, end: int) -> ChunkResult:
-    return train(job, state, start, end, _DATA)  # a raise comes back through the future
+    return run_chunk(train, job, state, start, end, _DATA)
 
 
 def _context(train: Train) -> Any:

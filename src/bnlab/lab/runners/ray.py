@@ -19,7 +19,17 @@ import sys
 import time
 from typing import Any
 
-from bnlab.lab.jobs import Chunk, ChunkResult, JobState, Lost, Train, chunk_loop, failure, set_sink
+from bnlab.lab.jobs import (
+    Chunk,
+    ChunkResult,
+    JobState,
+    Lost,
+    Train,
+    chunk_loop,
+    failure,
+    run_chunk,
+    set_sink,
+)
 
 __all__ = ["RayRunner"]
 
@@ -124,7 +134,7 @@ class RayExecutor:
             chunk = self.chunks.pop(ref)
             try:
                 result = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:  # the training code raised
+            except ray.exceptions.RayTaskError as exc:  # the task itself broke (not training)
                 result = ChunkResult(chunk.start, chunk.js.state, failed=failure(exc.cause or exc))
             except ray.exceptions.RayError as exc:  # lost beyond its retries
                 why = f"lost its Ray worker or node {MAX_RETRIES + 1} times ({exc})"
@@ -157,7 +167,7 @@ def _ray_chunk(
 
     previous = set_sink(sink)
     try:
-        return train(job, state, start, end, data)
+        return run_chunk(train, job, state, start, end, data)
     finally:
         set_sink(previous)
 
