@@ -22,7 +22,7 @@ from bnlab.lab.experiments.driver import apply_quick, run_experiment
 from bnlab.lab.experiments.ioffe2015.config import Ioffe2015Config
 from bnlab.lab.experiments.ioffe2015.experiment import EXPERIMENT
 from bnlab.lab.experiments.reports import build_report, read_run
-from bnlab.lab.results import to_json
+from bnlab.lab.runs import to_json
 
 BEFORE = Path(__file__).resolve().parent / "data" / "ioffe2015-quick-before-issue18"
 

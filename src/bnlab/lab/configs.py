@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bnlab.lab.runs import to_json
 
 __all__ = [
     "build",
@@ -126,23 +127,10 @@ def build(cls: type[T], **flat: Any) -> T:
     return replace_flat(cls(), flat)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "item"):  # numpy and torch scalars
-        return obj.item()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A config as config.json holds it: flat names, plain JSON (tuples become lists, paths
     strings, dataclass values such as GAN variants dicts)."""
-    return {
-        name: json.loads(json.dumps(value, default=_json_default))
-        for name, value in flat_values(cfg).items()
-    }
+    return {name: to_json(value) for name, value in flat_values(cfg).items()}
 
 
 def _convert(tp: Any, value: Any) -> Any:

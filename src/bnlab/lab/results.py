@@ -8,8 +8,6 @@ here trains or imports an experiment.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -17,7 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 from bnlab.lab.configs import config_from_dict
 from bnlab.lab.runs import read_config, read_jsonl
 
-__all__ = ["VERDICTS", "Claim", "Run", "Verdict", "load_run", "to_json"]
+__all__ = ["VERDICTS", "Claim", "Run", "Verdict", "load_run"]
 
 Verdict = Literal["holds", "does not hold", "inconclusive"]
 VERDICTS: tuple[Verdict, ...] = ("holds", "does not hold", "inconclusive")
@@ -76,19 +74,3 @@ def load_run(run_dir: str | Path, config: type[C], experiment: str | None = None
     records = [r for r in lines if "event" not in r]
     events = [r for r in lines if "event" in r]
     return Run(run_dir, str(raw["experiment"]), cfg, meta, records, events)
-
-
-def to_json(value: Any) -> Any:
-    """An analysis (dataclasses, mappings, sequences, numbers) as plain JSON data, the form
-    summary.json holds: dataclasses become objects with their field names, tuples lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and not isinstance(value, (bool, int, float, str)):
-        return value.item()  # numpy scalars
-    return value

@@ -13,15 +13,13 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 import torch
-
-from bnlab.lab.configs import config_to_dict
 
 __all__ = [
     "append_jsonl",
@@ -33,6 +31,7 @@ __all__ = [
     "read_config",
     "read_jsonl",
     "save_checkpoint",
+    "to_json",
     "write_jsonl",
 ]
 
@@ -69,16 +68,32 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+def to_json(value: Any) -> Any:
+    """``value`` as plain JSON data, the one conversion every file of a run goes through:
+    dataclasses become objects with their field names (an analysis is its summary.json),
+    mappings objects, tuples and lists arrays, paths strings, tensors and numpy values
+    numbers or lists.
+
+    Raises:
+        TypeError: anything else, naming its type.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return config_to_dict(obj)  # flat, as config.json
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+    return to_json(obj)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

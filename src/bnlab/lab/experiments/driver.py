@@ -30,7 +30,7 @@ from bnlab.lab.experiments.common import resolve_device
 from bnlab.lab.experiments.protocol import OPERATIONAL, Experiment, Log, RunOptions
 from bnlab.lab.jobs import ChunkResult, JobState, RunStopped
 from bnlab.lab.report.html import write_report
-from bnlab.lab.results import load_run, to_json
+from bnlab.lab.results import load_run
 from bnlab.lab.runs import (
     append_jsonl,
     atomic_write_bytes,
@@ -40,6 +40,7 @@ from bnlab.lab.runs import (
     new_run_dir,
     read_config,
     save_checkpoint,
+    to_json,
     write_jsonl,
 )
 

@@ -119,7 +119,7 @@ A = TypeVar("A")
 class ExperimentReport(Generic[C, A]):
     """How a run of one experiment is read: everything ``bnlab report`` needs, nothing that
     trains. ``A`` is the experiment's analysis dataclass; summary.json is its JSON form
-    (:func:`bnlab.lab.results.to_json`)."""
+    (:func:`bnlab.lab.runs.to_json`)."""
 
     name: str  # the command: bnlab <name>
     title: str  # report.html's title
