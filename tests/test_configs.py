@@ -82,3 +82,11 @@ def test_a_knob_declared_twice_is_refused():
 
     with pytest.raises(TypeError, match="'epochs' is declared twice"):
         flat_fields(Twice)
+
+
+def test_a_knob_missing_from_config_json_takes_the_sub_config_fields_default():
+    @dataclass(frozen=True)
+    class Short:
+        training: Annotated[Training, tyro.conf.OmitArgPrefixes] = Training(epochs=20)
+
+    assert config_from_dict(Short, {"lr": 0.5}) == Short(training=Training(epochs=20, lr=0.5))

@@ -110,14 +110,13 @@ def replace_flat(cfg: T, changes: Mapping[str, Any]) -> T:
     direct: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     for name, value in changes.items():
-        head, *rest = paths[name]
-        if rest:
-            nested.setdefault(head, {})[".".join(rest)] = value
+        head = paths[name][0]
+        if len(paths[name]) > 1:  # a sub-config's knob keeps its flat name inside it
+            nested.setdefault(head, {})[name] = value
         else:
             direct[head] = value
     for head, inner in nested.items():
-        sub = getattr(cfg, head)
-        direct[head] = replace_flat(sub, {k.rsplit(".", 1)[-1]: v for k, v in inner.items()})
+        direct[head] = replace_flat(getattr(cfg, head), inner)
     return dataclasses.replace(cfg, **direct)  # type: ignore[type-var]
 
 
@@ -158,32 +157,27 @@ def _convert(tp: Any, value: Any) -> Any:
     return value
 
 
-def _build(cls: type[T], values: Mapping[str, Any]) -> T:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        tp = hints[f.name]
-        if _is_subconfig(tp):
-            inner = {k: values[k] for k in flat_fields(_strip(tp)) if k in values}
-            if inner or (
-                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            ):
-                base = _build(_strip(tp), inner)
-                kwargs[f.name] = base
-        elif f.name in values:
-            kwargs[f.name] = _convert(tp, values[f.name])
-    return cls(**kwargs)
+def _leaf_type(cls: type[Any], path: tuple[str, ...]) -> Any:
+    """The annotated type of the field at ``path`` (through sub-configs)."""
+    tp: Any = cls
+    for name in path:
+        tp = typing.get_type_hints(_strip(tp), include_extras=True)[name]
+    return tp
 
 
 def config_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
-    """A Config from config.json's ``"config"`` (flat names); a knob left out takes its
-    default; unknown names are an error naming them."""
-    unknown = sorted(set(values) - set(flat_fields(cls)))
+    """A Config from config.json's ``"config"`` (flat names) over its defaults: a knob left
+    out (a run from before it existed) takes the default the Config declares, its sub-config
+    field's default included. Unknown names are an error naming them. (Every Config has a
+    default for every field: a command runs with no flags.)"""
+    paths = flat_fields(cls)
+    unknown = sorted(set(values) - set(paths))
     if unknown:
         raise ValueError(
             f"config.json has settings this version of bnlab does not know: {', '.join(unknown)}"
         )
-    return _build(cls, values)
+    converted = {name: _convert(_leaf_type(cls, paths[name]), v) for name, v in values.items()}
+    return replace_flat(cls(), converted)
 
 
 def given_fields(cls: type[Any], argv: list[str]) -> set[str]:
