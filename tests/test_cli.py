@@ -144,3 +144,13 @@ def test_nproc_exit_code_says_what_the_ranks_ended_with(
     assert "--nproc-per-node=2" in seen[0] and "--nproc" not in seen[0]
     err = " ".join(capsys.readouterr().err.split())
     assert f"continue with bnlab gan --resume --out {out} --nproc 2" in err
+
+
+def test_the_reading_halves_are_the_commands_own():
+    """bnlab report's catalog (reading halves only) and the command registry list the same
+    experiments, in the same order, each command reading its runs with its own half."""
+    from bnlab.lab.experiments.registry import EXPERIMENTS
+    from bnlab.lab.experiments.reports import REPORTS
+
+    assert list(REPORTS) == list(EXPERIMENTS)
+    assert all(EXPERIMENTS[name].reading is REPORTS[name] for name in REPORTS)

@@ -103,6 +103,12 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("report not a run", ["report", "{tmp}"], 2, "not a bnlab run directory"),
     ("report corrupt metrics", ["report", "{corrupt_metrics}"], 2, "line 1: not a JSON record"),
     ("report unknown experiment", ["report", "{alchemy}"], 2, "unknown experiment 'alchemy'"),
+    (
+        "report a setting this version lacks",
+        ["report", "{future_config}"],
+        2,
+        "config.json: settings this version of bnlab does not know: color",
+    ),
 ]
 
 
@@ -134,7 +140,7 @@ def _placeholders(tmp_path: Path, needs: set[str], request: pytest.FixtureReques
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
     values["foreign"] = str(foreign)
-    if needs & {"run", "torn_config", "corrupt_metrics"}:
+    if needs & {"run", "torn_config", "corrupt_metrics", "future_config"}:
         run = request.getfixturevalue("tiny_run")
         values["run"] = str(run)
         torn = tmp_path / "torn"
@@ -146,6 +152,12 @@ def _placeholders(tmp_path: Path, needs: set[str], request: pytest.FixtureReques
         lines = (corrupt / "metrics.jsonl").read_text().splitlines()
         (corrupt / "metrics.jsonl").write_text("\n".join(["{oops", *lines]) + "\n")
         values["corrupt_metrics"] = str(corrupt)
+        future = tmp_path / "future"
+        shutil.copytree(run, future)
+        meta = json.loads((future / "config.json").read_text())
+        meta["config"]["color"] = "red"
+        (future / "config.json").write_text(json.dumps(meta))
+        values["future_config"] = str(future)
     alchemy = tmp_path / "alchemy"
     alchemy.mkdir()
     (alchemy / "config.json").write_text(json.dumps({"experiment": "alchemy", "config": {}}))

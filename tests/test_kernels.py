@@ -369,3 +369,24 @@ def test_torch_compile_traces_the_torch_formulas():
     want = torch.autograd.grad(loss(x, w), (x, w))
     for g, e in zip(got, want, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_registering_kernels_for_an_unknown_device_is_refused():
+    from bnlab import functional
+
+    with pytest.raises(ValueError, match="device type 'tpu'; use 'cpu' or 'cuda'"):
+        functional.register_kernels("tpu", lambda: None)
+
+
+def test_a_device_without_registered_kernels_runs_the_plain_torch_path():
+    from bnlab import functional
+
+    x = torch.randn(6, 3, dtype=torch.float64)
+    cpu = functional._providers["cpu"]
+    expected = functional.batch_norm(x, None, None, training=True)
+    functional.register_kernels("cpu", None)
+    try:
+        assert functional._kernels_for(x) is None
+        torch.testing.assert_close(functional.batch_norm(x, None, None, training=True), expected)
+    finally:
+        functional.register_kernels("cpu", cpu)

@@ -173,9 +173,7 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
     paths = flat_fields(cls)
     unknown = sorted(set(values) - set(paths))
     if unknown:
-        raise ValueError(
-            f"config.json has settings this version of bnlab does not know: {', '.join(unknown)}"
-        )
+        raise ValueError(f"settings this version of bnlab does not know: {', '.join(unknown)}")
     converted = {name: _convert(_leaf_type(cls, paths[name]), v) for name, v in values.items()}
     return replace_flat(cls(), converted)
 
