@@ -66,10 +66,14 @@ class _Layout:
 
     __slots__ = ("channels_last", "count", "dims", "ndim", "shape", "spatial")
 
-    def __init__(self, x: Tensor) -> None:
+    def __init__(self, x: Tensor, channels_last: bool | None = None) -> None:
+        """``channels_last`` None: read from x's strides; False: see x as contiguous (under
+        torch.func, where a sample's strides cannot be queried)."""
         self.shape = x.shape
         self.ndim = x.dim()
-        self.channels_last = _output_memory_format(x) is not torch.contiguous_format
+        if channels_last is None:
+            channels_last = _output_memory_format(x) is not torch.contiguous_format
+        self.channels_last = channels_last
         self.dims: int | tuple[int, int] = 0 if self.ndim == 2 or self.channels_last else (0, 2)
         self.spatial = math.prod(self.shape[2:])  # S; explicit, so that empty inputs view too
         self.count = self.shape[0] * self.spatial  # values per channel, m
@@ -148,7 +152,11 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     Differentiable (plain torch ops, two passes); used where autograd must see the statistics.
     """
     layout = _Layout(x)
-    xv = layout.view(x).to(_stat_dtype(x))
+    return _differentiable_stats(layout.view(x).to(_stat_dtype(x)), layout)
+
+
+def _differentiable_stats(xv: Tensor, layout: _Layout) -> tuple[Tensor, Tensor]:
+    """(mean, biased var) of a canonical view, out-of-place ops only (autograd, torch.func)."""
     mean = xv.mean(layout.dims)
     var = (xv - layout.pc(mean)).square().mean(layout.dims)
     return mean, var
@@ -859,6 +867,10 @@ def _batch_norm(
     itself first, to name the layer)."""
     if input.numel() == 0:
         return _empty_batch_norm(input, weight, bias)
+    if not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack():
+        return _transformed_batch_norm(
+            input, running_mean, running_var, weight, bias, training, momentum, eps, act, slope
+        )
     if not input.is_contiguous() and not _is_channels_last(input):
         input = input.contiguous(memory_format=_output_memory_format(input))
     fast = _kernels_for(input, weight, bias, running_mean, running_var)
@@ -873,3 +885,46 @@ def _batch_norm(
             _TorchKernels if fast is None else fast,
         )  # fmt: skip
     return out
+
+
+def _transformed_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    act: int,
+    slope: float,
+) -> Tensor:
+    """``_batch_norm`` inside a torch.func transform (vmap, grad, jacrev, ...): the same stages
+    (statistics, ``update_running_stats``, ``_elemt``), composed with out-of-place ops where
+    autograd needs them (``batch_stats``'s), so that the transforms' batching rules apply.
+
+    Why a path of its own rather than teaching the fast paths the transforms: a transform sees
+    one sample's tensor, whose memory format cannot be queried (vmap raises on
+    ``is_contiguous(memory_format=channels_last)``); the compiled operators have no batching
+    rules; and ``_BatchNormFunction`` updates the running statistics in place inside forward,
+    which functorch's generated vmap rule forbids (a hand-written vmap rule and
+    ``setup_context`` would duplicate this dispatch). Here the transforms differentiate and
+    batch torch's own ops, as they do for torch's batch norm; the gradient is autograd's of the
+    same formula, which the hand-derived backward equals (tests/test_func.py). Running
+    statistics are updated in place as torch's batch norm does under vmap: stacked buffers
+    (``torch.func.stack_module_state``) each get their own model's update.
+    """
+    layout = _Layout(input, channels_last=False)
+    stat = _stat_dtype(input)
+    shape = input.shape
+    xv = input if layout.ndim == 2 else input.reshape(shape[0], shape[1], layout.spatial)
+    xv = _to(xv, stat)
+    if training:
+        mean, var = _differentiable_stats(xv, layout)  # biased: normalizes the batch
+        update_running_stats(running_mean, running_var, mean, var, layout.count, momentum)
+        inv_std = torch.rsqrt(var + eps)
+    else:
+        assert running_mean is not None and running_var is not None
+        mean, inv_std = running_mean.to(stat), torch.rsqrt(running_var.to(stat) + eps)
+    y = _elemt(xv, layout, mean, inv_std, weight, bias, act, slope)
+    return _to(y.reshape(shape), input.dtype)
