@@ -1,22 +1,36 @@
 """bnlab's batch-norm modules (subclasses of torch.nn's, drop-in; SyncBatchNorm on every
-torch.distributed backend; fused BN + activation), converters, layer lookup."""
+torch.distributed backend; fused BN + activation; frozen BN), converters, layer lookup."""
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from bnlab.nn.convert import from_torch, to_torch
 from bnlab.nn.find import batch_norm_layers, is_batch_norm
+from bnlab.nn.frozen import (
+    FROZEN_BATCH_NORMS,
+    FrozenBatchNorm1d,
+    FrozenBatchNorm2d,
+    FrozenBatchNorm3d,
+    freeze,
+    unfreeze,
+)
 from bnlab.nn.sync_batchnorm import SyncBatchNorm
 
 __all__ = [
+    "FROZEN_BATCH_NORMS",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormAct1d",
     "BatchNormAct2d",
     "BatchNormAct3d",
+    "FrozenBatchNorm1d",
+    "FrozenBatchNorm2d",
+    "FrozenBatchNorm3d",
     "SyncBatchNorm",
     "batch_norm_layers",
+    "freeze",
     "from_torch",
     "is_batch_norm",
     "to_torch",
+    "unfreeze",
 ]

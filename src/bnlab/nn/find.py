@@ -16,7 +16,11 @@ def is_batch_norm(module: nn.Module) -> TypeGuard[_BatchNorm]:
     LazyBatchNorm*, bnlab's (subclasses of torch's), or any other subclass of torch's base.
 
     The same test torch's and fvcore's tools apply (``isinstance(m, _BatchNorm)``), so bnlab
-    and they always agree on which layers are batch norm. InstanceNorm is not.
+    and they always agree on which layers are batch norm. InstanceNorm is not, and neither is a
+    frozen layer (bnlab.nn.FrozenBatchNorm*d, torchvision's FrozenBatchNorm2d): it computes no
+    batch statistics and keeps no running ones, so it is a fixed per-channel affine map, which
+    the doctor's rules and the tools that re-estimate statistics must leave alone. Test for it
+    with ``isinstance(m, bnlab.nn.FROZEN_BATCH_NORMS)``.
     """
     return isinstance(module, _BatchNorm)
 
