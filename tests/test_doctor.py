@@ -214,6 +214,46 @@ def test_nonfinite_running_stats_are_an_error() -> None:
     assert "1 of 3 in running_mean" in f.message and "1 of 3 in running_var" in f.message
 
 
+@pytest.mark.parametrize("bn", [nn.BatchNorm1d, bnn.BatchNorm1d, bnn.SyncBatchNorm])
+def test_keras_momentum_is_a_warning_with_the_pytorch_value(bn: type[nn.Module]) -> None:
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), bn(3, momentum=0.99))
+    (f,) = find(check(model), "keras-momentum")
+    assert (f.severity, f.module) == (Severity.WARNING, "1")
+    assert "momentum=0.99" in f.message and f.fix.startswith("momentum=0.01 ")
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.01, 0.5, 0.899, None, 1.0])
+def test_pytorch_momentum_cumulative_and_last_batch_are_not_keras(momentum: float | None) -> None:
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), bnn.BatchNorm1d(3, momentum=momentum))
+    assert find(check(model), "keras-momentum") == []
+
+
+def test_fp16_running_var_near_the_float16_maximum_is_a_warning() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), bnn.BatchNorm2d(3)).half()
+    model[1].running_var.copy_(torch.tensor([1.0, 6.2e4, 3.0e4]))
+    (f,) = find(check(model), "fp16-running-var-overflow")
+    assert (f.severity, f.module) == (Severity.WARNING, "1")
+    assert "1 of 3 channels" in f.message and "largest 62016" in f.message
+    model[1].running_var[2] = float("inf")  # overflowed: an error, next to the generic one
+    (f,) = find(check(model), "fp16-running-var-overflow")
+    assert f.severity is Severity.ERROR and "2 of 3 channels" in f.message
+    assert find(check(model), "nonfinite-running-stats")
+
+
+def test_large_running_var_in_float32_or_below_the_limit_in_float16_is_fine() -> None:
+    wide = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), bnn.BatchNorm2d(3))
+    wide[1].running_var.fill_(1e6)  # float32: far from its maximum
+    assert find(check(wide), "fp16-running-var-overflow") == []
+    half = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.BatchNorm2d(3)).half()
+    half[1].running_var.fill_(5.9e4)
+    assert find(check(half), "fp16-running-var-overflow") == []
+
+
+def test_across_ranks_needs_a_process_group() -> None:
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        check(nn.Sequential(bnn.BatchNorm1d(3)), across_ranks=True)
+
+
 def test_untracked_running_stats_are_a_warning() -> None:
     model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3, track_running_stats=False))
     (f,) = find(check(model), "untracked-stats")

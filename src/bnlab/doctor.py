@@ -9,6 +9,9 @@ checked mechanically:
   batches too small for batch statistics, and how far the batch statistics are from the
   running ones (the train/eval gap). It never changes the model: train/eval flags and every
   buffer (running statistics, ``num_batches_tracked``) are restored, and the RNG is forked.
+- :func:`check_ranks` (or ``check(..., across_ranks=True)``), on every rank of an initialized
+  torch.distributed process group, reports BN layers whose running statistics differ across
+  the ranks (:func:`bnlab.nn.sync_buffers` makes them equal).
 - :func:`watch` wraps user code and reports BN layers that ran in train mode under
   ``torch.no_grad()`` (evaluation without ``model.eval()``) and running statistics that
   changed there.
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
@@ -45,6 +49,7 @@ __all__ = [
     "Severity",
     "check",
     "check_input_shape",
+    "check_ranks",
     "format_findings",
     "load_factory",
     "main",
@@ -70,6 +75,23 @@ GAP_NOISE_MULTIPLE = 4.0
 # in float32, well above an ImageNet batch of 64 (9.6M) or a 3D U-Net batch of 8 at 128^3 (17M);
 # a shape beyond it is a typo (or a dataset size), and would only end in an out-of-memory kill.
 MAX_EXAMPLE_VALUES = 1 << 27
+
+# Momentum at or above this is read as Keras's convention (the weight of the *old* estimate:
+# Keras/TF default 0.99) given to PyTorch (the weight of the *new* batch: default 0.1). In
+# PyTorch's reading 0.9 keeps 10% of the history, so the running statistics are nearly the last
+# batch's; nobody means that, while 0.9 to 0.999 are Keras's usual values. momentum=1.0 (keep
+# exactly the last batch) is a deliberate recalibration setting and is not reported.
+KERAS_MOMENTUM_THRESHOLD = 0.9
+
+# A float16 running_var above this (~92% of float16's largest finite value, 65504) is one update
+# away from inf: the running value is (1 - m) * old + m * batch_var, and a batch variance a
+# little above it overflows when it is stored.
+FP16_RUNNING_VAR_LIMIT = 6.0e4
+
+# Buffers that differ across ranks by more than this (relative to their magnitude) are
+# reported; bit-identical is what DDP's broadcast_buffers and SyncBatchNorm give, and the
+# tolerance only absorbs reductions that are not bit-reproducible across devices.
+RANK_BUFFER_RTOL = 1e-5
 
 # Modules that pass their input through without changing what BN cares about: looked through
 # when asking "what feeds this layer" (BN -> Dropout -> Tanh is still BN before the output).
@@ -206,6 +228,53 @@ def _check_untracked(name: str, bn: nn.Module) -> Finding | None:
     )
 
 
+def _check_keras_momentum(name: str, bn: nn.Module) -> Finding | None:
+    """momentum=0.99 copied from Keras/TF, where it weights the old estimate; PyTorch's weights
+    the new batch, so the running statistics follow the last batch almost alone."""
+    m = getattr(bn, "momentum", None)
+    if m is None or not KERAS_MOMENTUM_THRESHOLD <= m < 1.0:
+        return None
+    return Finding(
+        "keras-momentum",
+        Severity.WARNING,
+        name,
+        f"{_describe(bn)} has momentum={m:g}, a value in Keras's convention: PyTorch's momentum "
+        "is the weight of the new batch (running = (1 - momentum) * running + momentum * "
+        f"batch), so the running statistics keep only {1 - m:.3g} of their history at each "
+        "step and eval mode normalizes with roughly the last batch's statistics",
+        f"momentum={1 - m:.4g} (PyTorch's value for Keras's {m:g} is 1 - m)",
+    )
+
+
+def _check_fp16_running_var(name: str, bn: nn.Module) -> Finding | None:
+    """A float16 running_var near float16's maximum overflows to inf at the next update."""
+    stats = _running_stats(bn)
+    if stats is None or stats[1].dtype != torch.float16:
+        return None
+    var = stats[1].float()
+    bad = ~torch.isfinite(var)
+    near = torch.isfinite(var) & (var > FP16_RUNNING_VAR_LIMIT)
+    if not bool(bad.any() or near.any()):
+        return None
+    if bool(bad.any()):
+        severity, state = Severity.ERROR, f"{int(bad.sum())} already inf or NaN"
+    else:
+        severity = Severity.WARNING
+        state = f"largest {float(var[near].max()):.5g}, one update from overflowing"
+    return Finding(
+        "fp16-running-var-overflow",
+        severity,
+        name,
+        f"{_describe(bn)} keeps running_var in float16, and {int((bad | near).sum())} of "
+        f"{bn.num_features} channels are above {FP16_RUNNING_VAR_LIMIT:g} or not finite "
+        f"({state}; float16's largest value is 65504): an inf running variance flattens the "
+        "channel's eval-mode output to beta, a NaN one makes it NaN",
+        "keep BN layers in float32 (torch.autocast does; after model.half() call .float() on "
+        "the BN layers: they take float16 input with float32 buffers), then re-estimate the "
+        "running statistics",
+    )
+
+
 def _is_lazy_bn(bn: nn.Module) -> bool:
     mean = getattr(bn, "running_mean", None)
     return isinstance(mean, Tensor) and is_lazy(mean)
@@ -247,7 +316,13 @@ def _static_findings(model: nn.Module) -> list[Finding]:
     """Checks that need only the layers: one BN at a time."""
     findings: list[Finding] = []
     for name, m in batch_norm_layers(model):
-        for one in (_check_single_unit, _check_finite_stats, _check_untracked):
+        for one in (
+            _check_single_unit,
+            _check_finite_stats,
+            _check_untracked,
+            _check_keras_momentum,
+            _check_fp16_running_var,
+        ):
             f = one(name, m)
             if f is not None:
                 findings.append(f)
@@ -653,10 +728,108 @@ def _shapes(args: tuple[Any, ...]) -> list[tuple[int, ...]]:
 
 
 # --------------------------------------------------------------------------------------------
+# Across the ranks of a process group
+
+
+def _comm_device(group: Any) -> torch.device:
+    """Where a collective of ``group`` takes its tensors: the current GPU for NCCL, else CPU."""
+    if "nccl" in str(dist.get_backend(group)).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def check_ranks(model: nn.Module, group: Any | None = None) -> list[Finding]:
+    """Report BN layers whose running statistics (or ``num_batches_tracked``) differ across the
+    ranks of ``group`` (default: the world): each rank then evaluates with its own statistics.
+
+    A collective: every rank of the group must call it, with the same model structure (two
+    all_reduces, whatever the number of layers). Ranks whose models have different BN buffers
+    get one finding each, rather than a hang. Nothing to report in a group of one.
+
+    Raises:
+        RuntimeError: no torch.distributed process group is initialized.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "check_ranks compares BN buffers across the ranks of a torch.distributed process "
+            "group, and none is initialized: call it on every rank after "
+            "torch.distributed.init_process_group, or use check() in one process"
+        )
+    world = dist.get_world_size(group)
+    if world == 1:
+        return []
+    device = _comm_device(group)
+    layers: list[tuple[str, nn.Module, list[Tensor]]] = []
+    for name, bn in batch_norm_layers(model):
+        stats = _running_stats(bn)
+        if stats is None:
+            continue
+        count = getattr(bn, "num_batches_tracked", None)
+        parts = [*stats] + ([count.detach().reshape(1)] if isinstance(count, Tensor) else [])
+        layers.append((name, bn, parts))
+    flat = [t.to(device, torch.float64).reshape(-1) for _, _, parts in layers for t in parts]
+    values = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.float64, device=device)
+    n = values.numel()
+    sizes = torch.tensor([n, -n], dtype=torch.float64, device=device)
+    dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=group)
+    if int(sizes[0]) != -int(sizes[1]):  # same on every rank: all report, none waits
+        return [
+            Finding(
+                "bn-buffers-differ-across-ranks",
+                Severity.ERROR,
+                "",
+                f"the {world} ranks hold different BN layers ({-int(sizes[1])} to "
+                f"{int(sizes[0])} running-statistics values; this rank {n}): they do not run "
+                "the same model",
+                "build the same model on every rank",
+            )
+        ]
+    values = values.nan_to_num(nan=0.0)  # NaN has its own finding; inf stays comparable
+    both = torch.cat([values, -values])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    hi, lo = both[:n], -both[n:]
+    spread = (hi - lo).nan_to_num(nan=0.0)  # inf - inf: the same inf on every rank
+    limit = RANK_BUFFER_RTOL * torch.maximum(hi.abs(), lo.abs()).nan_to_num(nan=0.0)
+    findings = []
+    start = 0
+    for name, layer, parts in layers:
+        lengths = [t.numel() for t in parts]
+        end = start + sum(lengths)
+        if bool((spread[start:end] > limit[start:end]).any()):
+            mean_d = float(spread[start : start + lengths[0]].max()) if lengths[0] else 0.0
+            var_at = start + lengths[0]
+            var_d = float(spread[var_at : var_at + lengths[1]].max()) if lengths[1] else 0.0
+            counts = ""
+            if len(parts) == 3:
+                counts = f", num_batches_tracked from {int(lo[end - 1])} to {int(hi[end - 1])}"
+            findings.append(
+                Finding(
+                    "bn-buffers-differ-across-ranks",
+                    Severity.WARNING,
+                    name,
+                    f"{_describe(layer)}'s running statistics differ across the {world} ranks "
+                    f"(running_mean by up to {mean_d:.3g}, running_var by up to {var_d:.3g}"
+                    f"{counts}): each rank evaluates, and may save, its own statistics (DDP "
+                    "with broadcast_buffers=False, or the last training forwards after DDP's "
+                    "last buffer broadcast updated each rank's copy with its own batch)",
+                    "call bnlab.nn.sync_buffers(model) (rank 0's buffers to every rank) before "
+                    "evaluating or saving, or use SyncBatchNorm (equal statistics on all ranks)",
+                )
+            )
+        start = end
+    return findings
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 
 
-def check(model: nn.Module, example_input: Tensor | tuple[Any, ...] | None = None) -> list[Finding]:
+def check(
+    model: nn.Module,
+    example_input: Tensor | tuple[Any, ...] | None = None,
+    *,
+    across_ranks: bool = False,
+) -> list[Finding]:
     """Report batch-norm misuse in ``model``; with an example input, also run it (no state change).
 
     Args:
@@ -664,11 +837,17 @@ def check(model: nn.Module, example_input: Tensor | tuple[Any, ...] | None = Non
         example_input: a tensor, or a tuple of positional arguments, for ``model(*args)``. With
             it, layer order comes from the recorded execution (data flow), not definition
             order; batches of one and the train/eval gap are checked.
+        across_ranks: also compare the BN buffers across the ranks of the initialized
+            torch.distributed process group (:func:`check_ranks`). Off by default because it
+            is a collective: with it, every rank must call check, or the callers wait for the
+            others until the group's timeout (code under ``if rank == 0`` must not pass it).
 
     Returns:
         Findings, errors first, each at most once per (code, module).
     """
     findings = _static_findings(model)
+    if across_ranks:
+        findings += check_ranks(model)
     if example_input is None:
         findings += _order_findings_from_definition(model)
         return _sorted_unique(findings)

@@ -3,6 +3,7 @@ torch.distributed backend; fused BN + activation; frozen BN), converters, layer 
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+from bnlab.nn.buffers import sync_buffers
 from bnlab.nn.convert import from_torch, to_torch
 from bnlab.nn.find import batch_norm_layers, is_batch_norm
 from bnlab.nn.frozen import (
@@ -31,6 +32,7 @@ __all__ = [
     "freeze",
     "from_torch",
     "is_batch_norm",
+    "sync_buffers",
     "to_torch",
     "unfreeze",
 ]
