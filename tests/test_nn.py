@@ -130,6 +130,28 @@ def test_normalization_uses_biased_variance():
     torch.testing.assert_close(y, (x - x.mean(0)) / x.var(0, unbiased=False).sqrt())
 
 
+@pytest.mark.parametrize("bn", [bnn.BatchNorm2d, nn.BatchNorm2d], ids=["bnlab", "torch"])
+def test_biased_variance_normalizes_and_unbiased_goes_into_running_var(bn) -> None:
+    """Against the NumPy reference, with m = N*H*W = 24 values per channel (not N = 2): the
+    batch is normalized with var * 1, the running estimate gets var * 24/23."""
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64) * 3 + 1
+    layer = bn(3, momentum=0.25, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2.0)
+        layer.bias.normal_()
+    y = layer(x)
+    expected, _ = reference.batch_norm_forward(
+        x.numpy(), layer.weight.detach().numpy(), layer.bias.detach().numpy(), eps=layer.eps
+    )
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    new_mean, new_var = reference.update_running_stats(np.zeros(3), np.ones(3), x.numpy(), 0.25)
+    np.testing.assert_allclose(layer.running_var.numpy(), new_var, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_mean.numpy(), new_mean, rtol=1e-12, atol=1e-15)
+    _, biased, m = reference.batch_stats(x.numpy())
+    assert m == 24
+    np.testing.assert_allclose(layer.running_var.numpy(), 0.75 + 0.25 * biased * 24 / 23)
+
+
 def test_running_stats_update_is_lerp_with_momentum():
     bn = bnn.BatchNorm1d(3, momentum=0.3, dtype=torch.float64)
     old_mean = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)

@@ -806,6 +806,10 @@ def batch_norm(
             torch's output for them). Empty inputs give empty outputs.
         running_mean, running_var: (C,) buffers. Used for normalization when ``training`` is
             False; updated in place (without autograd history) when ``training`` is True.
+            Biased or unbiased? As in torch, both: a training batch is normalized with its
+            *biased* variance (divided by m, the values per channel: N * H * W), while
+            ``running_var`` accumulates the *unbiased* one (divided by m - 1), the estimate
+            of the population variance that evaluation mode then normalizes with.
         weight, bias: (C,) gamma and beta, or None.
         training: normalize with batch statistics (and update the running ones).
         momentum: new = (1 - momentum) * old + momentum * batch.

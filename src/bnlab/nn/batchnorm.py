@@ -7,7 +7,11 @@ state_dict version and repr, all inherited, so every tool that looks for batch n
 fvcore's precise BN, freeze-BN helpers, weight-decay filters, ``fuse_conv_bn_eval``). Only the
 forward differs: all arithmetic is in :func:`bnlab.functional.batch_norm`.
 
-Two facts worth knowing, both as in PyTorch:
+Three facts worth knowing, all as in PyTorch:
+
+- ``running_var`` holds the *unbiased* variance estimate: each training batch is normalized
+  with its biased variance (sum of squared deviations / m, with m = N * L or N * H * W values
+  per channel), and ``running_var`` is updated with m / (m - 1) times it.
 
 - ``momentum=None`` keeps a cumulative average: after k training batches, ``running_mean`` is
   the plain average of the k batch means (what the blog calls "the average of the batch
