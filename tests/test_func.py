@@ -83,6 +83,19 @@ def test_vmap_over_a_batch_of_batches_with_shared_eval_state() -> None:
     torch.testing.assert_close(vmap(bn)(x), torch.stack([bn(xi) for xi in x]))
 
 
+def test_train_mode_with_buffers_from_outside_the_transform_says_what_to_do() -> None:
+    """torch's BN refuses too (vmap: "running_mean ... were not batched"); bnlab's says how to
+    stack the buffers, before they change. (Under grad, both raise torch's "mutate a captured
+    Tensor" at the batch counter.)"""
+    bn = bnn.BatchNorm1d(3).train()
+    with pytest.raises(RuntimeError, match="stack_module_state"):
+        vmap(bn)(torch.randn(2, 4, 3))
+    with pytest.raises(RuntimeError, match="captured Tensor"):
+        grad(lambda t: bn(t).sum())(torch.randn(4, 3))
+    assert torch.equal(bn.running_mean, torch.zeros(3))
+    assert torch.equal(bn.running_var, torch.ones(3))
+
+
 def test_per_sample_gradients_in_eval_mode_equal_a_loop() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -924,6 +924,18 @@ def _transformed_batch_norm(
     xv = input if layout.ndim == 2 else input.reshape(shape[0], shape[1], layout.spatial)
     xv = _to(xv, stat)
     if training:
+        level = torch._C._functorch.maybe_get_level(input)  # -1: a plain tensor
+        for buf in (running_mean, running_var):
+            if buf is not None and torch._C._functorch.maybe_get_level(buf) < level:
+                raise RuntimeError(
+                    "batch_norm in training mode inside a torch.func transform updates "
+                    "running_mean and running_var in place, but they come from outside the "
+                    "transform (not batched or wrapped like the input), so they cannot take "
+                    "this batch's statistics. For an ensemble pass the buffers stacked "
+                    "(torch.func.stack_module_state) to functional_call; otherwise use eval "
+                    "mode, or track_running_stats=False (torch.func.replace_all_batch_norm_"
+                    "modules_ patches a model)"
+                )
         mean, var = _differentiable_stats(xv, layout)  # biased: normalizes the batch
         update_running_stats(running_mean, running_var, mean, var, layout.count, momentum)
         inv_std = torch.rsqrt(var + eps)
