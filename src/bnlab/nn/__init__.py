@@ -1,11 +1,12 @@
 """bnlab's batch-norm modules (subclasses of torch.nn's, drop-in; SyncBatchNorm on every
-torch.distributed backend; fused BN + activation; frozen BN), converters, layer lookup."""
+torch.distributed backend; fused BN + activation; frozen BN; Batch Renorm, Ghost BN, Virtual
+BN), converters, layer lookup."""
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from bnlab.nn.buffers import sync_buffers
 from bnlab.nn.convert import from_torch, to_torch
-from bnlab.nn.find import batch_norm_layers, is_batch_norm
+from bnlab.nn.find import batch_norm_layers, is_batch_norm, values_per_statistic
 from bnlab.nn.frozen import (
     FROZEN_BATCH_NORMS,
     FrozenBatchNorm1d,
@@ -14,7 +15,10 @@ from bnlab.nn.frozen import (
     freeze,
     unfreeze,
 )
+from bnlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
+from bnlab.nn.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from bnlab.nn.sync_batchnorm import SyncBatchNorm
+from bnlab.nn.virtual import VirtualBatchNorm1d, VirtualBatchNorm2d
 
 __all__ = [
     "FROZEN_BATCH_NORMS",
@@ -24,10 +28,18 @@ __all__ = [
     "BatchNormAct1d",
     "BatchNormAct2d",
     "BatchNormAct3d",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
     "FrozenBatchNorm3d",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
     "SyncBatchNorm",
+    "VirtualBatchNorm1d",
+    "VirtualBatchNorm2d",
     "batch_norm_layers",
     "freeze",
     "from_torch",
@@ -35,4 +47,5 @@ __all__ = [
     "sync_buffers",
     "to_torch",
     "unfreeze",
+    "values_per_statistic",
 ]

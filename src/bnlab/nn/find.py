@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TypeGuard
 
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["batch_norm_layers", "is_batch_norm"]
+__all__ = ["batch_norm_layers", "is_batch_norm", "values_per_statistic"]
 
 
 def is_batch_norm(module: nn.Module) -> TypeGuard[_BatchNorm]:
@@ -31,3 +31,14 @@ def batch_norm_layers(model: nn.Module) -> Iterator[tuple[str, _BatchNorm]]:
     for name, module in model.named_modules():
         if is_batch_norm(module):
             yield name, module
+
+
+def values_per_statistic(layer: nn.Module, input: Tensor) -> int:
+    """The fewest values a batch statistic of ``layer`` is computed from on ``input`` (N, C, *):
+    N * prod(*) for BN; a layer that normalizes by parts says so with its own
+    ``values_per_statistic(input)`` (Ghost BN: its smallest ghost batch; Virtual BN: its
+    reference batch). At 1 the variance is undefined."""
+    own = getattr(layer, "values_per_statistic", None)
+    if callable(own):
+        return int(own(input))
+    return input.numel() // max(input.shape[1], 1)

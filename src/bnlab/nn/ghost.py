@@ -1,0 +1,203 @@
+"""Ghost batch normalization (Hoffer, Hubara and Soudry 2017): BN over small virtual batches.
+
+In training mode the batch is cut into consecutive chunks of ``ghost_batch_size`` rows (the last
+chunk may be smaller) and each chunk is normalized with its own statistics, as if it were a
+batch of its own: the noise of small-batch BN at any SGD batch size. Evaluation mode is BN's.
+
+One BN call serves all the full chunks: (k * g, C, *) is rearranged to (g, k * C, *), chunk j's
+channel c becoming channel j * C + c, and normalized with gamma and beta repeated k times, so
+the compiled kernels run once (the rearrangement is one copy each way). A smaller last chunk is
+a second call.
+
+Running statistics: one update per forward call (``num_batches_tracked`` counts calls, not
+chunks), with the chunks' statistics averaged, each chunk weighted by its rows: the mean of the
+chunk means (the batch mean) and the mean of the chunks' unbiased variances. That is the
+expectation of what per-chunk BN with momentum would track (the variance a chunk-sized BN
+normalizes with, not the whole batch's, which also holds the spread between chunk means), with
+the same horizon in batches for the same momentum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bnlab import functional as F
+from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward
+
+__all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
+
+
+def _chunk_rows(n: int, ghost: int) -> tuple[int, int]:
+    """(number of full chunks, rows of the smaller last chunk or 0)."""
+    return n // ghost, n % ghost
+
+
+def _ghost_values(x: Tensor, ghost: int) -> int:
+    """Values per channel of the smallest chunk of ``x``."""
+    n = x.shape[0]
+    spatial = x.numel() // max(n * x.shape[1], 1)
+    rest = _chunk_rows(n, ghost)[1]
+    return (rest if rest else min(n, ghost)) * spatial
+
+
+def _chunked(
+    x: Tensor,
+    chunks: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stats: tuple[Tensor, Tensor] | None,
+    eps: float,
+) -> Tensor:
+    """BN of each of ``chunks`` consecutive equal chunks of ``x`` in one call; ``stats``, if
+    given, are zeroed (chunks * C,) buffers that receive the chunks' mean and unbiased var."""
+    mean, var = stats if stats is not None else (None, None)
+    if chunks == 1:
+        return F._batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
+    n, c, *spatial = x.shape
+    g = n // chunks
+    xs = x.reshape(chunks, g, c, *spatial).transpose(0, 1).reshape(g, chunks * c, *spatial)
+    w = None if weight is None else weight.repeat(chunks)
+    b = None if bias is None else bias.repeat(chunks)
+    ys = F._batch_norm(xs, mean, var, w, b, True, 1.0, eps)  # momentum 1: the buffers = stats
+    return ys.reshape(g, chunks, c, *spatial).transpose(0, 1).reshape(x.shape)
+
+
+@torch.fx.wrap  # one node in a traced graph, as bnlab's BatchNorm (chunking reads the shape)
+def _ghost_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    layer: str,
+    expected_dims: tuple[int, ...],
+    num_features: int,
+    training: bool,
+    track_running_stats: bool,
+    momentum: float | None,
+    eps: float,
+    ghost: int,
+) -> Tensor:
+    """One forward step: BN per chunk in training (or without running statistics), else BN."""
+    _check_shape(x, layer, expected_dims, num_features)
+    use_batch_stats = training or running_mean is None
+    n = x.shape[0]
+    if not use_batch_stats or x.numel() == 0 or n <= ghost:  # evaluation, or a single chunk: BN
+        return _layer_forward(
+            x, weight, bias, running_mean, running_var, num_batches_tracked, layer,
+            expected_dims, num_features, training, track_running_stats, momentum, eps,
+        )  # fmt: skip
+    if _ghost_values(x, ghost) <= 1:
+        raise ValueError(
+            f"{layer} got input of shape {tuple(x.shape)}: its last ghost batch has "
+            f"{n % ghost} row and so one value per channel, too few for batch statistics: "
+            f"use a batch size that leaves a remainder other than 1 after dividing by "
+            f"{ghost} (e.g. drop_last=True), or call .eval()"
+        )
+    update = training and track_running_stats and running_mean is not None
+    F._check(x, running_mean, running_var, weight, bias, True, eps, who=layer)
+    factor = 0.0 if momentum is None else momentum
+    if update and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average
+            factor = 1.0 / float(num_batches_tracked)
+    full, rest = _chunk_rows(n, ghost)
+    parts = [(x[: full * ghost], full)] + ([(x[full * ghost :], 1)] if rest else [])
+    ys, means, variances, rows = [], [], [], []
+    for part, chunks in parts:
+        stats = None
+        if update:
+            assert running_mean is not None
+            zeros = running_mean.new_zeros(chunks * num_features)
+            stats = (zeros, zeros.clone())
+        ys.append(_chunked(part, chunks, weight, bias, stats, eps))
+        if stats is not None:
+            means.append(stats[0].view(chunks, num_features))
+            variances.append(stats[1].view(chunks, num_features))
+            rows += [part.shape[0] // chunks] * chunks
+    if update:
+        assert running_mean is not None and running_var is not None
+        with torch.no_grad():
+            w = torch.tensor(rows, dtype=running_mean.dtype, device=running_mean.device) / n
+            running_mean.mul_(1.0 - factor).add_(w @ torch.cat(means), alpha=factor)
+            running_var.mul_(1.0 - factor).add_(w @ torch.cat(variances), alpha=factor)
+    y = ys[0] if len(ys) == 1 else torch.cat(ys)
+    return y.contiguous(memory_format=F._output_memory_format(x))  # as BN's output
+
+
+class _GhostBatchNorm(_BatchNorm):
+    """Ghost BN on bnlab's BN base: torch's parameters, buffers and state_dict."""
+
+    def __init__(
+        self,
+        num_features: int,
+        ghost_batch_size: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(ghost_batch_size, int) or ghost_batch_size < 2:
+            raise ValueError(
+                f"{name}: ghost_batch_size must be an int >= 2, got {ghost_batch_size!r} (a "
+                f"ghost batch of 1 normalizes each example alone: BN on one value per channel "
+                f"for (N, C) input; for images that is InstanceNorm{name[-2:]}(affine=True))"
+            )
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, **factory, bias=bias
+        )
+        self.ghost_batch_size = ghost_batch_size
+
+    def values_per_statistic(self, input: Tensor) -> int:
+        """The fewest values any statistic of ``input`` is computed from: its smallest ghost
+        batch's values per channel (the doctor's batch-of-one check)."""
+        return _ghost_values(input, self.ghost_batch_size)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _ghost_forward(
+            input,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            self._layer_name(),
+            self._expected_dims,
+            self.num_features,
+            self.training,
+            self.track_running_stats,
+            self.momentum,
+            self.eps,
+            self.ghost_batch_size,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
+
+
+class GhostBatchNorm1d(_GhostBatchNorm, nn.BatchNorm1d):
+    """Ghost BN over (N, C) or (N, C, L) input; a torch.nn.BatchNorm1d's state."""
+
+    _expected_dims = (2, 3)
+
+
+class GhostBatchNorm2d(_GhostBatchNorm, nn.BatchNorm2d):
+    """Ghost BN over (N, C, H, W) input; a torch.nn.BatchNorm2d's state."""
+
+    _expected_dims = (4,)
+
+
+class GhostBatchNorm3d(_GhostBatchNorm, nn.BatchNorm3d):
+    """Ghost BN over (N, C, D, H, W) input; a torch.nn.BatchNorm3d's state."""
+
+    _expected_dims = (5,)

@@ -1,0 +1,199 @@
+"""Batch Renormalization (Ioffe 2017): batch statistics corrected toward the running ones.
+
+In training mode, with the batch statistics mu_B, sigma_B = sqrt(var_B + eps) (biased var_B) and
+the running ones mu, sigma = sqrt(running_var + eps) as they were *before* this step::
+
+    r = clip(sigma_B / sigma, 1 / r_max, r_max)        d = clip((mu_B - mu) / sigma, -d_max, d_max)
+    y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
+
+with r and d constants in the gradient (the paper's stop_gradient). Where the clips do not bind,
+y = gamma * (x - mu) / sigma + beta: the training output is the evaluation transform, so train
+and eval agree. With r_max = 1 and d_max = 0 it is batch normalization exactly. The running
+statistics are updated as BN updates them (the unbiased batch variance into ``running_var``);
+evaluation mode is BN's.
+
+The math stays in :func:`bnlab.functional.batch_norm`: batch renorm *is* BN with
+weight' = gamma * r and bias' = beta + gamma * d, since
+gamma * r * x_hat + beta + gamma * d = gamma * (x_hat * r + d) + beta. The gradients through
+weight' and bias' reach gamma and beta by autograd (dgamma = r * sum(dy * x_hat) + d * sum(dy)).
+
+The paper's warm-up: r_max = 1 and d_max = 0 (plain BN) for the first steps, then relaxed. Here
+``warmup_start`` steps of BN, then a linear ramp over ``warmup_steps`` steps to ``r_max`` and
+``d_max``, counted by ``num_batches_tracked`` (a buffer: a loaded checkpoint resumes the
+schedule). The paper (Sec. 4) relaxed r_max 1 -> 3 over steps 5k..40k and d_max 0 -> 5 over
+5k..25k; ``warmup_start=5000, warmup_steps=35000`` ramps both over 5k..40k.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bnlab import functional as F
+from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward
+
+__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "renorm_limits"]
+
+
+def renorm_limits(
+    step: int, r_max: float, d_max: float, warmup_start: int = 0, warmup_steps: int = 0
+) -> tuple[float, float]:
+    """``(r_max, d_max)`` in force at training step ``step`` (0-based: batches seen before it).
+
+    (1, 0) before ``warmup_start``; then linear to (``r_max``, ``d_max``) over
+    ``warmup_steps`` steps; (``r_max``, ``d_max``) from ``warmup_start + warmup_steps`` on.
+    """
+    if step < warmup_start:
+        return 1.0, 0.0
+    frac = 1.0 if warmup_steps <= 0 else min((step - warmup_start) / warmup_steps, 1.0)
+    return 1.0 + (r_max - 1.0) * frac, d_max * frac
+
+
+@torch.fx.wrap  # one node in a traced graph, as bnlab's BatchNorm (its limits read a buffer)
+def _renorm_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    num_batches_tracked: Tensor,
+    layer: str,
+    expected_dims: tuple[int, ...],
+    num_features: int,
+    training: bool,
+    momentum: float | None,
+    eps: float,
+    limits: tuple[float, float, int, int],
+) -> Tensor:
+    """One forward step: r and d from this batch and the running statistics before the step,
+    then bnlab's BN step with weight' = gamma * r, bias' = beta + gamma * d."""
+    _check_shape(x, layer, expected_dims, num_features)
+    if not training or x.numel() // max(x.shape[1], 1) <= 1:
+        # Evaluation, an empty batch or a batch of 1 (refused by the BN step, naming the layer)
+        return _layer_forward(
+            x, weight, bias, running_mean, running_var, num_batches_tracked, layer,
+            expected_dims, num_features, training, True, momentum, eps,
+        )  # fmt: skip
+    F._check(x, running_mean, running_var, weight, bias, True, eps, who=layer)
+    r_max, d_max = renorm_limits(int(num_batches_tracked), *limits)
+    # r and d need mu_B and sigma_B before the BN step normalizes with them: one extra read of x
+    # (a statistics pass, no grad, the compiled kernels where they apply) beside BN's ~4 passes
+    # (stats + normalize forward, two backward). Recovering mu_B from the running statistics
+    # after the step would save it but loses precision (and is undefined at momentum 0), and
+    # composing BN's stages by hand would duplicate its autograd: both cost more than a read.
+    with torch.no_grad():
+        mean_b, m2_b = F.batch_norm_stats(x)  # (C,) in the statistics dtype
+        count = x.numel() // x.shape[1]
+        std_b = (m2_b / count).add_(eps).sqrt_()
+        std = running_var.to(std_b.dtype).add(eps).sqrt_()
+        r = (std_b / std).clamp_(1.0 / r_max, r_max)
+        d = (mean_b - running_mean.to(mean_b.dtype)).div_(std).clamp_(-d_max, d_max)
+        pdtype = running_mean.dtype  # the parameters' dtype (float32 for a half input)
+        r, d = r.to(pdtype), d.to(pdtype)
+    weight_r = r if weight is None else weight * r
+    bias_r = d if weight is None else weight * d
+    if bias is not None:
+        bias_r = bias + bias_r
+    return _layer_forward(
+        x, weight_r, bias_r, running_mean, running_var, num_batches_tracked, layer,
+        expected_dims, num_features, training, True, momentum, eps,
+    )  # fmt: skip
+
+
+class _BatchRenorm(_BatchNorm):
+    """Batch renormalization on bnlab's BN base: torch's parameters, buffers and state_dict."""
+
+    def __init__(
+        self,
+        num_features: int,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        warmup_start: int = 0,
+        warmup_steps: int = 0,
+    ) -> None:
+        name = type(self).__name__
+        if not track_running_stats:
+            raise ValueError(
+                f"{name}: track_running_stats=False leaves nothing to renormalize toward (r and "
+                f"d compare the batch with the running statistics); use "
+                f"BatchNorm{name[-2:]}(track_running_stats=False) for batch statistics alone"
+            )
+        if not r_max >= 1.0 or not d_max >= 0.0:
+            raise ValueError(
+                f"{name}: needs r_max >= 1 and d_max >= 0 (r is clipped to [1/r_max, r_max], d "
+                f"to [-d_max, d_max]; r_max=1, d_max=0 is BN), got r_max={r_max}, d_max={d_max}"
+            )
+        if warmup_start < 0 or warmup_steps < 0:
+            raise ValueError(
+                f"{name}: warmup_start and warmup_steps count steps (>= 0), got "
+                f"{warmup_start} and {warmup_steps}"
+            )
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__(num_features, eps, momentum, affine, True, **factory, bias=bias)
+        self.r_max = float(r_max)
+        self.d_max = float(d_max)
+        self.warmup_start = int(warmup_start)
+        self.warmup_steps = int(warmup_steps)
+
+    def clip_limits(self) -> tuple[float, float]:
+        """``(r_max, d_max)`` the next training step uses (the warm-up applied)."""
+        assert self.num_batches_tracked is not None
+        return renorm_limits(int(self.num_batches_tracked), *self._limits())
+
+    def _limits(self) -> tuple[float, float, int, int]:
+        return self.r_max, self.d_max, self.warmup_start, self.warmup_steps
+
+    def forward(self, input: Tensor) -> Tensor:
+        assert self.running_mean is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None
+        return _renorm_forward(
+            input,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            self._layer_name(),
+            self._expected_dims,
+            self.num_features,
+            self.training,
+            self.momentum,
+            self.eps,
+            self._limits(),
+        )
+
+    def extra_repr(self) -> str:
+        warmup = (
+            f", warmup_start={self.warmup_start}, warmup_steps={self.warmup_steps}"
+            if self.warmup_start or self.warmup_steps
+            else ""
+        )
+        return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}{warmup}"
+
+
+class BatchRenorm1d(_BatchRenorm, nn.BatchNorm1d):
+    """Batch renormalization over (N, C) or (N, C, L) input; a torch.nn.BatchNorm1d's state."""
+
+    _expected_dims = (2, 3)
+
+
+class BatchRenorm2d(_BatchRenorm, nn.BatchNorm2d):
+    """Batch renormalization over (N, C, H, W) input; a torch.nn.BatchNorm2d's state."""
+
+    _expected_dims = (4,)
+
+
+class BatchRenorm3d(_BatchRenorm, nn.BatchNorm3d):
+    """Batch renormalization over (N, C, D, H, W) input; a torch.nn.BatchNorm3d's state."""
+
+    _expected_dims = (5,)
