@@ -42,7 +42,9 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
 from bnlab import functional as bnf
-from bnlab.nn import batch_norm_layers, is_batch_norm
+from bnlab.nn import batch_norm_layers, is_batch_norm, values_per_statistic
+from bnlab.nn.renorm import _BatchRenorm
+from bnlab.nn.virtual import _VirtualBatchNorm
 
 __all__ = [
     "Finding",
@@ -173,9 +175,24 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _check_single_unit(name: str, bn: nn.Module) -> Finding | None:
-    """BN over one feature: every batch comes out with mean beta and std |gamma|."""
-    if getattr(bn, "num_features", None) != 1:
+    """BN over one feature: every batch comes out with mean beta and std |gamma|.
+
+    Not Virtual BN: it normalizes each example with a fixed reference batch (plus itself), so
+    the level of a score survives. Batch Renorm keeps it only through d, clipped (a warning).
+    """
+    if getattr(bn, "num_features", None) != 1 or isinstance(bn, _VirtualBatchNorm):
         return None
+    if isinstance(bn, _BatchRenorm):
+        return Finding(
+            "bn-on-single-unit",
+            Severity.WARNING,
+            name,
+            f"{_describe(bn)} renormalizes a single feature (a logit or score): a batch's level "
+            f"survives only through d, clipped at {bn.d_max:g} running standard deviations "
+            "(0 during a warm-up, when it is BN), so a batch far from the running mean is "
+            "pulled to it",
+            "remove it: a single-unit output needs no normalization",
+        )
     return Finding(
         "bn-on-single-unit",
         Severity.ERROR,
@@ -498,7 +515,7 @@ def _trace(model: nn.Module, args: tuple[Any, ...], train: bool | None) -> _Trac
         if not (is_batch_norm(m) and isinstance(first, Tensor) and first.dim() >= 2):
             return
         n = first.numel() // max(first.shape[1], 1)  # values per channel; 0: empty batch
-        if _uses_batch_stats(m) and n == 1:
+        if _uses_batch_stats(m) and values_per_statistic(m, first) == 1:  # Ghost BN: per chunk
             raise _Starved(name, tuple(first.shape))
         if id(m) in stats and name not in trace.gaps and n >= 2:
             trace.gaps[name] = _gap(m, first, *stats[id(m)])
@@ -577,11 +594,13 @@ def _order_findings_from_trace(trace: _Trace) -> list[Finding]:
 
 def _batch_of_one(starved: _Starved, model: nn.Module) -> Finding:
     bn = model.get_submodule(starved.name)
+    ghost = getattr(bn, "ghost_batch_size", None)
+    where = "" if ghost is None else f" in its last ghost batch (of {ghost} rows each)"
     return Finding(
         "batch-of-one",
         Severity.ERROR,
         starved.name,
-        f"{_describe(bn)} gets input of shape {starved.shape}, one value per channel, and "
+        f"{_describe(bn)} gets input of shape {starved.shape}, one value per channel{where}, and "
         "normalizes it with batch statistics (train mode): the variance is undefined and the "
         "forward pass fails",
         "call model.eval() before running single examples, or use batches of 2 or more",
