@@ -42,8 +42,9 @@ def test_cell_specs_round_trip_through_the_variant_parser():
         assert parse_variant(cell.variant().spec()) == cell.variant()
 
 
-def _fake_run(tmp_path, truth, seeds=(0, 1, 2), noise=0.05) -> Run[AblationConfig]:
-    """A run whose FDs follow ``truth(cell)`` times log-normal noise."""
+def _fake_run(tmp_path, truth, seeds=(0, 1, 2), noise=0.05, covered=None) -> Run[AblationConfig]:
+    """A run whose FDs follow ``truth(cell)`` times log-normal noise (and, where given, whose
+    samples cover ``covered(cell)`` classes)."""
     rng = np.random.default_rng(0)
     cells = design()
     atomic_write_json(
@@ -57,7 +58,10 @@ def _fake_run(tmp_path, truth, seeds=(0, 1, 2), noise=0.05) -> Run[AblationConfi
     for c in cells:
         for s in seeds:
             fd = truth(c) * math.exp(rng.normal(0, noise))
-            records.append({"seed": s, "variant": c.name, "epoch": 3, "fd": fd, "fd_train": fd * 2})
+            r = {"seed": s, "variant": c.name, "epoch": 3, "fd": fd, "fd_train": fd * 2}
+            if covered is not None:
+                r["classes_covered"] = covered(c)
+            records.append(r)
     append_jsonl(tmp_path / "metrics.jsonl", records)
     return load_run(tmp_path, AblationConfig, "gan-ablation")
 
@@ -101,7 +105,8 @@ def test_analysis_finds_nothing_in_pure_noise(tmp_path):
 def test_report_has_tables_figure_and_conclusion(tmp_path):
     run = _fake_run(tmp_path, lambda c: 30.0 if c.g_out_bn else 10.0)
     sections = ablation_report.REPORT.sections(run)
-    assert len(sections) == 2  # G in eval and train mode
+    assert len(sections) == 3  # G in eval and train mode, the run's configuration
+    assert sections[-1].title == "Run configuration"
     titles = [t.title for t in sections[0].tables]
     assert "Factors ranked by their effect on FD" in titles
     assert sections[0].figures and sections[0].figures[0].png[:4] == b"\x89PNG"
@@ -131,3 +136,19 @@ def test_a_tiny_ablation_runs_end_to_end(mnist_root, tmp_path, monkeypatch):
     html = (result.run_dir / "report.html").read_text()
     assert "Ablation: why did the BN GAN fail?" in html
     assert (result.run_dir / "summary.json").exists()
+
+
+def test_no_effect_is_named_when_no_cell_learned(tmp_path):
+    """Cells that all draw one class differ only in their noise: the analysis, the conclusion
+    and the line printed at the end say so instead of naming the largest effect."""
+    planted = lambda c: 30.0 if c.g_out_bn else 10.0  # noqa: E731
+    noise = ablation_analysis.analyse(_fake_run(tmp_path / "a", planted, covered=lambda c: 1.0))
+    assert "no cell has learned to draw digits" in noise.no_answer
+    assert noise.responses["fd"].conclusion.startswith("No effect to name")
+    run = load_run(tmp_path / "a", AblationConfig, "gan-ablation")
+    assert "no effect to name" in ablation_analysis.result_line(noise, run)
+    learned = ablation_analysis.analyse(
+        _fake_run(tmp_path / "b", planted, covered=lambda c: 1.0 if c.g_out_bn else 9.0)
+    )
+    assert learned.no_answer == ""
+    assert "largest effect" in ablation_analysis.result_line(learned, run)

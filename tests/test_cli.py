@@ -103,7 +103,7 @@ def test_report_rebuilds_from_a_gan_run(capsys, tmp_path, mnist_root):
     assert cli.main(["report", str(run_dir)]) == 0
     assert capsys.readouterr().out.strip() == str(run_dir / "report.html")
     html = (run_dir / "report.html").read_text()
-    for section in ("GAN: claims", "GAN: curves", "GAN: samples across epochs"):
+    for section in ("GAN: what the blog showed", "GAN: curves", "GAN: samples across epochs"):
         assert section in html
     assert html.count("data:image/png;base64,") >= 5
     assert (run_dir / "summary.json").exists()  # written by the run

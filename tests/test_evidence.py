@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bnlab.lab.experiments.gan.analysis import claims
-from bnlab.lab.stats import mean_ci, paired, verdict
+from bnlab.lab.experiments.gan.analysis import LEARNED_CLASSES, claims, too_small
+from bnlab.lab.results import verdict_text
+from bnlab.lab.stats import mean_ci, paired, verdict, verdict_or_direction
 
 
 def test_mean_ci_is_the_t_interval():
@@ -78,8 +79,46 @@ def test_claims_decide_with_seeds_and_stay_inconclusive_with_one():
     assert rows["C3a"].verdict == "holds" and rows["C3b"].verdict == "holds"
     assert "p=" in rows["C4 [G in eval mode]"].value
     assert all("95% CI" in c.rule for c in rows.values())
-    single = claims(_records([0], fd))
-    assert single and all(c.verdict == "inconclusive" for c in single)
+    single = {c.id: c for c in claims(_records([0], fd))}
+    # one seed: a direction against the blog, never a verdict
+    assert single["C1 [G in eval mode]"].verdict == "agrees"
+    assert single["C4 [G in eval mode]"].verdict == "agrees"
+    assert single["C3a"].verdict == "agrees" and single["C3b"].verdict == "agrees"
+    flipped = {**fd, "init-bn": 40.0}  # BN worse than the baseline: C4 points the other way
+    assert {c.id: c for c in claims(_records([0], flipped))}["C4 [G in eval mode]"].verdict == (
+        "disagrees"
+    )
+    assert not any("n=1" in c.value for c in single.values())
+
+
+def test_one_seed_gives_a_direction_many_seeds_a_verdict():
+    assert verdict_or_direction(mean_ci([5.0]), "positive") == "agrees"
+    assert verdict_or_direction(mean_ci([-5.0]), "positive") == "disagrees"
+    assert verdict_or_direction(mean_ci([-5.0]), "negative") == "agrees"
+    assert verdict_or_direction(mean_ci([0.0]), "positive") == "inconclusive"
+    assert verdict_or_direction(mean_ci([]), "positive") == "inconclusive"
+    assert verdict_or_direction(mean_ci([-1.0, 1.2, 0.1]), "positive") == "inconclusive"
+    assert verdict_or_direction(mean_ci([1.0, 1.2, 0.9]), "positive") == "holds"
+    assert verdict_text("agrees", "the blog") == "agrees with the blog (one seed)"
+    assert verdict_text("holds", "the blog") == "holds"
+
+
+def test_a_run_too_small_to_learn_answers_no_claim():
+    """When the baseline draws one class (too few epochs), every claim says "no answer" and
+    why, whatever direction the noise points; the summary says it once, not per claim."""
+    fd = {"init": 20.0, "init-bn": 10.0, "init-bn-tidy": 10.0, "init-bn-nomode": 200.0}
+    unlearned = _records([0], fd, extra=lambda v: {"classes_covered": 1.0})
+    rows = claims(unlearned)
+    assert rows and all(c.verdict == "no answer" for c in rows)
+    assert "covers 1 of 10 classes" in too_small(unlearned)
+    assert all("No answer: after 4 epochs" in c.rule for c in rows)
+    learned = _records([0], fd, extra=lambda v: {"classes_covered": float(LEARNED_CLASSES)})
+    assert too_small(learned) == ""
+    no_metrics = [
+        {k: v for k, v in r.items() if k not in ("fd", "stray_dots", "classes_covered")}
+        for r in unlearned
+    ]
+    assert "4 epochs without image metrics" in too_small(no_metrics)
 
 
 def test_claims_report_the_blogs_train_mode_view_when_scored():

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bnlab.lab.experiments.reports import build_report
 from bnlab.lab.images import save_grid
@@ -77,10 +75,11 @@ def test_report_contains_every_section_and_figure(run_dir: Path):
     path = build_report([run_dir])
     html = path.read_text()
     for heading in (
-        "GAN: claims",
+        "GAN: what the blog showed, measured",
         "GAN: curves",
         "GAN: samples across epochs",
         "Final numbers per variant",
+        "Run configuration",
     ):
         assert heading in html
     for claim in ("C1 [", "C2 [", "C3a", "C3b", "C4 ["):
@@ -105,30 +104,37 @@ def test_report_contains_every_section_and_figure(run_dir: Path):
 
 
 def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium)")
-    path = build_report([run_dir])
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            f"--screenshot={shot}",
-            "--window-size=1200,2400",
-            path.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
+    """A real browser opens the report: every image loads, no script or console errors, the
+    final sample grids of every variant come first (above the first table), and the long
+    tables are folded."""
+    from browser import inspect_page
+
+    page = inspect_page(build_report([run_dir]), tmp_path)
+    assert page["errors"] == []
+    assert len(page["images"]) >= 2 + 2 + 3 + 10
+    assert all(im["ok"] and im["width"] > 0 for im in page["images"]), page["images"]
+    hero = page["images"][:2]
+    assert [im["alt"] for im in hero] == [
+        "The blog's view, epoch 3",
+        "What a user deploys, epoch 3",
+    ]
+    first = page["first"]
+    assert first["h2"] < hero[0]["top"] < hero[1]["top"] < first["ul.claims"] < first["details"]
+    assert any(t["folded"] for t in page["tables"])  # folded: rules, per-variant, config
+
+
+def test_a_browser_probe_sees_broken_pages(tmp_path: Path):
+    """The probe can fail: a missing image, a console error and a script error are caught."""
+    from browser import inspect_page
+
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        "<html><head></head><body><img alt=gone src=missing.png><script>console.error('x');"
+        "nope()</script></body></html>"
     )
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
-    assert pixels.shape == (2400, 1200)
-    assert pixels.std() > 20  # text, tables and figures drawn, not a blank page
-    assert (pixels < 60).mean() > 0.01  # dark pixels: text and the digit grids
+    page = inspect_page(bad, tmp_path)
+    assert not page["images"][0]["ok"]
+    assert len(page["errors"]) == 3, page["errors"]
 
 
 def test_runs_of_the_same_variants_are_compared_paired_by_seed(run_dir: Path, tmp_path: Path):
@@ -169,3 +175,21 @@ def test_markdown_report_quotes_the_same_claims_and_tables(run_dir: Path):
     assert all(ln.endswith("|") for ln in table_rows)
     assert len({ln.count(" | ") for ln in table_rows if ln.startswith("| C")}) == 1
     assert "<table" not in md and "<p>" not in md  # no html
+
+
+def test_curves_spanning_orders_of_magnitude_get_a_log_axis(tmp_path: Path):
+    """FD 20 for the working models and 1,200 for a broken one: on a linear axis the working
+    ones would be one flat line."""
+    from bnlab.lab.report.plots import log_scale, plot_metric
+
+    assert log_scale(np.array([20.0, 25.0, 1200.0]))
+    assert not log_scale(np.array([10.0, 15.0]))
+    assert not log_scale(np.array([0.0, 1200.0]))  # not all positive: linear
+    assert not log_scale(np.array([np.nan]))
+    recs = [
+        {"variant": v, "seed": 0, "epoch": e, "fd": fd * e}
+        for v, fd in (("init", 20.0), ("init-bn-nomode", 1200.0))
+        for e in (1, 2)
+    ]
+    plot_metric(recs, "fd", "FD", "FD", tmp_path / "fd.png")
+    assert (tmp_path / "fd.png").exists()

@@ -15,10 +15,31 @@ from typing import Any, Generic, Literal, TypeVar
 from bnlab.lab.configs import config_from_dict
 from bnlab.lab.runs import read_config, read_jsonl
 
-__all__ = ["VERDICTS", "Claim", "Run", "Verdict", "load_run"]
+__all__ = ["ONE_SEED", "VERDICTS", "Claim", "Run", "Verdict", "load_run", "verdict_text"]
 
-Verdict = Literal["holds", "does not hold", "inconclusive"]
-VERDICTS: tuple[Verdict, ...] = ("holds", "does not hold", "inconclusive")
+# Several seeds give a verdict: "holds" / "does not hold" when the 95% CI of the measured
+# difference lies on one side of the claim's line, "inconclusive" when it straddles it. One seed
+# has no interval: it gives a direction, "agrees" / "disagrees" (the measured difference points
+# the claim's way or the other way). "no answer": the run is too small to compare anything
+# (e.g. no model learned to draw digits yet), whatever the numbers say.
+Verdict = Literal["holds", "does not hold", "inconclusive", "agrees", "disagrees", "no answer"]
+VERDICTS: tuple[Verdict, ...] = (
+    "holds",
+    "does not hold",
+    "inconclusive",
+    "agrees",
+    "disagrees",
+    "no answer",
+)
+ONE_SEED: tuple[Verdict, ...] = ("agrees", "disagrees")  # directions, not verdicts
+
+
+def verdict_text(v: Verdict, source: str = "the claim") -> str:
+    """The verdict as a reader sees it, e.g. "agrees with the blog (one seed)"."""
+    if v in ONE_SEED:
+        return f"{v} with {source} (one seed)"
+    return v
+
 
 C = TypeVar("C")
 

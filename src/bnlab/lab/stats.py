@@ -16,7 +16,15 @@ import numpy as np
 
 from bnlab.lab.results import Verdict
 
-__all__ = ["Estimate", "Paired", "format_ci", "mean_ci", "paired", "verdict"]
+__all__ = [
+    "Estimate",
+    "Paired",
+    "format_ci",
+    "mean_ci",
+    "paired",
+    "verdict",
+    "verdict_or_direction",
+]
 
 # Paired differences whose sd is below this share of their mean (or of 1) are taken as
 # constant: float rounding, e.g. 10.5 - 8.5 vs 10.4 - 8.4, leaves an sd near 1e-16 on which a
@@ -32,8 +40,12 @@ class Estimate:
     n: int
 
     def fmt(self, digits: int = 3) -> str:
+        """``mean [lo, hi]``; the mean alone where there is no interval (one seed: how many
+        seeds a number rests on is said once, where the report names the run's seeds)."""
+        if self.n == 0:
+            return "-"
         if self.n < 2 or not math.isfinite(self.lo):
-            return f"{self.mean:.{digits}g} (n={self.n})"
+            return f"{self.mean:.{digits}g}"
         return f"{self.mean:.{digits}g} [{self.lo:.{digits}g}, {self.hi:.{digits}g}]"
 
 
@@ -111,3 +123,15 @@ def verdict(diff: Estimate, expected: Literal["positive", "negative"]) -> Verdic
     if expected == "positive":
         return "holds" if diff.lo > 0 else "does not hold" if diff.hi < 0 else "inconclusive"
     return "holds" if diff.hi < 0 else "does not hold" if diff.lo > 0 else "inconclusive"
+
+
+def verdict_or_direction(diff: Estimate, expected: Literal["positive", "negative"]) -> Verdict:
+    """:func:`verdict` with two or more seeds; with one, the direction of the measured
+    difference: "agrees" when it lies on the expected side of 0, "disagrees" on the other
+    (inconclusive when it is 0 or missing). A direction is not a verdict: one seed cannot tell
+    an effect from seed-to-seed noise."""
+    if diff.n >= 2:
+        return verdict(diff, expected)
+    if diff.n == 1 and math.isfinite(diff.mean) and diff.mean != 0:
+        return "agrees" if (diff.mean > 0) == (expected == "positive") else "disagrees"
+    return "inconclusive"

@@ -375,7 +375,7 @@ def run_experiment(
         summary = dict(to_json(analysis))
         summary["failed"] = failed
         atomic_write_json(run_dir / "summary.json", summary)
-        sections = exp.reading.report(run, analysis)
+        sections = exp.reading.sections(run, analysis)
         write_report(run_dir / "report.html", sections, exp.title, str(run_dir))
     seconds = time.perf_counter() - started
     result = RunResult(run_dir, run.records, summary, analysis, failed, seconds)

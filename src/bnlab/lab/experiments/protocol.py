@@ -24,13 +24,15 @@ work. Training settings a job carries are a nested sub-config, declared once (se
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from bnlab.lab.configs import config_to_dict
 from bnlab.lab.jobs import ChunkResult
-from bnlab.lab.report.html import Section
+from bnlab.lab.report.html import Section, Table
 from bnlab.lab.results import Run
 
 __all__ = [
@@ -129,9 +131,30 @@ class ExperimentReport(Generic[C, A]):
     result_line: Callable[[A, Run[C]], str]  # printed at the end of a run
     compare: Callable[[list[Run[C]]], list[Section]] | None = None  # bnlab report RUN RUN ...
 
-    def sections(self, run: Run[C]) -> list[Section]:
-        """The report of ``run``: its analysis, rendered."""
-        return self.report(run, self.analyse(run))
+    def sections(self, run: Run[C], analysis: A | None = None) -> list[Section]:
+        """The report of ``run``: its analysis (computed here unless given), rendered, and the
+        run's configuration folded at the end."""
+        return [
+            *self.report(run, self.analyse(run) if analysis is None else analysis),
+            config_section(run),
+        ]
+
+
+def config_section(run: Run[Any]) -> Section:
+    """The run's settings (config.json's flat view) and provenance, as one folded table."""
+    rows = [
+        [k, json.dumps(v) if not isinstance(v, str) else v]
+        for k, v in config_to_dict(run.config).items()
+    ]
+    rows += [
+        [k, str(run.meta[k])]
+        for k in ("data", "data_fingerprint", "torch", "bnlab")
+        if k in run.meta
+    ]
+    table = Table(
+        f"{run.experiment}: settings of {run.dir}", ["setting", "value"], rows, folded=True
+    )
+    return Section("Run configuration", tables=[table], anchor=f"config-{run.dir.name}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from bnlab.lab.results import Claim
+from bnlab.lab.results import Claim, verdict_text
 from bnlab.lab.runs import atomic_write_bytes
 
 __all__ = ["Figure", "Section", "Table", "file_figure", "render", "write_report"]
@@ -39,16 +39,23 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     caption: str = ""
+    folded: bool = False  # inside a <details> element: long tables that back the story
 
 
 @dataclass
 class Section:
+    """One part of a report, laid out in this order: ``hero`` figures (what to look at first,
+    side by side), the intro, one sentence per claim (the rules behind the verdicts folded
+    below them), the tables, the figures."""
+
     title: str
     intro: str = ""  # plain text; blank lines separate paragraphs
     claims: list[Claim] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     anchor: str = ""
+    hero: list[Figure] = field(default_factory=list)
+    source: str = "the claim"  # whose claims: "agrees with the blog (one seed)"
 
 
 _CSS = """
@@ -63,7 +70,12 @@ th,td{border:1px solid #ddd;padding:5px 9px;text-align:left;vertical-align:top}
 th{background:#f0f0f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{font-weight:600;white-space:nowrap;border-radius:4px;padding:1px 7px}
 .holds{background:#d9f2dd;color:#145c23} .does-not-hold{background:#f8dada;color:#7a1616}
-.inconclusive{background:#eee;color:#555}
+.inconclusive,.no-answer{background:#eee;color:#555}
+.agrees{background:#eef8ef;color:#145c23;border:1px dashed #7fbf8a}
+.disagrees{background:#fcf0f0;color:#7a1616;border:1px dashed #d99}
+ul.claims{padding-left:18px} ul.claims li{margin:6px 0}
+.hero figure{margin-right:8px} .hero figcaption{max-width:220px}
+details{margin:8px 0 16px} summary{cursor:pointer;color:#333;font-size:14px}
 figure{display:inline-block;margin:8px 16px 16px 0;vertical-align:top;background:#fff;
 padding:8px;border:1px solid #e5e5e5;border-radius:6px;max-width:100%}
 figure img{max-width:100%;height:auto;image-rendering:pixelated}
@@ -83,19 +95,36 @@ def _paragraphs(text: str) -> str:
     return "".join(f"<p>{html.escape(p)}</p>" for p in parts)
 
 
-def _claims_table(claims: list[Claim]) -> str:
-    rows = []
-    for c in claims:
-        cls = c.verdict.replace(" ", "-")
-        rows.append(
-            f"<tr><td><b>{html.escape(c.id)}</b></td><td>{html.escape(c.statement)}</td>"
-            f"<td>{html.escape(c.quantity)}</td><td class=num>{html.escape(c.value)}</td>"
-            f'<td><span class="verdict {cls}">{html.escape(c.verdict)}</span></td>'
-            f'<td class="rule">{html.escape(c.rule)}</td></tr>'
-        )
-    head = "<tr><th>claim</th><th>statement</th><th>measured</th><th>value</th>"
-    head += "<th>verdict</th><th>rule</th></tr>"
-    return f'<table class="claims">{head}{"".join(rows)}</table>'
+def _verdict(c: Claim, source: str) -> str:
+    cls = c.verdict.replace(" ", "-")
+    return f'<span class="verdict {cls}">{html.escape(verdict_text(c.verdict, source))}</span>'
+
+
+def _claims(claims: list[Claim], source: str) -> str:
+    """One sentence per claim (statement, verdict or direction, the numbers), then the table
+    of what was measured and each rule, folded: the sentence is what a reader wants first."""
+    items = "".join(
+        f"<li><b>{html.escape(c.id)}</b> {html.escape(c.statement)} {_verdict(c, source)} "
+        f"<span class=rule>{html.escape(c.quantity)}: {html.escape(c.value)}</span></li>"
+        for c in claims
+    )
+    rows = "".join(
+        f"<tr><td><b>{html.escape(c.id)}</b></td><td>{html.escape(c.quantity)}</td>"
+        f"<td class=num>{html.escape(c.value)}</td><td>{_verdict(c, source)}</td>"
+        f'<td class="rule">{html.escape(c.rule)}</td></tr>'
+        for c in claims
+    )
+    head = "<tr><th>claim</th><th>measured</th><th>value</th><th>verdict</th><th>rule</th></tr>"
+    return (
+        f'<ul class="claims">{items}</ul><details><summary>How each verdict is decided '
+        f"(measurements and rules)</summary><table>{head}{rows}</table></details>"
+    )
+
+
+def _figure(f: Figure) -> str:
+    cap = f"<figcaption><b>{html.escape(f.title)}</b>"
+    cap += f" {html.escape(f.caption)}" if f.caption else ""
+    return f"<figure>{_png_tag(f.png, f.title, f.width)}{cap}</figcaption></figure>"
 
 
 def _table(t: Table) -> str:
@@ -107,7 +136,10 @@ def _table(t: Table) -> str:
 
     body = "".join("<tr>" + "".join(cell(str(v)) for v in row) + "</tr>" for row in t.rows)
     cap = f"<p class=rule>{html.escape(t.caption)}</p>" if t.caption else ""
-    return f"<h3>{html.escape(t.title)}</h3><table><tr>{head}</tr>{body}</table>{cap}"
+    table = f"<table><tr>{head}</tr>{body}</table>{cap}"
+    if t.folded:
+        return f"<details><summary>{html.escape(t.title)}</summary>{table}</details>"
+    return f"<h3>{html.escape(t.title)}</h3>{table}"
 
 
 def render(sections: list[Section], title: str, subtitle: str = "") -> str:
@@ -117,16 +149,14 @@ def render(sections: list[Section], title: str, subtitle: str = "") -> str:
     for k, s in enumerate(sections):
         anchor = s.anchor or f"s{k}"
         nav.append(f'<a href="#{anchor}">{html.escape(s.title)}</a>')
-        parts = [f'<h2 id="{anchor}">{html.escape(s.title)}</h2>', _paragraphs(s.intro)]
+        parts = [f'<h2 id="{anchor}">{html.escape(s.title)}</h2>']
+        if s.hero:
+            parts.append(f'<div class="hero">{"".join(_figure(f) for f in s.hero)}</div>')
+        parts.append(_paragraphs(s.intro))
         if s.claims:
-            parts.append(_claims_table(s.claims))
-        for t in s.tables:
-            parts.append(_table(t))
-        for f in s.figures:
-            cap = f"<figcaption><b>{html.escape(f.title)}</b>"
-            cap += f" {html.escape(f.caption)}" if f.caption else ""
-            cap += "</figcaption>"
-            parts.append(f"<figure>{_png_tag(f.png, f.title, f.width)}{cap}</figure>")
+            parts.append(_claims(s.claims, s.source))
+        parts += [_table(t) for t in s.tables]
+        parts += [_figure(f) for f in s.figures]
         body.append(f'<section class="section">{"".join(parts)}</section>')
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
     return (

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnlab.lab.report.html import Section, Table
-from bnlab.lab.results import Claim
+from bnlab.lab.results import Claim, verdict_text
 from bnlab.lab.runs import atomic_write_bytes
 
 __all__ = ["render_markdown", "write_markdown"]
@@ -27,8 +27,11 @@ def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _claims(claims: list[Claim]) -> list[str]:
-    rows = [[c.id, c.statement, c.quantity, c.value, f"**{c.verdict}**", c.rule] for c in claims]
+def _claims(claims: list[Claim], source: str) -> list[str]:
+    rows = [
+        [c.id, c.statement, c.quantity, c.value, f"**{verdict_text(c.verdict, source)}**", c.rule]
+        for c in claims
+    ]
     return _rows(["claim", "statement", "measured", "value", "verdict", "rule"], rows)
 
 
@@ -46,11 +49,12 @@ def render_markdown(sections: list[Section], title: str, subtitle: str = "") -> 
         for p in paragraphs:
             lines += [p, ""]
         if s.claims:
-            lines += [*_claims(s.claims), ""]
+            lines += [*_claims(s.claims, s.source), ""]
         for t in s.tables:
             lines += [*_table(t), ""]
-        if s.figures:
-            lines += ["Figures (in report.html): " + "; ".join(f.title for f in s.figures), ""]
+        if s.hero or s.figures:
+            titles = [f.title for f in (*s.hero, *s.figures)]
+            lines += ["Figures (in report.html): " + "; ".join(titles), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

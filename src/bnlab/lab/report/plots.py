@@ -11,7 +11,14 @@ import numpy as np
 
 from bnlab.lab.runs import atomic_write_bytes
 
-__all__ = ["curves_by_variant", "plot_losses", "plot_metric", "pyplot", "save_figure"]
+__all__ = [
+    "curves_by_variant",
+    "log_scale",
+    "plot_losses",
+    "plot_metric",
+    "pyplot",
+    "save_figure",
+]
 
 
 def pyplot() -> Any:
@@ -54,6 +61,17 @@ def curves_by_variant(
     return out
 
 
+LOG_SPAN = 30.0  # curves whose positive values span more than this factor get a log axis
+
+
+def log_scale(values: np.ndarray) -> bool:
+    """Whether values span orders of magnitude (e.g. Frechet distance 20 vs 1,200), so a
+    linear axis would flatten the working models into one line: all positive, max/min above
+    :data:`LOG_SPAN`."""
+    v = values[np.isfinite(values)]
+    return bool(v.size) and bool((v > 0).all()) and float(v.max() / v.min()) > LOG_SPAN
+
+
 def plot_metric(
     records: list[dict[str, Any]],
     key: str,
@@ -79,6 +97,9 @@ def plot_metric(
                 epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.18, lw=0
             )
     n_seeds = max(values.shape[0] for _, values in curves.values())
+    if log_scale(np.concatenate([values.ravel() for _, values in curves.values()])):
+        ax.set_yscale("log")
+        title += ", log scale"
     ax.set_title(title + (f" (mean, band = min..max over {n_seeds} seeds)" if n_seeds > 1 else ""))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)

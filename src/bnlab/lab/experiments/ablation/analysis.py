@@ -26,6 +26,7 @@ from bnlab.lab.experiments.ablation.config import (
     Cell,
     design,
 )
+from bnlab.lab.experiments.gan.analysis import LEARNED_CLASSES
 from bnlab.lab.results import Run
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "analyse",
     "cells_and_scores",
     "effects",
+    "no_cell_learned",
     "result_line",
 ]
 
@@ -113,6 +115,7 @@ class AblationAnalysis:
     experiment: str  # "gan-ablation"
     responses: dict[str, Response]
     ranking: tuple[FactorEffect, ...]
+    no_answer: str = ""  # why the run cannot name an effect (no cell learned); "" if it can
 
 
 def cells_and_scores(
@@ -420,7 +423,29 @@ def _ranking(terms: list[Effect]) -> list[FactorEffect]:
     return sorted(main, key=lambda t: -abs(t.log_effect))
 
 
-def _response(run: Run[AblationConfig], key: str) -> Response:
+def no_cell_learned(run: Run[AblationConfig]) -> str:
+    """Why no effect can be named ("after 1 epoch the best cell covers 1 of 10 classes"), or
+    "" when some cell draws digits: comparing cells none of which learned compares kinds of
+    noise (the same bar as `bnlab gan`'s claims: :data:`LEARNED_CLASSES`)."""
+    best = math.nan
+    for key in ("classes_covered", "classes_covered_train"):
+        _, cover = cells_and_scores(run, key)
+        for by_seed in cover.values():
+            vals = [v for v in by_seed.values() if math.isfinite(v)]
+            if vals:
+                best = float(np.mean(vals)) if math.isnan(best) else max(best, float(np.mean(vals)))
+    if math.isnan(best) or best >= LEARNED_CLASSES:
+        return ""
+    epochs = max((r["epoch"] for r in run.records if "epoch" in r), default=0)
+    return (
+        f"after {epochs} epoch{'s' if epochs != 1 else ''} no cell has learned to draw digits "
+        f"(the best covers {best:.3g} of 10 classes; at least {LEARNED_CLASSES} needed), so "
+        "differences between cells are differences between kinds of noise; run the default "
+        "budget (--epochs 20)"
+    )
+
+
+def _response(run: Run[AblationConfig], key: str, no_answer: str = "") -> Response:
     cells, scores = cells_and_scores(run, key)
     terms = effects(cells, scores)
     ranking = _ranking(terms)
@@ -434,19 +459,24 @@ def _response(run: Run[AblationConfig], key: str) -> Response:
         repairs=tuple(repairs),
         modes_fixed=tuple(modes_fixed),
         cell_means={n: _cell_mean(scores, n) for n in cells},
-        conclusion=_conclusion(ranking, terms, modes_fixed, paths, repairs),
+        conclusion=f"No effect to name: {no_answer}."
+        if no_answer
+        else _conclusion(ranking, terms, modes_fixed, paths, repairs),
     )
 
 
 def analyse(run: Run[AblationConfig]) -> AblationAnalysis:
     """The factorial fit, paths, repairs and conclusion for FD with G in eval mode (``fd``)
     and in train mode (``fd_train``) (summary.json)."""
-    responses = {key: _response(run, key) for key in ("fd", "fd_train")}
-    return AblationAnalysis("gan-ablation", responses, responses["fd"].ranking)
+    why = no_cell_learned(run)
+    responses = {key: _response(run, key, why) for key in ("fd", "fd_train")}
+    return AblationAnalysis("gan-ablation", responses, responses["fd"].ranking, why)
 
 
 def result_line(analysis: AblationAnalysis, run: Run[AblationConfig]) -> str:
     """The largest main effect on FD (G in eval mode), with its 95% CI."""
+    if analysis.no_answer:
+        return f"gan-ablation: no effect to name: {analysis.no_answer}"
     if not analysis.ranking:
         return "gan-ablation: no factorial cells, no effects"
     top = analysis.ranking[0]

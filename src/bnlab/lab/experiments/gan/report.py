@@ -6,18 +6,21 @@ claims of :mod:`bnlab.lab.experiments.gan.analysis`. Reads the run
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from bnlab.lab.experiments.gan.analysis import (
     LOSSES,
     METRICS,
+    ONE_SEED_NOTE,
     GanAnalysis,
     analyse,
     compare,
     result_line,
+    too_small,
     variant_names,
 )
 from bnlab.lab.experiments.gan.config import GanConfig
@@ -25,37 +28,50 @@ from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.models.gan import Variant
 from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.report.plots import plot_losses, plot_metric
-from bnlab.lab.results import Run
+from bnlab.lab.results import ONE_SEED, Run
 from bnlab.lab.stats import Estimate
 
 __all__ = ["REPORT", "compare_report", "report"]
 
 
-def _sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> bytes | None:
-    """The variant's sample grids at up to ``max_cols`` epochs side by side, labelled."""
-    folder = run_dir / "samples" / variant
-    suffix = "" if view == "eval" else f"-{view}"
-    files = sorted(p for p in folder.glob(f"epoch-[0-9][0-9][0-9]{suffix}.png"))
-    if not files:
-        return None
-    idx = np.unique(np.linspace(0, len(files) - 1, min(max_cols, len(files))).round().astype(int))
-    chosen = [files[i] for i in idx]
-    imgs = [Image.open(p).convert("L") for p in chosen]
-    scale = 0.5 if imgs[0].width > 400 else 1.0
-    imgs = [im.resize((int(im.width * scale), int(im.height * scale))) for im in imgs]
-    pad, label_h = 8, 18
+def _strip(items: list[tuple[str, Path]], height: int | None = None) -> bytes:
+    """Labelled images side by side (label above each), as one PNG; ``height``: scale each
+    image to it (else half size for big grids)."""
+    imgs = [Image.open(p).convert("L") for _, p in items]
+    if height is None:
+        height = imgs[0].height // 2 if imgs[0].width > 400 else imgs[0].height
+    imgs = [im.resize((round(im.width * height / im.height), height)) for im in imgs]
+    font = ImageFont.load_default(size=13)
+    lines = [textwrap.wrap(label, max(12, imgs[0].width // 7)) for label, _ in items]
+    pad, line_h = 8, 16
+    label_h = line_h * max(len(ls) for ls in lines) + 4
     w = sum(im.width for im in imgs) + pad * (len(imgs) + 1)
-    h = max(im.height for im in imgs) + label_h + 2 * pad
-    canvas = Image.new("L", (w, h), 255)
+    canvas = Image.new("L", (w, height + label_h + 2 * pad), 255)
     draw = ImageDraw.Draw(canvas)
     x = pad
-    for p, im in zip(chosen, imgs, strict=True):
-        draw.text((x, 3), f"epoch {int(p.name[6:9])}", fill=0)
+    for ls, im in zip(lines, imgs, strict=True):
+        for k, line in enumerate(ls):
+            draw.text((x, 3 + k * line_h), line, fill=0, font=font)
         canvas.paste(im, (x, label_h + pad))
         x += im.width + pad
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def _grids(run_dir: Path, variant: str, view: str) -> list[Path]:
+    """The variant's saved sample grids (first seed), by epoch: ``view`` eval or train."""
+    suffix = "" if view == "eval" else f"-{view}"
+    return sorted((run_dir / "samples" / variant).glob(f"epoch-[0-9][0-9][0-9]{suffix}.png"))
+
+
+def _sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> bytes | None:
+    """The variant's sample grids at up to ``max_cols`` epochs side by side, labelled."""
+    files = _grids(run_dir, variant, view)
+    if not files:
+        return None
+    idx = np.unique(np.linspace(0, len(files) - 1, min(max_cols, len(files))).round().astype(int))
+    return _strip([(f"epoch {int(files[i].name[6:9])}", files[i]) for i in idx])
 
 
 def _summary_table(analysis: GanAnalysis) -> Table:
@@ -88,7 +104,44 @@ def _summary_table(analysis: GanAnalysis) -> Table:
         rows,
         "Losses: mean over the last 25% of epochs. Image metrics: last measured "
         "epoch, 10,000 samples from a fixed z, G in eval mode unless marked train.",
+        folded=True,
     )
+
+
+# The blog's names for the variants it ran (bnlab's names for the others).
+BLOG_NAMES = {
+    "plain": "notebook 1: PyTorch's default init",
+    "init": "He/Xavier init, no BN",
+    "init-bn": "notebook 3: BN, train()/eval() as written",
+    "init-bn-tidy": "notebook 3's BN, tidy train()/eval()",
+    "init-bn-nomode": "notebook 2: BN, no train()/eval()",
+}
+
+
+def _hero(run: Run[GanConfig], variants: list[str]) -> list[Figure]:
+    """What the blog showed, side by side: each variant's last samples as the notebooks drew
+    them (a training batch, G in train mode), then the same G in eval mode where scored."""
+    out = []
+    for view, title, how in (
+        ("train", "The blog's view", "G in train mode, the last training batch"),
+        ("eval", "What a user deploys", "G in eval mode (running statistics), a fixed z"),
+    ):
+        last = [
+            (BLOG_NAMES.get(v, v), files[-1])
+            for v in variants
+            if (files := _grids(run.dir, v, view))
+        ]
+        if last:
+            epoch = int(last[0][1].name[6:9])
+            out.append(
+                Figure(f"{title}, epoch {epoch}", _strip(last, height=180), f"{how}; first seed.")
+            )
+    return out
+
+
+def _variants_table(cfg: GanConfig) -> Table:
+    rows = [[v.name, BLOG_NAMES.get(v.name, "-"), _variant_text(v)] for v in cfg.variants]
+    return Table("Variants", ["variant", "in the blog", "definition"], rows, folded=True)
 
 
 def report(run: Run[GanConfig], analysis: GanAnalysis) -> list[Section]:
@@ -97,19 +150,27 @@ def report(run: Run[GanConfig], analysis: GanAnalysis) -> list[Section]:
     variants = variant_names(run)
     seeds = sorted({r["seed"] for r in records})
     intro = (
-        f"The blog's MNIST GAN, reproduced: {len(variants)} variants x {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}), {cfg.training.epochs} epochs on "
-        f"{run.meta.get('data', '?')}. All variants of a seed saw the same batches and the "
-        "same z. Variants: " + "; ".join(f"{v.name}: " + _variant_text(v) for v in cfg.variants)
+        f"The blog's MNIST GAN, reproduced: {len(variants)} variants, "
+        f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}, "
+        f"{cfg.training.epochs} epochs on {run.meta.get('data', '?')}. All variants of a seed "
+        "saw the same batches and the same z. Above: the last samples of each variant (first "
+        "seed). Below: each claim of the blog (C1-C4) as a measured difference between "
+        "variants."
     )
+    why = too_small(records)
+    if why:
+        intro += f"\n\nNo answer from this run: {why}."
+    elif any(c.verdict in ONE_SEED for c in analysis.claims):
+        intro += "\n\n" + ONE_SEED_NOTE
     sections = [
         Section(
-            "GAN: claims",
-            intro + "\n\nEach claim of the blog (C1-C4) as a "
-            "measured paired difference between variants over seeds.",
+            "GAN: what the blog showed, measured",
+            intro,
             claims=list(analysis.claims),
-            tables=[_summary_table(analysis)],
+            tables=[_summary_table(analysis), _variants_table(cfg)],
             anchor="gan",
+            hero=_hero(run, variants),
+            source="the blog",
         )
     ]
     figs = []
