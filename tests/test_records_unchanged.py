@@ -32,9 +32,11 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def _same(a: Any, b: Any, where: str = "") -> None:
-    """Equal JSON data; floats to 1e-5 relative: bit-equal on the machine that made them, but
-    another CPU's BLAS sums in another order, and records rounded to 6 digits then differ in
-    the last one (seen: -0.844675 vs -0.844676). A changed computation moves them far more."""
+    """Equal JSON data; floats to 1% (or 1e-4 absolute). Bit-equal on the machine that made
+    them, but another CPU's BLAS (seen: AMD EPYC against the recording machine) rounds
+    differently, and over training the records drift apart: 1e-6 at the 8th record, 1e-3
+    by the 26th. A changed computation (a default, a formula) moves them far more.
+    """
     if isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
         for k in a:
@@ -44,7 +46,7 @@ def _same(a: Any, b: Any, where: str = "") -> None:
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9) or (
+        assert math.isclose(a, b, rel_tol=1e-2, abs_tol=1e-4) or (
             math.isnan(a) and math.isnan(b)
         ), f"{where}: {a} != {b}"
     else:
