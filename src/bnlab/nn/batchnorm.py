@@ -51,6 +51,22 @@ def _check_shape(x: Tensor, layer: str, expected_dims: tuple[int, ...], num_feat
         )
 
 
+def _not_scriptable(layer: str) -> RuntimeError:
+    """The error ``torch.jit.script`` of a bnlab layer raises, naming what works instead.
+
+    The forward is Python that dispatches between compiled kernels (C++ operators, Triton) and
+    the plain-torch formulas; TorchScript cannot compile that, and PyTorch no longer develops
+    TorchScript. The alternatives are tested in tests/test_torch_stack.py.
+    """
+    return RuntimeError(
+        f"{layer} (bnlab.nn) cannot be compiled by torch.jit.script: its forward is Python "
+        "that TorchScript does not support. Use torch.compile(model) to compile it, "
+        "torch.export.export(model.eval(), (x,)) or torch.onnx.export(model.eval(), (x,), "
+        "dynamo=True) to export it, or torch.jit.trace(model.eval(), x) for a TorchScript "
+        "module"
+    )
+
+
 @torch.fx.wrap  # one node in a traced graph: its checks and counter run when the graph runs
 def _layer_forward(
     x: Tensor,
@@ -134,6 +150,11 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _layer_name(self) -> str:
         return f"{type(self).__name__}({self.num_features})"
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this hook on every submodule before compiling: one clear
+        # error here instead of TorchScript's complaint about the first Python construct.
+        raise _not_scriptable(self._layer_name())
 
     def _activation(self) -> tuple[int, float]:
         """(code, slope) of the activation fused after the normalization: none here;

@@ -68,7 +68,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bnlab import functional as F
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _not_scriptable
 from bnlab.nn.convert import _swap_one
 
 __all__ = ["SyncBatchNorm"]
@@ -253,6 +253,10 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def _check_input_dim(self, input: Tensor) -> None:
         self._check_input(input)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this hook before compiling: one clear error (see batchnorm.py)
+        raise _not_scriptable(self._name())
+
     def _ema_factor(self) -> float:
         """This step's weight of the batch statistics in the running ones (counts the batch)."""
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -282,7 +286,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if group is not None and _debug_mode():
             _check_same_channels(x, group, self._name())
         self._check_input(x)
-        if self._revert_cls is None:
+        if self._revert_cls is None and not torch.compiler.is_compiling():
+            # Not while torch.compile traces: dynamo guards on this attribute, so setting it in
+            # the first compiled call would recompile the whole model on the second.
             self._revert_cls = _REVERT_BY_DIM[x.dim()]
         if group is None:  # eval, or a group of one: exactly bnlab's BatchNorm
             momentum = self._ema_factor()
@@ -363,7 +369,8 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         Parameter and buffer objects and its train/eval flag.
 
         The dimensionality comes from the layer it was converted from, else from the first
-        input it saw; a SyncBatchNorm with neither is an error (run one forward first).
+        input it saw in eager mode; a SyncBatchNorm with neither is an error (run one forward
+        first).
         """
         if isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
             target = getattr(module, "_revert_cls", None)
@@ -372,7 +379,8 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                     f"revert_sync_batchnorm: cannot tell whether {type(module).__name__}"
                     f"({module.num_features}) normalizes (N, C[, L]), (N, C, H, W) or "
                     "(N, C, D, H, W) input: it was not converted from a BatchNorm*d and has seen "
-                    "no input. Run one forward first, or replace it by hand."
+                    "no input (a torch.compile'd forward does not count). Run one forward first, "
+                    "or replace it by hand."
                 )
             return _swap_one(module, target)
         for name, child in module.named_children():
