@@ -37,6 +37,9 @@ STAT_TOL = {"atol": 1e-6, "rtol": 1e-5}
 class EveryLayer(nn.Module):
     """Every bnlab BN layer in a row; (N, C, H, W) in, (N, C, L) and (N, C) out."""
 
+    # A ReLU after each BN would only hide half the values; the in-place one after bn2d is
+    # there because it once failed (a view returned by an autograd.Function, modified in place).
+
     def __init__(self, c: int = 3) -> None:
         super().__init__()
         self.act = bnn.BatchNormAct2d(c, act="leaky_relu", negative_slope=0.1)
@@ -48,7 +51,7 @@ class EveryLayer(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y = self.act(x.contiguous(memory_format=torch.channels_last))  # (N, C, H, W)
-        y = self.bn2d(y)
+        y = torch.relu_(self.bn2d(y))  # in place on BN's output, as torchvision's ResNet does
         n, c, h, w = y.shape
         y = self.bn3d(y.reshape(n, c, 2, h // 2, w))  # (N, C, 2, H/2, W)
         y = self.bn1d(y.flatten(2))  # (N, C, L)
@@ -151,6 +154,36 @@ def test_compiled_eval_equals_eager_without_a_process_group():
     # Evaluation never communicates: SyncBatchNorm compiles and runs with no process group.
     assert not (dist.is_available() and dist.is_initialized())
     _compiled_equals_eager(training=False, steps=1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.usefixtures("each_backend")
+def test_an_inplace_relu_may_follow_the_batch_norm(channels_last: bool):
+    # nn.ReLU(inplace=True) after BN (torchvision's ResNet): BN's output must not be a view
+    # that an autograd.Function made, or autograd refuses the in-place op.
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 3, 5, 5).contiguous(memory_format=fmt)
+    mine, theirs = bnn.BatchNormAct2d(3, act="identity"), nn.BatchNorm2d(3)
+    outs = []
+    for bn in (mine, theirs):
+        xg = x.clone().requires_grad_()
+        y = nn.ReLU(inplace=True)(bn(xg))
+        y.square().sum().backward()
+        outs.append((y, xg.grad))
+    torch.testing.assert_close(outs[0], outs[1], **OUT_TOL)
+    assert outs[0][0].stride() == outs[1][0].stride()
+
+
+@pytest.mark.usefixtures("each_backend")
+def test_the_elementwise_stage_returns_no_view_outside_autograd():
+    # what SyncBatchNorm's autograd.Function returns from its forward
+    from bnlab import functional as F
+
+    x = torch.randn(4, 3, 5, 5)
+    mean, inv_std = torch.zeros(3), torch.ones(3)
+    with torch.no_grad():
+        y = F.batch_norm_elemt(x, mean, inv_std, None, None)
+    assert not y._is_view() and torch.equal(y, x)
 
 
 # ---- export ---------------------------------------------------------------------------------
