@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/bench_adam.py
 	BNLAB_DATA="$(DATA)" $(PY) bench/bench_gan.py --epochs 20
 	$(PY) bench/bench_syncbn.py
+	$(PY) bench/bench_compile.py
 	BNLAB_DATA="$(DATA)" $(PY) bench/cluster_cost.py
 
 clean:

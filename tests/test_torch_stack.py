@@ -20,6 +20,7 @@ import copy
 import importlib.util
 import pickle
 import socket
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -198,7 +199,7 @@ def _conv_net(seed: int = 0) -> nn.Module:
         bnn.BatchNormAct2d(8),
         nn.Conv2d(8, 8, 3, stride=2),
         bnn.BatchNorm2d(8),
-        nn.ReLU(),
+        nn.ReLU(inplace=True),
         nn.Flatten(),
         nn.Linear(8 * 3 * 3, 4),
         bnn.BatchNorm1d(4),
@@ -353,3 +354,27 @@ def test_copies_keep_state_and_outputs(kind: str, training: bool, how):
     # the copies are independent and evolve alike (training: the same running statistics)
     for (name, a), (_, b) in zip(layer.named_buffers(), copied.named_buffers(), strict=True):
         assert torch.equal(a, b), name
+
+
+# ---- bench/bench_compile.py ---------------------------------------------------------------------
+
+
+def test_the_compile_benchmark_compares_one_function(monkeypatch: pytest.MonkeyPatch):
+    # Its ratios mean something only if the three nets are the same net: same weights, same
+    # numbers. (The benchmark itself compiles six graphs: too slow to run here; --quick smokes.)
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_compile.py"
+    spec = importlib.util.spec_from_file_location("bench_compile", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclass looks itself up there
+    spec.loader.exec_module(bench)
+    x = torch.randn(4, 3, 8, 8)
+    outs = [bench.make_net(v, bench.QUICK)(x) for v in bench.VARIANTS]
+    assert [type(m).__name__ for m in bench.make_net("bnlab-act", bench.QUICK)][:2] == [
+        "Conv2d",
+        "BatchNormAct2d",
+    ]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], **OUT_TOL)

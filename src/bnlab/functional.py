@@ -232,45 +232,22 @@ def _elemt(
     bias: Tensor | None,
     act: int = 0,
     slope: float = 0.0,
-    out: Tensor | None = None,
 ) -> Tensor:
-    """y = act(x * scale + shift) on a canonical view, in the statistics dtype (into ``out``,
-    a canonical view, when given)."""
+    """y = act(x * scale + shift) from a canonical view, in the statistics dtype, returned in
+    x's shape and output memory format.
+
+    Computed on x's shape (the canonical view viewed back, (C,) factors broadcast as
+    (1, C, 1, ...)), so that y is a fresh tensor, never a view: an autograd.Function (ours,
+    SyncBatchNorm's) must not return a view of its own temporary, else an in-place op after it
+    (``nn.ReLU(inplace=True)`` after the BN, as in torchvision's ResNet) raises "Output 0 of
+    ... is a view and is being modified inplace", eagerly and under torch.compile.
+    """
     scale, shift = _affine(mean, inv_std, weight, bias)
-    z = torch.addcmul(layout.pc(shift), xv, layout.pc(scale), out=out)
+    per_channel = (1, layout.shape[1]) + (1,) * (layout.ndim - 2)
+    z = torch.addcmul(shift.view(per_channel), layout.unview(xv), scale.view(per_channel))
     if act == 0:
         return z
     return torch.nn.functional.leaky_relu_(z, slope) if act == 2 else z.relu_()
-
-
-def _elemt_like(
-    x: Tensor,
-    xv: Tensor,
-    layout: _Layout,
-    mean: Tensor,
-    inv_std: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    act: int = 0,
-    slope: float = 0.0,
-) -> Tensor:
-    """``_elemt`` returned in x's shape, dtype and output memory format.
-
-    Without autograd (inside an autograd.Function's forward: ours, SyncBatchNorm's) the result
-    is written through the canonical view of a fresh x-shaped tensor, which is returned: never
-    a view. A Function must not return a view of its own temporary, else an in-place op after
-    it (``nn.ReLU(inplace=True)`` after the BN, as in torchvision's ResNet) raises "Output 0 of
-    ... is a view and is being modified inplace", eagerly and under torch.compile. Under
-    autograd (the stages' differentiable contract) ``out=`` is not allowed; a view is fine there.
-    """
-    if torch.is_grad_enabled():
-        return _to(
-            layout.unview(_elemt(xv, layout, mean, inv_std, weight, bias, act, slope)), x.dtype
-        )
-    fmt = _output_memory_format(x)
-    y = torch.empty(x.shape, dtype=mean.dtype, device=x.device, memory_format=fmt)
-    _elemt(xv, layout, mean, inv_std, weight, bias, act, slope, out=layout.view(y))
-    return _to(y, x.dtype)
 
 
 def _act_grad(
@@ -382,8 +359,8 @@ class _TorchKernels:
             assert running_mean is not None and running_var is not None
             mean = running_mean.to(stat, copy=True)  # a copy: the buffer may change later
             inv_std = running_var.to(stat, copy=True).add_(eps).rsqrt_()
-        y = _elemt_like(x, xv, layout, mean, inv_std, weight, bias, act, slope)
-        return y, mean, inv_std
+        y = _elemt(xv, layout, mean, inv_std, weight, bias, act, slope)
+        return _to(y, x.dtype), mean, inv_std
 
     @staticmethod
     def backward(
@@ -555,8 +532,8 @@ def batch_norm_elemt(
     if fast is not None:
         return fast.batch_norm_elemt(x, mean, inv_std, weight, bias)
     layout = _Layout(x)
-    xv = _canonical(x, layout, mean.dtype)
-    return _elemt_like(x, xv, layout, mean, inv_std, weight, bias)
+    y = _elemt(_canonical(x, layout, mean.dtype), layout, mean, inv_std, weight, bias)
+    return _to(y, x.dtype)
 
 
 def batch_norm_backward_reduce(

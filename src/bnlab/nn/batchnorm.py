@@ -24,6 +24,11 @@ classes as leaves): the whole forward step is one wrapped function, recorded as 
 call with the layer's tensors as inputs, so the traced graph checks its input, counts batches
 and updates the running statistics at run time exactly as the module does. As for any traced
 code, the train/eval flag is the one the module had when it was traced.
+
+``torch.compile`` (``fullgraph=True``), ``torch.export`` and ``torch.onnx.export(...,
+dynamo=True)`` trace the plain-torch formulas of :mod:`bnlab.functional` (never the C++ or Triton
+operators); ``torch.jit.trace`` works too. ``torch.jit.script`` raises one error naming these
+alternatives: TorchScript cannot compile the Python dispatch in the forward.
 """
 
 from __future__ import annotations
