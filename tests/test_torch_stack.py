@@ -157,6 +157,15 @@ def test_compiled_eval_equals_eager_without_a_process_group():
     _compiled_equals_eager(training=False, steps=1)
 
 
+def test_compiled_sync_batch_norm_without_a_process_group_says_how_to_start_one():
+    # dynamo reports a raise inside a fullgraph region as its own error, quoting ours
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    compiled = torch.compile(bnn.SyncBatchNorm(3), fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match=r"needs an initialized torch.distributed process group"):
+        compiled(torch.randn(4, 3))
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.usefixtures("each_backend")
 def test_an_inplace_relu_may_follow_the_batch_norm(channels_last: bool):
