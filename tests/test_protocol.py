@@ -371,3 +371,39 @@ def test_a_cuda_device_resolved_from_auto_runs_every_job_in_this_process(monkeyp
     with pytest.raises(Picked) as picked:
         run_experiment(EXPERIMENT, build(GanConfig, device="auto", out=tmp_path / "r"))
     assert picked.value.args == (False,)
+
+
+@pytest.mark.parametrize(
+    ("jobs", "given", "env", "expected"),
+    [
+        (1, 0, None, 1),  # one job, in this process: one thread, not all the cores
+        (2, 0, None, 1),  # each worker of a pool: one
+        (1, 3, None, 3),  # --threads
+        (2, 2, "4", 2),  # --threads wins over $OMP_NUM_THREADS
+        (1, 0, "2", 2),  # $OMP_NUM_THREADS, the user's own choice, when --threads is not given
+    ],
+)
+def test_every_process_that_trains_has_the_threads_of_the_policy(
+    tmp_path, monkeypatch, jobs, given, env, expected
+):
+    """The fix for runs collapsing when they share cores (issue 21): a training process runs
+    with threads_per_process(--threads) torch threads, inline and in pool workers alike, and
+    this process gets its own count back afterwards."""
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    before = torch.get_num_threads()
+    result = _run(tmp_path / "run", jobs=jobs, threads=given, n=2)
+    assert {r["threads"] for r in result.records} == {expected}
+    if jobs == 2:
+        assert len({r["pid"] for r in result.records} - {os.getpid()}) >= 1  # in workers
+    assert torch.get_num_threads() == before
+
+
+def test_threads_policy_and_flag():
+    from bnlab.lab.runners import threads_per_process
+
+    assert threads_per_process(5) == 5
+    with pytest.raises(ValueError, match="--threads must be 0"):
+        ToyConfig(threads=-1).validate()

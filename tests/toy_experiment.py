@@ -113,7 +113,15 @@ def train(job: ToyJob, state: Any, start: int, end: int, data: Any) -> ChunkResu
         time.sleep(job.sleep)
         x = torch.randn(100, generator=derived_generator(job.index, unit)) + data.mean()
         total += x.sum()
-        records.append({"job": job.key, "unit": unit + 1, "total": float(total)})
+        records.append(
+            {
+                "job": job.key,
+                "unit": unit + 1,
+                "total": float(total),
+                "pid": os.getpid(),
+                "threads": torch.get_num_threads(),
+            }
+        )
         emit(job.key, unit + 1, f"total {float(total):.2f}")
     files = {f"out/{job.key}-{end}.txt": f"{float(total)}\n".encode()}
     return ChunkResult(end, {"total": total}, records, files)

@@ -129,7 +129,7 @@ def _launch_torchrun(name: str, cfg: Any, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    from bnlab.lab.runners.local import cpu_count
+    from bnlab.lab.runners import threads_per_process
     from bnlab.lab.runs import latest_run_dir, new_run_dir
 
     try:
@@ -144,7 +144,8 @@ def _launch_torchrun(name: str, cfg: Any, argv: list[str]) -> int:
             argv = [*argv, "--out", str(out)]
     argv = _without_flag(argv, "--nproc")  # the ranks learn it from torchrun (WORLD_SIZE)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count() // cfg.nproc)))
+    # each rank's torch threads: read by torch at import, before the rank parses its flags
+    os.environ["OMP_NUM_THREADS"] = str(threads_per_process(cfg.threads))
     launch = [
         "--nnodes=1",
         f"--nproc-per-node={cfg.nproc}",

@@ -65,6 +65,10 @@ class RunOptions:
     and what the tests run; flags given explicitly still win"""
     jobs: int = 0
     """worker processes of the local runner; 0 = one per CPU core, at most one per job"""
+    threads: int = 0
+    """torch threads of each process that trains (this one, each worker, rank or Ray task);
+    0 = $OMP_NUM_THREADS if set, else 1: the lab's nets are small, and threads that share
+    cores with other work spin and stall (several processes share them fairly)"""
     runner: Literal["local", "ray"] = "local"
     """where jobs run: local (a process pool on this machine) or ray (a Ray cluster; pip
     install 'bnlab[ray]')"""
@@ -75,6 +79,8 @@ class RunOptions:
         """Raise ValueError for a bad value, before any work starts. Subclasses extend it."""
         if self.jobs < 0:
             raise ValueError(f"--jobs must be 0 (one per core) or more, got {self.jobs}")
+        if self.threads < 0:
+            raise ValueError(f"--threads must be 0 (automatic) or more, got {self.threads}")
         if self.ray_address is not None and self.runner != "ray":
             raise ValueError("--ray-address needs --runner ray")
 
@@ -169,7 +175,6 @@ class Experiment(Generic[C]):
     quick: Mapping[str, Any] = field(default_factory=dict)  # --quick: flat name -> value
     chunk_size: Callable[[C], int] = lambda cfg: 1 << 30  # units per chunk (checkpoints)
     growable: frozenset[str] = frozenset()  # fields a resume may increase (e.g. epochs)
-    threads: int | None = 1  # torch threads per worker; None: the cores shared among workers
     data_parallel: bool = False  # train() works with several ranks (torchrun, DDP)
     observer: Callable[[C, Path], Any] | None = None  # driver-side sink: .records(), .close()
 

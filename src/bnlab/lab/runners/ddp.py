@@ -106,7 +106,7 @@ class DistributedRunner:
             they load the data and plan the jobs with it).
     """
 
-    def __init__(self, threads: int | None, announce: Any = None) -> None:
+    def __init__(self, threads: int, announce: Any = None) -> None:
         self.threads, self.announce = threads, announce
 
     def describe(self, n_jobs: int) -> str:

@@ -56,7 +56,7 @@ def cpu_count() -> int:
 
 
 class LocalRunner:
-    def __init__(self, jobs: int, threads: int | None, one_process: bool = False) -> None:
+    def __init__(self, jobs: int, threads: int, one_process: bool = False) -> None:
         self.jobs, self.threads, self.one_process = jobs, threads, one_process
 
     def processes(self, n_jobs: int) -> int:
@@ -74,8 +74,7 @@ class LocalRunner:
         n = self.processes(len(states))
         if n == 1:
             before = torch.get_num_threads()
-            if self.threads:
-                torch.set_num_threads(self.threads)
+            torch.set_num_threads(self.threads)
             previous = set_sink(recorder.progress.event)
             try:
                 chunk_loop(states, chunk, recorder, InlineExecutor(train, data))
@@ -83,7 +82,7 @@ class LocalRunner:
                 set_sink(previous)
                 torch.set_num_threads(before)
             return
-        pool = PoolExecutor(n, train, data, self.threads or max(1, cpu_count() // n), recorder)
+        pool = PoolExecutor(n, train, data, self.threads, recorder)
         ok = False
         try:
             chunk_loop(states, chunk, recorder, pool, on_poll=pool.drain)

@@ -52,7 +52,7 @@ def _import_ray() -> Any:
 
 
 class RayRunner:
-    def __init__(self, address: str | None, jobs: int, threads: int | None) -> None:
+    def __init__(self, address: str | None, jobs: int, threads: int) -> None:
         self.ray = _import_ray()
         self.address, self.jobs, self.threads = address, jobs, threads
 
@@ -86,7 +86,7 @@ class RayRunner:
             from ray.util.queue import Queue
 
             events = Queue(actor_options={"num_cpus": 0})
-            tasks = RayExecutor(ray, train, data, self.threads or 1, events)
+            tasks = RayExecutor(ray, train, data, self.threads, events)
             try:
                 chunk_loop(
                     states,

@@ -69,7 +69,6 @@ EXPERIMENT: Experiment[AblationConfig] = Experiment(
         "classifier_steps": 150,
     },
     chunk_size=lambda cfg: cfg.checkpoint_every,
-    threads=None,
 )
 
 

@@ -41,7 +41,6 @@ EXPERIMENT: Experiment[ActivationsConfig] = Experiment(
     plan=plan,
     train=train_net,
     quick={"depth": 6, "width": 100, "steps": 60, "eval_size": 300, "inits": ("small", "he")},
-    threads=1,  # small GEMMs: one single-threaded process per core beats threads
 )
 
 

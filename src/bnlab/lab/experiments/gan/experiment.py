@@ -42,7 +42,6 @@ EXPERIMENT: Experiment[GanConfig] = Experiment(
     },
     chunk_size=lambda cfg: cfg.checkpoint_every,
     growable=frozenset({"epochs"}),
-    threads=None,  # the cores shared among the worker processes
     observer=tensorboard_observer,
     data_parallel=True,
 )

@@ -48,7 +48,6 @@ EXPERIMENT: Experiment[Ioffe2015Config] = Experiment(
     train=train_net,
     quick={"steps": 1500, "eval_every": 100, "test_size": 500},
     chunk_size=lambda cfg: CHUNK_STEPS,
-    threads=1,  # a tiny net dominated by per-op overhead: one single-threaded process per core
 )
 
 

@@ -60,7 +60,6 @@ EXPERIMENT: Experiment[Config] = Experiment(
         "checkpoint_every": 2,
     },
     chunk_size=lambda cfg: cfg.checkpoint_every,
-    threads=1,  # small GEMMs: one single-threaded process per core is fastest
 )
 
 

@@ -37,7 +37,6 @@ EXPERIMENT: Experiment[Config] = Experiment(
         "checkpoint_every": 20,
     },
     chunk_size=lambda cfg: cfg.checkpoint_every,
-    threads=1,  # small GEMMs: two single-threaded jobs at once beat one two-threaded one
 )
 
 
