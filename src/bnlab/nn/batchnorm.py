@@ -122,6 +122,23 @@ def _layer_forward(
     return F._batch_norm(x, mean_in, var_in, weight, bias, use_batch_stats, factor, eps, act, slope)
 
 
+# A layer's tensors and settings as its forward step takes them (see _BatchNorm._step_args).
+StepArgs = tuple[
+    Tensor | None,  # weight
+    Tensor | None,  # bias
+    Tensor | None,  # running_mean
+    Tensor | None,  # running_var
+    Tensor | None,  # num_batches_tracked
+    str,  # the layer's name, for errors
+    tuple[int, ...],  # the input dims it accepts
+    int,  # num_features
+    bool,  # training
+    bool,  # track_running_stats
+    float | None,  # momentum
+    float,  # eps
+]
+
+
 class _BatchNorm(nn.modules.batchnorm._BatchNorm):
     """torch's batch-norm base with bnlab's forward; BatchNorm1d/2d/3d add torch's own class."""
 
@@ -166,9 +183,12 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         bnlab.nn.BatchNormAct*d override it."""
         return 0, 0.0
 
-    def forward(self, input: Tensor) -> Tensor:
-        return _layer_forward(
-            input,
+    def _step_args(self) -> StepArgs:
+        """The layer's tensors and settings in the order its forward step takes them: weight,
+        bias, running_mean, running_var, num_batches_tracked, name, expected dims,
+        num_features, training, track_running_stats, momentum, eps (``_layer_forward`` and
+        the BN variants' steps all start so)."""
+        return (
             self.weight,
             self.bias,
             self.running_mean,
@@ -181,8 +201,10 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             self.track_running_stats,
             self.momentum,
             self.eps,
-            *self._activation(),
         )
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _layer_forward(input, *self._step_args(), *self._activation())
 
 
 class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):

@@ -164,22 +164,7 @@ class _GhostBatchNorm(_BatchNorm):
         return _ghost_values(input, self.ghost_batch_size)
 
     def forward(self, input: Tensor) -> Tensor:
-        return _ghost_forward(
-            input,
-            self.weight,
-            self.bias,
-            self.running_mean,
-            self.running_var,
-            self.num_batches_tracked,
-            self._layer_name(),
-            self._expected_dims,
-            self.num_features,
-            self.training,
-            self.track_running_stats,
-            self.momentum,
-            self.eps,
-            self.ghost_batch_size,
-        )
+        return _ghost_forward(input, *self._step_args(), self.ghost_batch_size)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"

@@ -56,13 +56,14 @@ def _renorm_forward(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
-    running_mean: Tensor,
-    running_var: Tensor,
-    num_batches_tracked: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
     layer: str,
     expected_dims: tuple[int, ...],
     num_features: int,
     training: bool,
+    track_running_stats: bool,  # always True (refused at construction otherwise)
     momentum: float | None,
     eps: float,
     limits: tuple[float, float, int, int],
@@ -74,8 +75,11 @@ def _renorm_forward(
         # Evaluation, an empty batch or a batch of 1 (refused by the BN step, naming the layer)
         return _layer_forward(
             x, weight, bias, running_mean, running_var, num_batches_tracked, layer,
-            expected_dims, num_features, training, True, momentum, eps,
+            expected_dims, num_features, training, track_running_stats, momentum, eps,
         )  # fmt: skip
+    # a renorm layer always tracks running statistics (refused at construction otherwise)
+    assert running_mean is not None and running_var is not None
+    assert num_batches_tracked is not None
     F._check(x, running_mean, running_var, weight, bias, True, eps, who=layer)
     r_max, d_max = renorm_limits(int(num_batches_tracked), *limits)
     # r and d need mu_B and sigma_B before the BN step normalizes with them: one extra read of x
@@ -154,23 +158,7 @@ class _BatchRenorm(_BatchNorm):
         return self.r_max, self.d_max, self.warmup_start, self.warmup_steps
 
     def forward(self, input: Tensor) -> Tensor:
-        assert self.running_mean is not None and self.running_var is not None
-        assert self.num_batches_tracked is not None
-        return _renorm_forward(
-            input,
-            self.weight,
-            self.bias,
-            self.running_mean,
-            self.running_var,
-            self.num_batches_tracked,
-            self._layer_name(),
-            self._expected_dims,
-            self.num_features,
-            self.training,
-            self.momentum,
-            self.eps,
-            self._limits(),
-        )
+        return _renorm_forward(input, *self._step_args(), self._limits())
 
     def extra_repr(self) -> str:
         warmup = (

@@ -154,22 +154,7 @@ class _VirtualBatchNorm(_BatchNorm):
         return min(self.reference_size, input.shape[0]) * spatial
 
     def forward(self, input: Tensor) -> Tensor:
-        return _virtual_forward(
-            input,
-            self.weight,
-            self.bias,
-            self.running_mean,
-            self.running_var,
-            self.num_batches_tracked,
-            self._layer_name(),
-            self._expected_dims,
-            self.num_features,
-            self.training,
-            self.track_running_stats,
-            self.momentum,
-            self.eps,
-            self.reference_size,
-        )
+        return _virtual_forward(input, *self._step_args(), self.reference_size)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, reference_size={self.reference_size}"
