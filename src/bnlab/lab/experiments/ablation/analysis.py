@@ -475,10 +475,10 @@ def analyse(run: Run[AblationConfig]) -> AblationAnalysis:
 
 def result_line(analysis: AblationAnalysis, run: Run[AblationConfig]) -> str:
     """The largest main effect on FD (G in eval mode), with its 95% CI."""
-    if analysis.no_answer:
-        return f"gan-ablation: no effect to name: {analysis.no_answer}"
     if not analysis.ranking:
         return "gan-ablation: no factorial cells, no effects"
+    if analysis.no_answer:
+        return f"gan-ablation: no effect to name: {analysis.no_answer}"
     top = analysis.ranking[0]
     return (
         f"gan-ablation: largest effect on FD: {top.factor} (x{top.ratio:.2f} "
