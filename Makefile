@@ -1,4 +1,5 @@
-# Two entry points (see README): `make gan` runs the main job, `make test` the test suite.
+# Two entry points (see README): `make gan` runs the main job, `make test` the test suite
+# (which also builds the docs site strictly: tests/test_docs.py); `make docs` builds the site.
 # Both set up .venv first. torch is pinned here, in the install path, because an unpinned
 # torch pulls a multi-GB CUDA build; the package metadata itself allows a range.
 VENV  ?= .venv
@@ -8,7 +9,7 @@ TORCH ?= torch==2.13.0
 DATA  ?= $(firstword $(wildcard ../shared/data))
 ARGS  ?=
 
-.PHONY: setup gan test lint bench clean
+.PHONY: setup gan test lint docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +30,11 @@ lint: setup
 test: lint
 	BNLAB_TEST_DATA="$(DATA)" $(PY) -m pytest -q
 
+# The docs site into site/ (open site/index.html; no server or network needed). --strict: a
+# broken link, reference or docstring fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench: setup
 	$(PY) bench/bench_bn.py
 	$(PY) bench/bench_adam.py
@@ -38,4 +44,4 @@ bench: setup
 	BNLAB_DATA="$(DATA)" $(PY) bench/cluster_cost.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site

@@ -51,6 +51,10 @@ window.addEventListener('load', function () {
     var el = document.querySelector(sel);
     out.first[sel] = el ? top(el) : null;
   });
+  out.counts = {};
+  (window.__countSelectors || []).forEach(function (sel) {
+    out.counts[sel] = document.querySelectorAll(sel).length;
+  });
   var pre = document.createElement('pre');
   pre.id = '__probe';
   pre.textContent = JSON.stringify(out);
@@ -68,16 +72,24 @@ def chromium() -> str:
     pytest.skip("headless Chromium is not installed (Debian/Ubuntu: apt-get install chromium)")
 
 
-def inspect_page(page: Path, workdir: Path) -> dict[str, Any]:
+def inspect_page(
+    page: Path, workdir: Path, count_selectors: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Load ``page`` in headless Chromium; returns ``errors`` (script errors, console errors
     and warnings, failed loads), ``images`` (alt, ok, top, width each), ``tables`` (top,
     folded (inside a closed <details>) each), ``first`` (the top of the first h2, ul.claims,
-    details, table and figure) and the page ``height``, all in CSS pixels."""
+    details, table and figure) and the page ``height``, all in CSS pixels; and ``counts``: for
+    each CSS selector in ``count_selectors``, how many elements match after the load event
+    (after the page's own scripts ran, e.g. math typeset on DOMContentLoaded).
+
+    The probed copy of the page is written into ``workdir``: pass the page's own folder when
+    it loads files by relative paths (a built docs site)."""
     text = page.read_text()
     probed = workdir / f"probed-{page.name}"
     head = re.search(r"<head[^>]*>", text)
     at = head.end() if head else 0
-    probed.write_text(text[:at] + _PROBE + text[at:])
+    selectors = f"<script>window.__countSelectors = {json.dumps(list(count_selectors))};</script>"
+    probed.write_text(text[:at] + selectors + _PROBE + text[at:])
     done = subprocess.run(
         [
             chromium(),

@@ -511,7 +511,8 @@ def batch_norm_merge_stats(count: Tensor, mean: Tensor, m2: Tensor) -> tuple[Ten
 
     Args:
         count: (P,) values per channel in each part.
-        mean, m2: (P, C) per-part statistics from :func:`batch_norm_stats`.
+        mean: (P, C) per-part means from :func:`batch_norm_stats`.
+        m2: (P, C) per-part sums of squared deviations from :func:`batch_norm_stats`.
 
     Returns:
         (C,) mean and m2 in the dtype of ``mean``. Differentiable (out-of-place ops).
@@ -811,13 +812,15 @@ def batch_norm(
         input: (N, C, *) floating-point tensor in any memory layout (contiguous and
             channels_last are used as they are; others are copied first, into the format of
             torch's output for them). Empty inputs give empty outputs.
-        running_mean, running_var: (C,) buffers. Used for normalization when ``training`` is
+        running_mean: (C,) buffer, or None. Used for normalization when ``training`` is
             False; updated in place (without autograd history) when ``training`` is True.
+        running_var: (C,) buffer, or None, used and updated as ``running_mean``.
             Biased or unbiased? As in torch, both: a training batch is normalized with its
             *biased* variance (divided by m, the values per channel: N * H * W), while
             ``running_var`` accumulates the *unbiased* one (divided by m - 1), the estimate
             of the population variance that evaluation mode then normalizes with.
-        weight, bias: (C,) gamma and beta, or None.
+        weight: (C,) gamma, or None (1).
+        bias: (C,) beta, or None (0).
         training: normalize with batch statistics (and update the running ones).
         momentum: new = (1 - momentum) * old + momentum * batch.
         eps: added to the variance before the square root.

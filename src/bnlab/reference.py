@@ -64,7 +64,8 @@ def batch_norm_forward(
 
     Args:
         x: input of shape (N, C, *).
-        gamma, beta: (C,) scale and shift; None means 1 and 0 (``affine=False``).
+        gamma: (C,) scale; None means 1 (``affine=False``).
+        beta: (C,) shift; None means 0 (``affine=False``).
         eps: added to the variance for numerical stability.
 
     Returns:

@@ -189,6 +189,7 @@ class FrozenBatchNorm3d(_FrozenBatchNorm):
 
 
 FROZEN_BATCH_NORMS = (FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d)
+"""The frozen layer classes, for ``isinstance(m, FROZEN_BATCH_NORMS)``."""
 
 _FROZEN_BY_DIM: dict[str, type[_FrozenBatchNorm]] = {c._dim_name: c for c in FROZEN_BATCH_NORMS}
 _BNLAB_BY_DIM: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {

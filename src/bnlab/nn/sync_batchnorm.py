@@ -199,9 +199,13 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     Args:
         num_features: C.
-        eps, momentum, affine, track_running_stats: as in torch.nn.BatchNorm*d.
+        eps: as in torch.nn.BatchNorm*d.
+        momentum: as in torch.nn.BatchNorm*d.
+        affine: as in torch.nn.BatchNorm*d.
+        track_running_stats: as in torch.nn.BatchNorm*d.
         process_group: the ranks whose batches form one batch; None = the default (world) group.
-        device, dtype: of the parameters and buffers.
+        device: of the parameters and buffers.
+        dtype: of the parameters and buffers.
 
     Training mode needs an initialized process group (``torchrun`` +
     ``torch.distributed.init_process_group``). Use :meth:`convert_sync_batchnorm` to swap a
