@@ -1,28 +1,54 @@
-"""The blog's MLP GAN, with batch-norm placement, init and mode switching as data.
+"""The blog's MLP GAN, with normalization placement and kind, init and mode switching as data.
 
 Discriminator: Linear(784,256) - LeakyReLU(0.2) - Linear(256,256) - LeakyReLU(0.2) -
 Linear(256,1) - Sigmoid. Generator: Linear(64,256) - LeakyReLU(0.2) - Linear(256,256) -
-LeakyReLU(0.2) - Linear(256,784) - Tanh. Where a variant asks for it, BN sits right after a
-Linear layer, before its activation (the blog's placement). Biases are kept, as in the
-notebooks, even before BN.
+LeakyReLU(0.2) - Linear(256,784) - Tanh. Where a variant asks for it (``g_norm``/``d_norm``),
+a normalization layer sits right after a Linear layer, before its activation (the blog's
+placement). Biases are kept, as in the notebooks, even before BN.
+
+Which normalization (``g_kind``/``d_kind``, default BN, the blog's):
+
+- ``bn``: BatchNorm1d (bnlab's, or torch's with ``norm_layer``);
+- ``renorm``: :class:`bnlab.nn.BatchRenorm1d` (r_max 3, d_max 5, the paper's values) with a
+  warm-up (:data:`RENORM_WARMUP`: BN for the first 500 steps, then r_max and d_max grow
+  linearly over 5,000 steps; the paper's 5k/40k scaled to this GAN's shorter runs);
+- ``vbn`` (G only): :class:`bnlab.nn.VirtualBatchNorm1d` with a reference batch of
+  :data:`VBN_REFERENCE` fixed z: G is wrapped in :class:`WithReference`, which puts the
+  reference z in front of every training-mode batch and drops their rows from the output;
+  in eval mode VBN uses its running statistics (of the reference batch) and no reference;
+- ``ln``: torch's LayerNorm over the features;
+- ``gn``: torch's GroupNorm on the (N, C) activations (its 2-d input form, the same as (N, C,
+  1)): ``gcd(32, C)`` groups, i.e. 32 groups of 8 features for the 256-wide hidden layers
+  (Wu & He's default of 32 groups).
+
+``d_sn``: spectral normalization (Miyato et al. 2018; torch's
+``torch.nn.utils.parametrizations.spectral_norm``, one power iteration per training forward)
+on all three of D's Linear layers, independent of ``d_norm``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 import bnlab.nn as bnn
 
 __all__ = [
     "BLOG_VARIANTS",
+    "NORM_KINDS",
+    "RENORM_WARMUP",
+    "VBN_REFERENCE",
     "Variant",
+    "WithReference",
     "build_discriminator",
     "build_generator",
     "parse_variant",
@@ -35,6 +61,12 @@ Init = Literal["torch-default", "he-xavier"]
 # tidy: D.train() and G.eval() for every D step, D.eval() and G.train() for every G step.
 Modes = Literal["none", "notebook3", "tidy"]
 Flags3 = tuple[bool, bool, bool]
+# What the layers flagged in g_norm / d_norm are (see the module docstring); vbn in G only.
+NormKind = Literal["bn", "renorm", "vbn", "ln", "gn"]
+NORM_KINDS: tuple[str, ...] = typing.get_args(NormKind)
+VBN_REFERENCE = 100  # reference z rows of Virtual BN: one batch (Salimans et al. used 1 batch)
+RENORM_WARMUP = (500, 5000)  # (start, steps): BN before start, then r_max/d_max grow linearly
+GN_GROUPS = 32
 
 
 @dataclass(frozen=True)
@@ -48,10 +80,27 @@ class Variant:
     modes: Modes = "none"
     joint_real_fake: bool = False  # one D forward on cat(real, fake) instead of two batches
     shuffle: bool = True  # notebook 2's loader was not shuffled
+    g_kind: NormKind = "bn"  # what G's flagged layers are
+    d_kind: NormKind = "bn"  # what D's flagged layers are (not vbn)
+    d_sn: bool = False  # spectral normalization on D's Linear layers
+
+    def __post_init__(self) -> None:
+        if self.d_kind == "vbn":
+            raise ValueError(
+                f"variant {self.name!r}: d_kind=vbn is not offered (Virtual BN needs a fixed "
+                "reference batch in front of every input; the trainer supplies one for G's z "
+                "only); use it in G (g_kind=vbn) or choose bn, renorm, ln or gn for D"
+            )
 
     @property
     def has_bn(self) -> bool:
         return any(self.g_norm) or any(self.d_norm)
+
+    @property
+    def g_batch_dependent(self) -> bool:
+        """G's output in training mode depends on the batch (a BN-family layer in G), so G in
+        train and eval mode differ; False: the train/eval gap is zero by construction."""
+        return any(self.g_norm) and self.g_kind in ("bn", "renorm", "vbn")
 
     def describe(self) -> str:
         def bits(flags: Flags3) -> str:
@@ -60,15 +109,25 @@ class Variant:
         return (
             f"{self.name}: init={self.init} g_norm={bits(self.g_norm)} "
             f"d_norm={bits(self.d_norm)} modes={self.modes} joint={int(self.joint_real_fake)} "
-            f"shuffle={int(self.shuffle)}"
+            f"shuffle={int(self.shuffle)}" + "".join(f" {k}={v}" for k, v in self._extra())
         )
+
+    def _extra(self) -> list[tuple[str, str]]:
+        """The normalization fields that differ from their defaults (the blog's BN), spelled:
+        left out otherwise, so the spec and description of every earlier variant stay as
+        they were."""
+        return [
+            (k, _spell(getattr(self, k))) for k in _NORM_FIELDS if getattr(self, k) != _DEFAULTS[k]
+        ]
 
     def spec(self) -> str:
         """The command-line form that :func:`parse_variant` reads back into this variant: the
-        blog name alone for a blog variant, else every field spelled out."""
+        blog name alone for a blog variant, else every field spelled out (the normalization
+        kinds only where they are not the default BN)."""
         if BLOG_VARIANTS.get(self.name) == self:
             return self.name
         pairs = ":".join(f"{k}={_spell(getattr(self, k))}" for k in _FIELDS)
+        pairs += "".join(f":{k}={v}" for k, v in self._extra())
         return f"{self.name}=init:{pairs}"
 
 
@@ -89,11 +148,16 @@ BLOG_VARIANTS: dict[str, Variant] = {
     ]
 }
 
-_FIELDS = [f.name for f in dataclasses.fields(Variant) if f.name != "name"]
+_NORM_FIELDS = ("g_kind", "d_kind", "d_sn")
+_ALL_FIELDS = [f.name for f in dataclasses.fields(Variant) if f.name != "name"]
+_FIELDS = [k for k in _ALL_FIELDS if k not in _NORM_FIELDS]
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Variant)}
 # The choices of each Literal field, from the Literal itself (one definition).
 _CHOICES: dict[str, tuple[str, ...]] = {
     "init": typing.get_args(Init),
     "modes": typing.get_args(Modes),
+    "g_kind": NORM_KINDS,
+    "d_kind": NORM_KINDS,
 }
 
 
@@ -126,8 +190,8 @@ def parse_variant(spec: str) -> Variant:
 
     Example: ``mine=init-bn-tidy:d_norm=010:joint_real_fake=1``. Keys: init (torch-default |
     he-xavier), g_norm / d_norm (three 0/1 digits), modes (none | notebook3 | tidy),
-    joint_real_fake (0/1), shuffle (0/1). BASE may be omitted (``mine=:g_norm=110``: from
-    ``init``).
+    joint_real_fake (0/1), shuffle (0/1), g_kind / d_kind (bn | renorm | vbn | ln | gn; vbn
+    in G only), d_sn (0/1). BASE may be omitted (``mine=:g_norm=110``: from ``init``).
     """
     spec = spec.strip()
     if "=" not in spec.split(":", 1)[0]:
@@ -147,13 +211,13 @@ def parse_variant(spec: str) -> Variant:
     changes: dict[str, object] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        if key not in _FIELDS:
+        if key not in _ALL_FIELDS:
             raise ValueError(
-                f"variant {name!r}: unknown key {key!r}; keys: {', '.join(sorted(_FIELDS))}"
+                f"variant {name!r}: unknown key {key!r}; keys: {', '.join(sorted(_ALL_FIELDS))}"
             )
         if key in ("g_norm", "d_norm"):
             changes[key] = _flags(value, key)
-        elif key in ("joint_real_fake", "shuffle"):
+        elif key in ("joint_real_fake", "shuffle", "d_sn"):
             changes[key] = _bool(value, key)
         elif value in _CHOICES[key]:
             changes[key] = value
@@ -173,6 +237,23 @@ NormLayer = Callable[[int], nn.Module]
 SLOPE = 0.2  # the notebooks' LeakyReLU(0.2)
 
 
+def norm_layer_of(kind: NormKind, bn: NormLayer = bnn.BatchNorm1d) -> NormLayer:
+    """The layer factory (features -> module) of a normalization kind; ``bn`` is the BN class
+    for kind bn (bnlab's or torch's)."""
+    if kind == "bn":
+        return bn
+    if kind == "renorm":
+        start, steps = RENORM_WARMUP
+        return lambda c: bnn.BatchRenorm1d(c, warmup_start=start, warmup_steps=steps)
+    if kind == "vbn":
+        return lambda c: bnn.VirtualBatchNorm1d(c, reference_size=VBN_REFERENCE)
+    if kind == "ln":
+        return nn.LayerNorm
+    if kind == "gn":
+        return lambda c: nn.GroupNorm(math.gcd(GN_GROUPS, c), c)
+    raise ValueError(f"unknown normalization {kind!r}; choose one of {', '.join(NORM_KINDS)}")
+
+
 def _mlp(
     sizes: list[int],
     norm: Flags3,
@@ -180,7 +261,7 @@ def _mlp(
     norm_layer: NormLayer,
     fused: bool = False,
 ) -> nn.Sequential:
-    """Linear - [BN] - activation per layer. ``fused``: a hidden layer's BN and LeakyReLU are
+    """Linear - [norm] - activation per layer. ``fused``: a hidden layer's BN and LeakyReLU are
     one :class:`bnlab.nn.BatchNormAct1d` (one kernel each way); the output layer's BN, before
     Tanh or Sigmoid, stays a plain BN."""
     layers: list[nn.Module] = []
@@ -206,6 +287,24 @@ def _init(model: nn.Sequential, init: Init) -> None:
     nn.init.xavier_normal_(linears[-1].weight)
 
 
+class WithReference(nn.Module):
+    """G with Virtual BN: in training mode the fixed reference z (a buffer, not saved: the
+    trainer draws it from the seed) go in front of every batch, and their rows are dropped
+    from the output, so each sample is normalized with the reference batch and itself alone.
+    In eval mode VBN uses its running statistics: G runs on the batch alone."""
+
+    def __init__(self, net: nn.Sequential, reference: Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("reference", reference, persistent=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if not self.training:
+            return self.net(z)
+        ref = typing.cast(Tensor, self.reference)
+        return self.net(torch.cat([ref.to(z.dtype), z]))[ref.shape[0] :]
+
+
 def build_generator(
     variant: Variant,
     latent: int = 64,
@@ -213,10 +312,26 @@ def build_generator(
     image: int = 784,
     norm_layer: NormLayer = bnn.BatchNorm1d,
     fused: bool = False,
-) -> nn.Sequential:
-    g = _mlp([latent, hidden, hidden, image], variant.g_norm, nn.Tanh(), norm_layer, fused)
+    reference: Tensor | None = None,
+) -> nn.Module:
+    """G of ``variant``. ``norm_layer``: the BN class of kind bn; ``fused`` applies to BN
+    only; ``reference``: (VBN_REFERENCE, latent) fixed z, needed for g_kind vbn (see
+    :class:`WithReference`)."""
+    kind = variant.g_kind
+    layer = norm_layer_of(kind, norm_layer)
+    g = _mlp(
+        [latent, hidden, hidden, image], variant.g_norm, nn.Tanh(), layer, fused and kind == "bn"
+    )
     _init(g, variant.init)
-    return g
+    if kind != "vbn" or not any(variant.g_norm):
+        return g
+    if reference is None or reference.shape != (VBN_REFERENCE, latent):
+        got = None if reference is None else tuple(reference.shape)
+        raise ValueError(
+            f"variant {variant.name!r}: Virtual BN in G needs reference=(VBN_REFERENCE, latent) "
+            f"= ({VBN_REFERENCE}, {latent}) fixed z, got {got}"
+        )
+    return WithReference(g, reference)
 
 
 def build_discriminator(
@@ -226,6 +341,15 @@ def build_discriminator(
     norm_layer: NormLayer = bnn.BatchNorm1d,
     fused: bool = False,
 ) -> nn.Sequential:
-    d = _mlp([image, hidden, hidden, 1], variant.d_norm, nn.Sigmoid(), norm_layer, fused)
+    """D of ``variant``; with ``d_sn`` its Linear layers spectrally normalized (after init)."""
+    kind = variant.d_kind
+    layer = norm_layer_of(kind, norm_layer)
+    d = _mlp(
+        [image, hidden, hidden, 1], variant.d_norm, nn.Sigmoid(), layer, fused and kind == "bn"
+    )
     _init(d, variant.init)
+    if variant.d_sn:
+        for k, m in enumerate(d):
+            if isinstance(m, nn.Linear):
+                d[k] = spectral_norm(m)
     return d

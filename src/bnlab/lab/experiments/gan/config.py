@@ -175,6 +175,17 @@ class GanConfig(RunOptions):
             raise ValueError("--fused has no data-parallel (SyncBatchNorm) form: drop --nproc")
         if self.nproc < 1:
             raise ValueError(f"--nproc must be at least 1, got {self.nproc}")
+        other = [
+            v.name
+            for v in self.variants
+            if v.d_sn or ((v.g_kind, v.d_kind) != ("bn", "bn") and (any(v.g_norm) or any(v.d_norm)))
+        ]
+        if self.nproc > 1 and other:
+            # convert_sync_batchnorm would turn Batch Renorm and Virtual BN into plain SyncBN
+            raise ValueError(
+                f"--nproc {self.nproc}: variants {', '.join(other)} use a normalization other "
+                "than BN (g_kind/d_kind/d_sn), which has no data-parallel form here: drop --nproc"
+            )
         per_rank = tr.batch_size // self.nproc
         if self.nproc > 1 and (per_rank < 1 or (self.ddp_bn == "local" and per_rank < 2)):
             need = "2 values per rank (--ddp-bn local)" if self.ddp_bn == "local" else "1 per rank"

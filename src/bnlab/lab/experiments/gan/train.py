@@ -34,7 +34,12 @@ from bnlab.lab.experiments.gan.config import DdpBn, GanConfig, GanTraining
 from bnlab.lab.experiments.protocol import Loaded, Log
 from bnlab.lab.images import grid_png
 from bnlab.lab.jobs import ChunkResult, emit
-from bnlab.lab.models.gan import Variant, build_discriminator, build_generator
+from bnlab.lab.models.gan import (
+    VBN_REFERENCE,
+    Variant,
+    build_discriminator,
+    build_generator,
+)
 from bnlab.lab.optim import ExactAdam
 from bnlab.lab.runners import ddp
 from bnlab.lab.seeding import derived_generator
@@ -101,7 +106,13 @@ class GanTrainer:
         torch.manual_seed(seed)  # init: same Linear weights for variants with the same init
         norm = _norm_layer(cfg.bn)
         size, fused = images.shape[1], cfg.fused
-        self.G = build_generator(variant, cfg.latent, cfg.hidden, size, norm, fused).to(device)
+        reference = None
+        if variant.g_kind == "vbn":  # Virtual BN's reference z: fixed per seed, drawn once
+            gen = derived_generator(seed, "vbn-reference")
+            reference = torch.randn(VBN_REFERENCE, cfg.latent, generator=gen)
+        self.G = build_generator(variant, cfg.latent, cfg.hidden, size, norm, fused, reference).to(
+            device
+        )
         self.D = build_discriminator(variant, cfg.hidden, size, norm, fused).to(device)
         self.g_params = list(self.G.parameters())
         self.d_params = list(self.D.parameters())
