@@ -8,6 +8,7 @@ from typing import Any
 from bnlab.lab.experiments.ablation.experiment import EXPERIMENT as ABLATION
 from bnlab.lab.experiments.activations.experiment import EXPERIMENT as ACTIVATIONS
 from bnlab.lab.experiments.gan.experiment import EXPERIMENT as GAN
+from bnlab.lab.experiments.gan_norms.experiment import EXPERIMENT as GAN_NORMS
 from bnlab.lab.experiments.ioffe2015.experiment import EXPERIMENT as IOFFE2015
 from bnlab.lab.experiments.protocol import Experiment
 from bnlab.lab.experiments.regularization.experiment import EXPERIMENT as REGULARIZATION
@@ -21,6 +22,7 @@ EXPERIMENTS: dict[str, Experiment[Any]] = {
     for e in (
         GAN,
         ABLATION,
+        GAN_NORMS,
         ACTIVATIONS,
         IOFFE2015,
         SANTURKAR2018,

@@ -18,6 +18,7 @@ from tyro.conf import Positional
 from bnlab.lab.experiments.ablation.report import REPORT as ABLATION
 from bnlab.lab.experiments.activations.report import REPORT as ACTIVATIONS
 from bnlab.lab.experiments.gan.report import REPORT as GAN
+from bnlab.lab.experiments.gan_norms.report import REPORT as GAN_NORMS
 from bnlab.lab.experiments.ioffe2015.report import REPORT as IOFFE2015
 from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.experiments.regularization.report import REPORT as REGULARIZATION
@@ -34,6 +35,7 @@ REPORTS: dict[str, ExperimentReport[Any, Any]] = {
     for r in (
         GAN,
         ABLATION,
+        GAN_NORMS,
         ACTIVATIONS,
         IOFFE2015,
         SANTURKAR2018,

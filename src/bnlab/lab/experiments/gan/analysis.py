@@ -34,6 +34,7 @@ __all__ = [
     "claim_sentence",
     "claims",
     "compare",
+    "final_values",
     "result_line",
     "run_labels",
     "too_small",
@@ -96,6 +97,9 @@ def _final(records: list[dict[str, Any]], variant: str, key: str) -> dict[int, f
             if seed not in out or epoch > out[seed][0]:
                 out[seed] = (epoch, float(r[key]))
     return {s: v for s, (_, v) in out.items()}
+
+
+final_values = _final  # for the experiments built on gan's records (gan-norms)
 
 
 def _late_mean(
@@ -198,14 +202,14 @@ LEARNED_CLASSES = 5
 MIN_EPOCHS = 25
 
 
-def too_small(records: list[dict[str, Any]]) -> str:
+def too_small(records: list[dict[str, Any]], baseline: str = BASELINE) -> str:
     """Why this run cannot answer the claims (e.g. "after 2 epochs init covers 1 of 10
-    classes"), or "" when it can."""
-    if not any(r.get("variant") == BASELINE for r in records):
+    classes"), or "" when it can. ``baseline``: the unnormalized He/Xavier model's name."""
+    if not any(r.get("variant") == baseline for r in records):
         return ""
-    epochs = max(r["epoch"] for r in records if r.get("variant") == BASELINE)
+    epochs = max(r["epoch"] for r in records if r.get("variant") == baseline)
     covered = [
-        mean_ci(list(_final(records, BASELINE, "classes_covered" + sfx).values())).mean
+        mean_ci(list(final_values(records, baseline, "classes_covered" + sfx).values())).mean
         for sfx in ("", "_train")
         if any("classes_covered" + sfx in r for r in records)
     ]
@@ -213,7 +217,7 @@ def too_small(records: list[dict[str, Any]]) -> str:
         best = max(covered)
         if not best >= LEARNED_CLASSES:
             return (
-                f"after {epochs} epoch{'s' if epochs > 1 else ''} the baseline {BASELINE} "
+                f"after {epochs} epoch{'s' if epochs > 1 else ''} the baseline {baseline} "
                 f"covers {best:.3g} of 10 classes (at least {LEARNED_CLASSES} needed): no model "
                 "draws digits yet; the blog trained 200 epochs"
             )

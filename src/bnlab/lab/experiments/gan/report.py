@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -118,7 +119,7 @@ BLOG_NAMES = {
 }
 
 
-def _hero(run: Run[GanConfig], variants: list[str]) -> list[Figure]:
+def _hero(run: Run[Any], variants: list[str]) -> list[Figure]:
     """What the blog showed, side by side: each variant's last samples as the notebooks drew
     them (a training batch, G in train mode), then the same G in eval mode where scored."""
     out = []

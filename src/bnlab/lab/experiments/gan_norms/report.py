@@ -1,0 +1,112 @@
+"""`bnlab gan-norms`' report: each variant's last samples side by side (``bnlab gan``'s hero
+strips), the three questions' answers and claims, folded tables. Renders the analysis of
+:mod:`bnlab.lab.experiments.gan_norms.analysis`; never trains, never writes summary.json.
+"""
+
+from __future__ import annotations
+
+from bnlab.lab.experiments.gan.report import _hero, _sample_strip
+from bnlab.lab.experiments.gan_norms.analysis import (
+    NON_INFERIORITY,
+    QUANTITIES,
+    NormsAnalysis,
+    analyse,
+    result_line,
+)
+from bnlab.lab.experiments.gan_norms.config import NormsConfig
+from bnlab.lab.experiments.protocol import ExperimentReport
+from bnlab.lab.models.gan import Variant
+from bnlab.lab.report.html import Figure, Section, Table
+from bnlab.lab.results import Run
+
+__all__ = ["REPORT", "report"]
+
+
+def _definition(v: Variant) -> str:
+    def where(flags: tuple[bool, bool, bool], kind: str) -> str:
+        layers = [str(k + 1) for k, f in enumerate(flags) if f]
+        return f"{kind} after Linear {', '.join(layers)}" if layers else "no norm"
+
+    text = f"G: {where(v.g_norm, v.g_kind)}; D: {where(v.d_norm, v.d_kind)}"
+    text += ", spectral norm on every Linear" if v.d_sn else ""
+    return text + f"; modes {v.modes}; init {v.init}"
+
+
+def report(run: Run[NormsConfig], analysis: NormsAnalysis) -> list[Section]:
+    """The report's sections, from the run and its analysis."""
+    cfg = run.config
+    names = [v.name for v in cfg.variants]
+    seeds = sorted({r["seed"] for r in run.records})
+    intro = (
+        f"The blog's MNIST-style GAN with the normalization as data: {len(names)} variants, "
+        f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}, "
+        f"{cfg.training.epochs} epochs on {run.meta.get('data', '?')}; every variant of a "
+        "seed saw the same batches and z. Scored as bnlab gan: Frechet distance (FD) of "
+        f"{cfg.training.metric_samples:,} samples with G in eval and in train mode, classes "
+        "covered, stray dots; the gap is FD eval minus FD train (the blog's whole problem), "
+        "ms/step the median wall time of one D and G step. Comparisons are paired over seeds "
+        f"against the unnormalized model ({analysis.baseline or '-'}) and the best BN "
+        f"({analysis.best_bn or '-'}: the BN variant with the lowest mean FD, chosen on this "
+        "run's data)."
+    )
+    if analysis.no_answer:
+        intro += f"\n\nNo answer from this run: {analysis.no_answer}."
+    intro += "\n\n" + "\n".join(f"{q} {a}" for q, a in analysis.answers.items())
+    header = ["variant", *QUANTITIES.values(), "FD - baseline", "FD - best BN"]
+    rows = [
+        [
+            r.variant,
+            *(r.values[k].fmt() for k in QUANTITIES),
+            r.fd_vs_none.fmt() if r.fd_vs_none.n else "-",
+            r.fd_vs_best_bn.fmt() if r.fd_vs_best_bn.n else "-",
+        ]
+        for r in analysis.rows
+    ]
+    tables = [
+        Table(
+            "Final numbers per variant (mean [95% CI] over seeds)",
+            header,
+            rows,
+            "FD: last scoring; differences paired over seeds. Q3's non-inferiority margin: "
+            f"{NON_INFERIORITY:.0%} of the best BN's mean FD.",
+            folded=True,
+        ),
+        Table(
+            "Variants",
+            ["variant", "definition"],
+            [[v.name, _definition(v)] for v in cfg.variants],
+            folded=True,
+        ),
+    ]
+    strips = []
+    for v in names:
+        png = _sample_strip(run.dir, v, "eval")
+        if png:
+            strips.append(Figure(f"{v}: G in eval mode, fixed z, across epochs", png))
+    return [
+        Section(
+            "GAN normalizations: what to use instead of BN",
+            intro,
+            claims=list(analysis.claims),
+            tables=tables,
+            anchor="gan-norms",
+            hero=_hero(run, names),
+            source="the question",
+        ),
+        Section(
+            "GAN normalizations: samples across epochs",
+            "First seed. Left to right: epochs.",
+            figures=strips,
+            anchor="gan-norms-samples",
+        ),
+    ]
+
+
+REPORT: ExperimentReport[NormsConfig, NormsAnalysis] = ExperimentReport(
+    name="gan-norms",
+    title="bnlab gan-norms: what should a GAN use instead of BN?",
+    config=NormsConfig,
+    analyse=analyse,
+    report=report,
+    result_line=result_line,
+)
