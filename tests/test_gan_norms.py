@@ -67,6 +67,18 @@ def test_every_normalization_builds_and_trains_one_step(name):
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_renorm_trains_as_bn_during_its_warm_up():
+    # RENORM_WARMUP: r_max = 1, d_max = 0 (BN exactly) for the first 500 steps
+    images = torch.randint(0, 256, (40, 784), dtype=torch.uint8)
+    cfg = GanTraining(epochs=1, batch_size=10, metrics=False)
+    bn, renorm = (
+        GanTrainer(BY_NAME[n], cfg, 0, images, torch.device("cpu")) for n in ("bn-dcgan", "renorm")
+    )
+    assert bn.train_epoch(0)["d_loss"] == pytest.approx(renorm.train_epoch(0)["d_loss"], rel=1e-5)
+    for a, b in zip(bn.g_params, renorm.g_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_group_norm_uses_32_groups_of_the_hidden_features():
     d = build_discriminator(BY_NAME["gn"])
     (gn,) = [m for m in d.modules() if isinstance(m, nn.GroupNorm)]
