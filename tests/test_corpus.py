@@ -100,7 +100,68 @@ CASES: list[tuple[str, list[str], int, str]] = [
         2,
         "config.json: cannot read it",
     ),
+    (
+        "resume more seeds than a default-seed run, not extending it",
+        ["gan", "--resume", "--out", "{run}", "--seeds", "1,777"],
+        2,
+        "started with --seeds 777, not 1,777 (it may only grow: give 777,...)",
+    ),
+    ("epochs beyond any budget", ["gan", "--epochs", "99999999999999999999"], 2, "at most 2,147,"),
+    (
+        "resume config.json edited to a bad choice",
+        ["gan", "--resume", "--out", "{bogus_modes}"],
+        2,
+        "config.json: variants[0].modes: 'bogus' is not one of none, notebook3, tidy",
+    ),
+    (
+        "resume config.json edited to a bad type",
+        ["gan", "--resume", "--out", "{epochs_three}"],
+        2,
+        "config.json: epochs: 'three' is not an integer",
+    ),
+    (
+        "resume config.json edited to a bad value",
+        ["gan", "--resume", "--out", "{epochs_zero}"],
+        2,
+        "config.json: --epochs must be at least 1, got 0",
+    ),
+    (
+        "resume under another bn backend",
+        ["gan", "--resume", "--out", "{other_backend}"],
+        2,
+        "the numbers would change mid-run: resume with BNLAB_BACKEND=",
+    ),
+    (
+        "resume a checkpoint copied from another job",
+        ["gan", "--resume", "--out", "{copied_checkpoint}"],
+        2,
+        "a checkpoint of job s777/init, not of s777/plain (copied?)",
+    ),
+    # --nproc: bad input is refused before any rank starts (nothing launched, one line)
+    ("nproc out holds a run", ["gan", "--nproc", "2", "--out", "{run}"], 2, "already holds a run"),
+    ("nproc out foreign", ["gan", "--nproc", "2", "--out", "{foreign}"], 2, "not a bnlab run"),
+    ("nproc out a file", ["gan", "--nproc", "2", "--out", "{file}"], 2, "is a file"),
+    (
+        "nproc data missing",
+        ["gan", "--nproc", "2", "--data", "{tmp}/missing", "--out", "{tmp}/r"],
+        2,
+        "does not exist",
+    ),
+    (
+        "nproc resume of a one-process run",
+        ["gan", "--resume", "--out", "{run}", "--nproc", "2"],
+        2,
+        "this run was started with --nproc 1, not 2",
+    ),
     ("report not a run", ["report", "{tmp}"], 2, "not a bnlab run directory"),
+    (
+        "report over the run's config.json",
+        ["report", "{run}", "--out", "{run}/config.json"],
+        2,
+        "which bnlab report never overwrites",
+    ),
+    ("report into a directory", ["report", "{run}", "--out", "{tmp}"], 2, "is a directory"),
+    ("report unwritable", ["report", "{run}", "--out", "{file}/r.html"], 2, "cannot write"),
     ("report corrupt metrics", ["report", "{corrupt_metrics}"], 2, "line 1: not a JSON record"),
     ("report unknown experiment", ["report", "{alchemy}"], 2, "unknown experiment 'alchemy'"),
     (
@@ -131,6 +192,40 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
     return out
 
 
+def _set_modes(meta: dict) -> None:
+    meta["config"]["variants"] = [{**meta["config"]["variants"][0], "modes": "bogus"}]
+
+
+def _set_backend(meta: dict) -> None:
+    meta["bn_backend"] = "torch" if meta["bn_backend"] == "compiled" else "compiled"
+
+
+def _copy_checkpoint(meta: dict, run: Path) -> None:
+    """Plan a second job (plain) and give it the init job's checkpoint file."""
+    meta["config"]["variants"].insert(0, {**meta["config"]["variants"][0], "name": "plain"})
+    (run / "checkpoints" / "s777").mkdir(exist_ok=True)
+    ckpts = sorted((run / "checkpoints").rglob("*init.pt"))
+    shutil.copy(ckpts[0], ckpts[0].with_name(ckpts[0].name.replace("init", "plain")))
+
+
+# placeholder -> how its copy of the tiny run's config.json is edited (meta, run dir)
+EDITED = {
+    "bogus_modes": lambda meta, run: _set_modes(meta),
+    "epochs_three": lambda meta, run: meta["config"].update(epochs="three"),
+    "epochs_zero": lambda meta, run: meta["config"].update(epochs=0),
+    "other_backend": lambda meta, run: _set_backend(meta),
+    "copied_checkpoint": _copy_checkpoint,
+}
+
+
+def _edited_copy(run: Path, to: Path, edit) -> Path:
+    shutil.copytree(run, to)
+    meta = json.loads((to / "config.json").read_text())
+    edit(meta, to)
+    (to / "config.json").write_text(json.dumps(meta))
+    return to
+
+
 def _placeholders(tmp_path: Path, needs: set[str], request: pytest.FixtureRequest) -> dict:
     values = {"tmp": str(tmp_path)}
     file = tmp_path / "a-file"
@@ -140,7 +235,7 @@ def _placeholders(tmp_path: Path, needs: set[str], request: pytest.FixtureReques
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
     values["foreign"] = str(foreign)
-    if needs & {"run", "torn_config", "corrupt_metrics", "future_config"}:
+    if needs & {"run", "torn_config", "corrupt_metrics", "future_config", *EDITED}:
         run = request.getfixturevalue("tiny_run")
         values["run"] = str(run)
         torn = tmp_path / "torn"
@@ -158,6 +253,8 @@ def _placeholders(tmp_path: Path, needs: set[str], request: pytest.FixtureReques
         meta["config"]["color"] = "red"
         (future / "config.json").write_text(json.dumps(meta))
         values["future_config"] = str(future)
+        for name in needs & set(EDITED):
+            values[name] = str(_edited_copy(run, tmp_path / name, EDITED[name]))
     alchemy = tmp_path / "alchemy"
     alchemy.mkdir()
     (alchemy / "config.json").write_text(json.dumps({"experiment": "alchemy", "config": {}}))

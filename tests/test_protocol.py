@@ -115,7 +115,8 @@ def test_resume_refuses_other_data_but_not_a_moved_directory(tmp_path):
     # the same description over other numbers (a re-downloaded, changed file): the data's
     # fingerprint tells
     changed = dataclasses.replace(TOY, load=_toy_load("mnist test split, 10 from /b", 10, 1.0))
-    with pytest.raises(ValueError, match=r"but this resume found mnist test split, 10 from /b"):
+    said = r"this resume found mnist test split, 10 from /b, but its contents differ"
+    with pytest.raises(ValueError, match=said):  # (one description, not the same one twice)
         run_experiment(changed, ToyConfig(out=out, resume=True), log=_quiet)
     missing = dataclasses.replace(TOY, load=_toy_load(None))
     with pytest.raises(ValueError, match=r"no data here\n\(this run was trained on mnist test"):

@@ -56,17 +56,28 @@ def run_main(name: str, argv: list[str]) -> int:
     given = given_fields(exp.config, argv)
     if ddp.launched_by_torchrun():
         return _run_rank(name, exp, cfg, given)
-    if getattr(cfg, "nproc", 1) > 1:
-        return _launch_torchrun(name, cfg, argv)
+    if exp.data_parallel and (cfg.nproc > 1 or cfg.resume):
+        # Checked here, before any rank starts (a rank's refusal would come with the others'
+        # tracebacks); a resume takes the run's own --nproc from its config.json.
+        from bnlab.lab.experiments.driver import check_before_launch
+
+        try:
+            checked = check_before_launch(exp, cfg, given)
+        except ValueError as exc:
+            print(f"bnlab {name}: error: {exc}", file=sys.stderr)
+            return 2
+        if checked.nproc > 1:
+            return _launch_torchrun(name, checked, argv)
     return _drive(name, exp, cfg, given)
 
 
 def _drive(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
     from bnlab.lab.experiments.driver import RunFailed, run_experiment
-    from bnlab.lab.jobs import RunStopped
+    from bnlab.lab.jobs import RunStopped, sigterm_as_interrupt
 
     try:
-        run_experiment(exp, cfg, given=given)
+        with sigterm_as_interrupt():  # from the start: loading data, training, the report
+            run_experiment(exp, cfg, given=given)
     except (KeyboardInterrupt, RunStopped):
         return 130
     except RunFailed as exc:
@@ -103,6 +114,7 @@ def _run_rank(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
     except ValueError as exc:
         print(f"bnlab {name}: error: {exc}", file=sys.stderr)
         return 2
+    ddp.exit_with_launcher()  # a SIGKILLed launcher takes its ranks with it
     ddp.init_from_env(device)
     try:
         if ddp.rank() == 0:
@@ -112,7 +124,16 @@ def _run_rank(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
             loaded = exp.load(announced, lambda _msg: None)
             return exp.plan(announced, loaded.data), loaded.data
 
-        ddp.follow(load_and_plan, exp.train)
+        from bnlab.lab.jobs import RunStopped, sigterm_as_interrupt
+
+        try:
+            with sigterm_as_interrupt():
+                ddp.follow(load_and_plan, exp.train)
+        except (KeyboardInterrupt, RunStopped):
+            return 130  # rank 0 (or the launcher) says what happened, once
+        except RuntimeError:  # a collective failed: rank 0 is gone
+            print(f"bnlab {name}: rank {ddp.rank()} lost rank 0; stopping", file=sys.stderr)
+            return 130
         return 0
     finally:
         import torch.distributed as dist
@@ -124,24 +145,19 @@ def _run_rank(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
 def _launch_torchrun(name: str, cfg: Any, argv: list[str]) -> int:
     """``bnlab <experiment> --nproc N``: torchrun's own launcher, on this machine, loopback
     only; the run directory is fixed here so that a failure can say how to resume."""
+    import logging
     import os
+    from pathlib import Path
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    from bnlab.lab.experiments.driver import resume_command
     from bnlab.lab.runners import threads_per_process
-    from bnlab.lab.runs import latest_run_dir, new_run_dir
 
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        print(f"bnlab {name}: error: {exc}", file=sys.stderr)
-        return 2
-    out = cfg.out
-    if out is None:
-        out = latest_run_dir("runs", name) if cfg.resume else new_run_dir("runs", name)
-        if out is not None:
-            argv = [*argv, "--out", str(out)]
+    out = cfg.out  # resolved by check_before_launch
+    argv = [*_without_flag(argv, "--out"), "--out", str(out)]
     argv = _without_flag(argv, "--nproc")  # the ranks learn it from torchrun (WORLD_SIZE)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     # each rank's torch threads: read by torch at import, before the rank parses its flags
@@ -157,17 +173,30 @@ def _launch_torchrun(name: str, cfg: Any, argv: list[str]) -> int:
         name,
         *argv,
     ]
+    again = resume_command(name, out, cfg.nproc)
+    # torchrun's agent logs each rank it stops, and its errors, with file:line prefixes: the
+    # lines below say what happened, once.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         torchrun(launch)
+    except (KeyboardInterrupt, SignalException):  # Ctrl-C, SIGTERM: the ranks were stopped
+        if (Path(out) / "config.json").exists():
+            print(f"bnlab {name}: interrupted; continue with: {again}", file=sys.stderr)
+        return 130
     except ChildFailedError as exc:
-        ranks = ", ".join(f"rank {r} (exit {f.exitcode})" for r, f in exc.failures.items())
-        again = f"bnlab {name} --resume --out {out} --nproc {cfg.nproc}"
-        print(
-            f"bnlab {name}: {ranks} failed, and torchrun stopped the others; every finished "
-            f"chunk is checkpointed: continue with {again}",
-            file=sys.stderr,
-        )
         codes = {r: f.exitcode for r, f in exc.failures.items()}
+        first, failure = exc.get_first_failure()
+        how = (
+            f"was lost (killed by signal {-failure.exitcode})"
+            if failure.exitcode < 0
+            else f"exited with status {failure.exitcode}"
+        )
+        if set(codes.values()) != {2}:  # (on bad input every rank said why itself)
+            print(
+                f"bnlab {name}: rank {first} {how}, and torchrun stopped the others; every "
+                f"finished chunk is checkpointed: continue with {again}",
+                file=sys.stderr,
+            )
         if set(codes.values()) == {2}:
             return 2  # bad input on every rank: nothing started
         if codes.get(0, 1) == 1:
@@ -215,6 +244,14 @@ def _tool(name: str, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``bnlab``'s command line; returns the exit status (130: interrupted, quietly)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while importing: nothing started, nothing to say
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--version":
         from bnlab import __version__

@@ -157,6 +157,77 @@ def _convert(tp: Any, value: Any) -> Any:
     return value
 
 
+def _describe(tp: Any) -> str:
+    tp = _strip(tp)
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    if tp is type(None):
+        return "null"
+    if tp is Path:
+        return "a path"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, "an object" if dataclasses.is_dataclass(tp) else getattr(tp, "__name__", str(tp))
+    )
+
+
+def _check(tp: Any, value: Any, name: str) -> None:
+    """Raise ValueError naming ``name`` unless the JSON ``value`` fits the field type ``tp``:
+    config.json goes through the same types as the command line (an edited ``"epochs":
+    "three"`` or ``"modes": "bogus"`` is refused, not trained with)."""
+    tp = _strip(tp)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                _check(option, value, name)
+                return
+            except ValueError:
+                pass
+        raise ValueError(f"{name}: {value!r} is not {_describe(tp)}")
+    ok: bool
+    if tp is type(None):
+        ok = value is None
+    elif origin is typing.Literal:
+        ok = value in typing.get_args(tp)
+    elif origin is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"{name}: {value!r} is not {_describe(tp)}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif args and len(args) != len(value):
+            raise ValueError(f"{name}: {value!r} does not have {len(args)} values")
+        for i, (arg, item) in enumerate(zip(args, value, strict=False)):
+            _check(arg, item, f"{name}[{i}]")
+        return
+    elif tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif tp in (str, Path):
+        ok = isinstance(value, str)
+    elif dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: {value!r} is not {_describe(tp)}")
+        hints = typing.get_type_hints(tp, include_extras=True)
+        for key, item in value.items():
+            if key not in hints:
+                raise ValueError(f"{name}: unknown key {key!r}")
+            _check(hints[key], item, f"{name}.{key}")
+        return
+    else:  # a type config.json does not describe further
+        return
+    if not ok:
+        raise ValueError(f"{name}: {value!r} is not {_describe(tp)}")
+
+
 def _leaf_type(cls: type[Any], path: tuple[str, ...]) -> Any:
     """The annotated type of the field at ``path`` (through sub-configs)."""
     tp: Any = cls
@@ -168,12 +239,15 @@ def _leaf_type(cls: type[Any], path: tuple[str, ...]) -> Any:
 def config_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
     """A Config from config.json's ``"config"`` (flat names) over its defaults: a knob left
     out (a run from before it existed) takes the default the Config declares, its sub-config
-    field's default included. Unknown names are an error naming them. (Every Config has a
+    field's default included. Unknown names, and values of the wrong type (checked against
+    the field's annotation, Literal choices included), are an error naming them. (Every Config has a
     default for every field: a command runs with no flags.)"""
     paths = flat_fields(cls)
     unknown = sorted(set(values) - set(paths))
     if unknown:
         raise ValueError(f"settings this version of bnlab does not know: {', '.join(unknown)}")
+    for name, v in values.items():
+        _check(_leaf_type(cls, paths[name]), v, name)
     converted = {name: _convert(_leaf_type(cls, paths[name]), v) for name, v in values.items()}
     return replace_flat(cls(), converted)
 

@@ -12,6 +12,7 @@ load_run`), writes the analysis as summary.json and the report as report.html. R
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import os
 import re
@@ -31,6 +32,7 @@ from bnlab.lab.experiments.protocol import OPERATIONAL, Experiment, Log, RunOpti
 from bnlab.lab.jobs import ChunkResult, JobState, RunStopped
 from bnlab.lab.report.html import write_report
 from bnlab.lab.results import load_run
+from bnlab.lab.runners.ddp import launched_by_torchrun
 from bnlab.lab.runs import (
     append_jsonl,
     atomic_write_bytes,
@@ -88,33 +90,49 @@ def _flag(name: str) -> str:
 
 def _show(value: Any) -> str:
     if isinstance(value, tuple):
-        return ",".join(_show(v) for v in value)
+        return ",".join(_show(v) for v in value) or "(none)"
     if dataclasses.is_dataclass(value) and hasattr(value, "name"):
         return str(value.name)
     return str(value)
+
+
+def _effective(stored: Any, name: str, value: Any) -> Any:
+    """What a stored setting meant: ``--seeds`` unset ran ``--seed`` alone (``seed_list``)."""
+    if name == "seeds" and not value and hasattr(stored, "seed_list"):
+        return tuple(stored.seed_list)
+    return value
+
+
+def _grows(old: Any, new: Any) -> bool:
+    """A larger count, or a list that keeps the old entries first and adds more (seeds)."""
+    if isinstance(old, int) and isinstance(new, int):
+        return new > old
+    if isinstance(old, tuple) and isinstance(new, tuple):
+        return len(new) > len(old) and new[: len(old)] == old
+    return False
 
 
 def merge_resume(
     exp: Experiment[C], stored: C, given_cfg: C, given: Collection[str] | None = None
 ) -> tuple[C, list[str]]:
     """The configuration of a resumed run: the stored one, with the run-how fields given now
-    and the growable fields increased; any other difference is refused, naming the flag."""
+    and the growable fields increased (a count, or a list such as the seeds extended at its
+    end); any other difference is refused, naming the flag."""
     changes: dict[str, Any] = {}
     notes = []
     old_values = flat_values(stored)
     for name, value in _given(given_cfg, given).items():
-        old = old_values[name]
+        old = _effective(stored, name, old_values[name])
         if value == old or name in ("resume", "quick"):
             continue
         if name in OPERATIONAL:
             changes[name] = value
-        elif name in exp.growable and isinstance(value, int) and value > old:
+        elif name in exp.growable and _grows(old, value):
             changes[name] = value
-            notes.append(f"{_flag(name)} {old} -> {value}")
+            notes.append(f"{_flag(name)} {_show(old)} -> {_show(value)}")
         else:
-            allowed = (
-                f" (it may only grow: give more than {_show(old)})" if name in exp.growable else ""
-            )
+            more = f"more than {_show(old)}" if isinstance(old, int) else f"{_show(old)},..."
+            allowed = f" (it may only grow: give {more})" if name in exp.growable else ""
             raise ValueError(
                 f"--resume: this run was started with {_flag(name)} {_show(old)}, not "
                 f"{_show(value)}{allowed}; drop {_flag(name)} to continue the run as it was, "
@@ -177,6 +195,32 @@ def _resolve_dir(exp: Experiment[C], cfg: C) -> Path:
     return run_dir
 
 
+class RunDirBusy(ValueError):
+    """Another bnlab process holds the run directory's lock."""
+
+
+def _claim(exp: Experiment[Any], cfg: RunOptions, run_dir: Path, held: ExitStack) -> Path:
+    """Lock the directory of a new run. Another process may have started a run there since
+    :func:`_resolve_dir` chose it: with ``--out`` that is an error, without (two runs started
+    in the same second) the next free default name is taken."""
+    while True:
+        attempt = ExitStack()
+        try:
+            attempt.enter_context(run_lock(run_dir))
+        except RunDirBusy:
+            if cfg.out is not None:
+                raise
+            run_dir = new_run_dir("runs", exp.name)
+            continue
+        if not (run_dir / "config.json").exists():
+            held.enter_context(attempt)
+            return run_dir
+        attempt.close()
+        if cfg.out is not None:  # another process started it meanwhile
+            raise ValueError(f"{run_dir} already holds a run; pick another --out")
+        run_dir = new_run_dir("runs", exp.name)
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` while writing the run: a second process (another run or resume
@@ -195,7 +239,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise ValueError(
+            raise RunDirBusy(
                 f"{run_dir} is being written by another bnlab process (PID {holder}); wait for "
                 "it to finish or stop it, or pick another --out"
             ) from None
@@ -221,8 +265,30 @@ def _restore(states: list[JobState], run_dir: Path) -> None:
             raise ValueError(
                 f"{path}: unreadable checkpoint ({exc}); delete it to redo that job"
             ) from None
+        owner = ckpt.get("key", js.key)  # checkpoints from before the key was stored: trusted
+        if owner != js.key:
+            raise ValueError(
+                f"{path}: a checkpoint of job {owner}, not of {js.key} (copied?); put it back "
+                "where it belongs, or delete it to redo that job"
+            )
         js.done, js.state = int(ckpt["done"]), ckpt["state"]
         js.records, js.failed = list(ckpt["records"]), ckpt.get("failed")
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_full_stops(path: Path) -> Iterator[None]:
+    """A full disk (or quota) while writing ``path`` stops the run as a lost worker does
+    (:class:`RunStopped`, exit 130): every chunk recorded before is checkpointed, and the
+    run resumes once space is freed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise RunStopped(f"no space left on the device writing {path}; free space") from None
 
 
 class Recorder:
@@ -235,25 +301,40 @@ class Recorder:
 
     def chunk_done(self, js: JobState, result: ChunkResult) -> None:
         for rel, data in result.files.items():
-            atomic_write_bytes(self.run_dir / rel, data)
+            with disk_full_stops(self.run_dir / rel):
+                atomic_write_bytes(self.run_dir / rel, data)
+        ckpt = checkpoint_path(self.run_dir, js.key)
+        with disk_full_stops(ckpt):
+            save_checkpoint(
+                ckpt,
+                {
+                    "key": js.key,
+                    "done": int(result.done),
+                    "state": result.state,
+                    "records": [*js.records, *result.records],
+                    "failed": result.failed,
+                },
+            )
         js.done, js.state, js.failed = int(result.done), result.state, result.failed
         js.records.extend(result.records)
-        save_checkpoint(
-            checkpoint_path(self.run_dir, js.key),
-            {"done": js.done, "state": js.state, "records": js.records, "failed": js.failed},
-        )
-        append_jsonl(self.metrics, result.records)
-        if js.failed:
-            append_jsonl(
-                self.metrics,
-                [{"event": "failed", "key": js.key, "message": js.failed, "done": js.done}],
-            )
+        with disk_full_stops(self.metrics):
+            append_jsonl(self.metrics, result.records)
+            if js.failed:
+                append_jsonl(
+                    self.metrics,
+                    [{"event": "failed", "key": js.key, "message": js.failed, "done": js.done}],
+                )
         if self.observer is not None:
             self.observer.records(result.records)
         self.progress.chunk_done(js)
 
 
 # ---- the driver ---------------------------------------------------------------------------------
+
+
+def _what(desc: Any) -> str:
+    """A data description without where it was loaded from."""
+    return re.sub(r" from \S+", "", str(desc))
 
 
 def _same_data(run_dir: Path, stored: Mapping[str, Any], found: Mapping[str, Any]) -> None:
@@ -263,16 +344,109 @@ def _same_data(run_dir: Path, stored: Mapping[str, Any], found: Mapping[str, Any
     if stored.get("data_fingerprint") and found.get("data_fingerprint"):
         same = stored["data_fingerprint"] == found["data_fingerprint"]
     else:
-
-        def what(desc: Any) -> str:
-            return re.sub(r" from \S+", "", str(desc))
-
-        same = stored.get("data") is None or what(stored.get("data")) == what(found.get("data"))
+        same = stored.get("data") is None or _what(stored.get("data")) == _what(found.get("data"))
     if not same:
-        raise ValueError(
-            f"{run_dir}: the run was trained on {stored.get('data')}, but this resume found "
-            f"{found.get('data')}; point --data (or BNLAB_DATA) at the data the run used"
+        was, now = stored.get("data"), found.get("data")
+        contents = (
+            f"contents differ (data fingerprint {str(found.get('data_fingerprint'))[:12]}, not "
+            f"{str(stored.get('data_fingerprint'))[:12]}): a file changed"
         )
+        if was == now:  # same files, same sizes: only the bytes tell them apart
+            found_what = f"this resume found {now}, but its {contents}"
+        elif was is not None and _what(was) == _what(now):
+            found_what = (
+                f"the run was trained on {was}, but this resume found {now}, whose {contents}"
+            )
+        else:
+            found_what = f"the run was trained on {was}, but this resume found {now}"
+        raise ValueError(
+            f"{run_dir}: {found_what}; point --data (or BNLAB_DATA) at the data the run used"
+        )
+
+
+def bn_backend() -> str:
+    """Which rendition of bnlab's batch norm this process asks for: ``compiled`` (C++ on CPU,
+    Triton on CUDA; BNLAB_BACKEND auto or compiled) or ``torch`` (the plain-torch path).
+    They agree up to float rounding, so a run keeps one: config.json records it. (Asked, not
+    loaded: loading would build the C++ kernels for runs that use no BN; auto's fallback
+    where they cannot build is said on stderr.)"""
+    from bnlab import kernels
+
+    return "torch" if kernels.get_backend() == "torch" else "compiled"
+
+
+def _same_backend(run_dir: Path, stored: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    """Refuse to resume under another BN backend than the run trained with: the numbers would
+    change silently mid-run (float rounding differs). Runs from before it was recorded pass."""
+    was, now = stored.get("bn_backend"), found.get("bn_backend")
+    if was is not None and was != now:
+        raise ValueError(
+            f"{run_dir}: the run was trained with bnlab's {was} batch norm, but this process "
+            f"runs the {now} one (BNLAB_BACKEND={os.environ.get('BNLAB_BACKEND', 'auto')}); "
+            f"the numbers would change mid-run: resume with BNLAB_BACKEND={was}"
+        )
+
+
+def _data_hint(cfg: C, given: Collection[str] | None, log: Log) -> C:
+    """A resumed run's stored ``--data`` is where the data was, a hint: if that directory is
+    gone and no --data was given now, look where a run without --data looks ($BNLAB_DATA,
+    the cache, ...); the data fingerprint decides whether what is found is the run's."""
+    stored = flat_values(cfg).get("data")
+    if stored is None or (given is not None and "data" in given) or Path(stored).is_dir():
+        return cfg
+    log(f"the run's data directory {stored} is gone; looking for its data elsewhere")
+    return replace_flat(cfg, {"data": None})
+
+
+def check_before_launch(exp: Experiment[C], cfg: C, given: Collection[str] | None = None) -> C:
+    """What the driver would refuse before any work, checked where no driver runs yet: the
+    launcher of a data-parallel run, before its ranks start (bad input then exits 2 in one
+    line, and nothing is written). Returns the configuration the run will have: with --resume
+    the stored one (its ``nproc`` included), ``out`` resolved.
+
+    Raises:
+        ValueError: as :func:`run_experiment` would, naming the flag, path or file.
+    """
+    if not cfg.resume:
+        cfg = apply_quick(exp, cfg, given)
+    cfg.validate()
+    run_dir = _resolve_dir(exp, cfg)
+    if cfg.resume:
+        cfg = _resumed(exp, cfg, run_dir, read_config(run_dir), given, lambda _m: None)[0]
+    values = flat_values(cfg)
+    if "dataset" in values and "data" in values:  # a given data directory must exist
+        from bnlab.lab.data.datasets import available_splits
+
+        available_splits(str(values["dataset"]), values["data"])
+    return replace_flat(cfg, {"out": run_dir})
+
+
+def _resumed(
+    exp: Experiment[C],
+    cfg: C,
+    run_dir: Path,
+    previous: Mapping[str, Any],
+    given: Collection[str] | None,
+    log: Log,
+) -> tuple[C, list[str]]:
+    """The configuration a resume runs with: config.json's (checked as flags are), merged
+    with the flags given now (:func:`merge_resume`)."""
+    if previous.get("experiment") != exp.name:
+        raise ValueError(
+            f"{run_dir / 'config.json'}: a {previous.get('experiment')!r} run, not "
+            f"{exp.name!r}; resume it with bnlab {previous.get('experiment')} --resume"
+        )
+    stored = load_run(run_dir, exp.config).config
+    try:  # an edited config.json: the same checks as the flags
+        stored.validate()
+    except ValueError as exc:
+        raise ValueError(f"{run_dir / 'config.json'}: {exc}") from None
+    cfg, notes = merge_resume(
+        exp, stored, replace_flat(cfg, {"out": run_dir}), given and {*given, "out"}
+    )
+    cfg = _data_hint(cfg, given, log)
+    cfg.validate()
+    return cfg, notes
 
 
 def run_experiment(
@@ -303,16 +477,12 @@ def run_experiment(
         if cfg.resume:  # lock before reading: a second resume must not read a moving run
             held.enter_context(run_lock(run_dir))
             previous = read_config(run_dir)
-            if previous.get("experiment") != exp.name:
-                raise ValueError(
-                    f"{run_dir / 'config.json'}: a {previous.get('experiment')!r} run, not "
-                    f"{exp.name!r}; resume it with bnlab {previous.get('experiment')} --resume"
-                )
-            stored = load_run(run_dir, exp.config).config
-            cfg, notes = merge_resume(
-                exp, stored, replace_flat(cfg, {"out": run_dir}), given and {*given, "out"}
+            cfg, notes = _resumed(exp, cfg, run_dir, previous, given, log)
+        nproc = int(getattr(cfg, "nproc", 1))
+        if nproc > 1 and not launched_by_torchrun():
+            raise ValueError(
+                f"this run trains data-parallel on {nproc} processes: run it with --nproc {nproc}"
             )
-            cfg.validate()
         # A CUDA device, given or resolved from auto, runs every job in this process. Made
         # before any data is loaded: a missing extra (--runner ray) fails early.
         cuda = resolve_device(str(getattr(cfg, "device", "cpu"))).type == "cuda"
@@ -326,59 +496,29 @@ def run_experiment(
                 raise ValueError(f"{e}\n(this run was trained on {previous['data']})") from e
             raise
         meta = {**loaded.meta, "data_fingerprint": data_fingerprint(loaded.data)}
+        meta["bn_backend"] = bn_backend()
         if cfg.resume:
             _same_data(run_dir, previous, meta)
+            _same_backend(run_dir, previous, meta)
         jobs = exp.plan(cfg, loaded.data)
         keys = [j.key for j in jobs]
         if len(set(keys)) != len(keys):
             raise ValueError(f"{exp.name}: jobs must have unique keys, got {keys}")
         if not cfg.resume:
-            held.enter_context(run_lock(run_dir))
-            if (run_dir / "config.json").exists():  # another process started it meanwhile
-                raise ValueError(f"{run_dir} already holds a run; pick another --out")
+            run_dir = _claim(exp, cfg, run_dir, held)
         states = [JobState(j) for j in jobs]
-        metrics = run_dir / "metrics.jsonl"
-        config = {"experiment": exp.name, "config": config_to_dict(cfg), **meta}
-        config.update(torch=torch.__version__, bnlab=_version())
-        if cfg.resume:
-            _restore(states, run_dir)
-            if notes:
-                config["resumed_with"] = [*previous.get("resumed_with", []), *notes]
-                log("resume changes: " + "; ".join(notes))
-            atomic_write_json(run_dir / "config.json", config)
-            write_jsonl(metrics, [r for js in states for r in js.records])
-            log(f"resuming {run_dir}: " + ", ".join(f"{js.key} at {js.done}" for js in states))
-        else:
-            atomic_write_json(run_dir / "config.json", config)
-            write_jsonl(metrics, [])
-        for rel, content in loaded.files.items():
-            atomic_write_bytes(run_dir / rel, content)
-        from bnlab.lab.runners.progress import Bars
-
-        log(f"{len(states)} job(s) on the {runner.describe(len(states))}; run dir {run_dir}")
-        bars = Bars(states)
-        observer = exp.observer(cfg, run_dir) if exp.observer is not None else None
-        recorder = Recorder(run_dir, bars, observer)
         try:
-            chunk = max(1, exp.chunk_size(cfg))
-            runner.run(states, exp.train, loaded.data, chunk, recorder)
+            run, analysis, summary, failed = _run_in(
+                exp, cfg, run_dir, states, loaded, runner, previous, notes, meta, log
+            )
         except (KeyboardInterrupt, RunStopped) as exc:
-            bars.close()
             why = f"stopped: {exc}" if isinstance(exc, RunStopped) else "interrupted"
-            log(f"\n{why}; continue with: bnlab {exp.name} --resume --out {run_dir}")
+            again = resume_command(exp.name, run_dir, getattr(cfg, "nproc", 1))
+            if not launched_by_torchrun():
+                log(f"\n{why}; continue with: {again}")
+            elif isinstance(exc, RunStopped):  # the launcher prints how to continue
+                log(f"\n{why}")
             raise
-        finally:
-            if observer is not None:
-                observer.close()
-        bars.close()
-        failed = {js.key: js.failed for js in states if js.failed}
-        run = load_run(run_dir, exp.config, exp.name)
-        analysis = exp.reading.analyse(run)
-        summary = dict(to_json(analysis))
-        summary["failed"] = failed
-        atomic_write_json(run_dir / "summary.json", summary)
-        sections = exp.reading.sections(run, analysis)
-        write_report(run_dir / "report.html", sections, exp.title, str(run_dir))
     seconds = time.perf_counter() - started
     result = RunResult(run_dir, run.records, summary, analysis, failed, seconds)
     took = _minutes(seconds) + (" since the resume" if cfg.resume else "")
@@ -388,6 +528,66 @@ def run_experiment(
     if failed:
         raise RunFailed(result)
     return result
+
+
+def resume_command(name: str, run_dir: Path, nproc: int = 1) -> str:
+    """The command that continues the run in ``run_dir``."""
+    more = f" --nproc {nproc}" if nproc > 1 else ""
+    return f"bnlab {name} --resume --out {run_dir}{more}"
+
+
+def _run_in(
+    exp: Experiment[C],
+    cfg: C,
+    run_dir: Path,
+    states: list[JobState],
+    loaded: Any,
+    runner: Any,
+    previous: dict[str, Any],
+    notes: list[str],
+    meta: dict[str, Any],
+    log: Log,
+) -> tuple[Any, Any, dict[str, Any], dict[str, str]]:
+    """config.json, the jobs, summary.json and report.html of a locked run directory; from
+    here on an interruption leaves a resumable run."""
+    metrics = run_dir / "metrics.jsonl"
+    config = {"experiment": exp.name, "config": config_to_dict(cfg), **meta}
+    config.update(torch=torch.__version__, bnlab=_version())
+    if cfg.resume:
+        _restore(states, run_dir)
+        if notes:
+            config["resumed_with"] = [*previous.get("resumed_with", []), *notes]
+            log("resume changes: " + "; ".join(notes))
+        atomic_write_json(run_dir / "config.json", config)
+        write_jsonl(metrics, [r for js in states for r in js.records])
+        log(f"resuming {run_dir}: " + ", ".join(f"{js.key} at {js.done}" for js in states))
+    else:
+        atomic_write_json(run_dir / "config.json", config)
+        write_jsonl(metrics, [])
+    for rel, content in loaded.files.items():
+        atomic_write_bytes(run_dir / rel, content)
+    from bnlab.lab.runners.progress import Bars
+
+    log(f"{len(states)} job(s) on the {runner.describe(len(states))}; run dir {run_dir}")
+    bars = Bars(states)
+    observer = exp.observer(cfg, run_dir) if exp.observer is not None else None
+    recorder = Recorder(run_dir, bars, observer)
+    try:
+        chunk = max(1, exp.chunk_size(cfg))
+        runner.run(states, exp.train, loaded.data, chunk, recorder)
+    finally:
+        bars.close()
+        if observer is not None:
+            observer.close()
+    failed = {js.key: js.failed for js in states if js.failed}
+    run = load_run(run_dir, exp.config, exp.name)
+    analysis = exp.reading.analyse(run)
+    summary = dict(to_json(analysis))
+    summary["failed"] = failed
+    atomic_write_json(run_dir / "summary.json", summary)
+    sections = exp.reading.sections(run, analysis)
+    write_report(run_dir / "report.html", sections, exp.title, str(run_dir))
+    return run, analysis, summary, failed
 
 
 def _minutes(seconds: float) -> str:

@@ -36,12 +36,14 @@ from bnlab.lab.report.html import Section, Table
 from bnlab.lab.results import Run
 
 __all__ = [
+    "MAX_COUNT",
     "OPERATIONAL",
     "Experiment",
     "ExperimentReport",
     "Loaded",
     "Log",
     "RunOptions",
+    "check_counts",
     "validate_training",
 ]
 
@@ -89,9 +91,25 @@ class RunOptions:
 OPERATIONAL = frozenset({f.name for f in dataclasses.fields(RunOptions)} | {"data"})
 
 
+# The largest count a budget flag (epochs, steps, widths, samples) may take: a C int, so that
+# sizes, step counters and progress totals stay exact wherever torch or tqdm holds them.
+MAX_COUNT = 2**31 - 1
+
+
+def check_counts(settings: Any, names: tuple[str, ...]) -> None:
+    """Each of ``names`` at most :data:`MAX_COUNT` (``--epochs 99999999999999999999`` is a
+    typo, not a plan), named by its flag."""
+    for name in names:
+        value = getattr(settings, name)
+        if value > MAX_COUNT:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be at most {MAX_COUNT:,}, got {value}")
+
+
 def validate_training(settings: Any, at_least_one: tuple[str, ...]) -> None:
     """The checks training sub-configs share, each named by its flag: the ``at_least_one``
-    fields >= 1, ``batch_size`` >= 2 (BN needs two values), ``lr`` in (0, 1).
+    fields in [1, :data:`MAX_COUNT`], ``batch_size`` in [2, MAX_COUNT] (BN needs two values),
+    ``lr`` in (0, 1).
 
     Raises:
         ValueError: the first bad value.
@@ -100,6 +118,7 @@ def validate_training(settings: Any, at_least_one: tuple[str, ...]) -> None:
         if getattr(settings, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} must be at least 1, got {getattr(settings, name)}")
+    check_counts(settings, (*at_least_one, "batch_size"))
     if settings.batch_size < 2:
         raise ValueError(
             f"--batch-size must be at least 2 (BN needs two values), got {settings.batch_size}"

@@ -79,11 +79,34 @@ def build_report(run_dirs: list[Path], out: Path | None = None, markdown: bool =
     name = "report.md" if markdown else "report.html"
     if out is None:
         out = Path(run_dirs[0]) / name if len(run_dirs) == 1 else Path(name)
+    _check_out(Path(out))
     if markdown:
         from bnlab.lab.report.markdown import write_markdown
 
         return write_markdown(out, sections, "bnlab report", names)
     return write_report(out, sections, "bnlab report", names)
+
+
+REPORT_NAMES = ("report.html", "report.md")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a directory, or an existing file of a run directory that
+    is not a report (.html, .md): config.json, metrics.jsonl, a checkpoint, a sample grid.
+    A report never overwrites a run's own files."""
+    if out.is_dir():
+        raise ValueError(
+            f"--out {out} is a directory; give a file path, e.g. {out / REPORT_NAMES[0]}"
+        )
+    target = out.resolve()
+    if not target.exists() or target.suffix in (".html", ".md"):
+        return
+    for parent in target.parents:
+        if (parent / "config.json").is_file():
+            raise ValueError(
+                f"--out {out} is a file of the run in {parent}, which bnlab report never "
+                f"overwrites; write the report elsewhere, or to {parent / REPORT_NAMES[0]}"
+            )
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,10 @@ def main(argv: list[str]) -> int:
         path = build_report(list(args.run_dirs), args.out, args.markdown)
     except ValueError as exc:
         print(f"bnlab report: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out read-only, on a full disk, ...
+        where = exc.filename or args.out
+        print(f"bnlab report: error: cannot write {where} ({exc.strerror or exc})", file=sys.stderr)
         return 2
     print(path)
     return 0

@@ -24,6 +24,9 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -39,12 +42,12 @@ from bnlab.lab.jobs import (
     RunStopped,
     Train,
     chunk_loop,
-    run_chunk,
     set_sink,
 )
 
 __all__ = [
     "DistributedRunner",
+    "exit_with_launcher",
     "follow",
     "init_from_env",
     "launched_by_torchrun",
@@ -78,9 +81,36 @@ def init_from_env(device: str) -> None:
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
 
 
+def exit_with_launcher(poll_s: float = 0.5) -> None:
+    """Exit this rank (without cleanup: nobody is left to receive it) as soon as the process
+    that launched it is gone, even by SIGKILL, so no rank trains on, holding the run's lock.
+    A daemon thread watching the parent PID, as local workers watch the driver (chosen over
+    prctl(PR_SET_PDEATHSIG): Linux only, and tied to the launching *thread*)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:  # re-parented: the launcher died
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="bnlab-watch-launcher").start()
+
+
+LOST = "a data-parallel rank was lost (killed? out of memory?)"
+
+
 def _broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank.
+
+    Raises:
+        RunStopped: a rank is gone (the collective itself failed).
+    """
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except RuntimeError as exc:  # gloo: "Connection reset by peer"; any backend: the timeout
+        raise RunStopped(LOST) from exc
     return box[0]
 
 
@@ -94,7 +124,7 @@ def _outcomes(failed: str | None) -> list[str | None]:
     try:
         dist.all_gather_object(box, failed)
     except RuntimeError as exc:  # gloo: "Connection closed by peer"; any backend: the timeout
-        raise RunStopped(f"a data-parallel rank was lost ({exc})") from exc
+        raise RunStopped(LOST) from exc
     return box
 
 
@@ -133,14 +163,28 @@ class _AllRanks(InlineExecutor):
 
     def run(self, chunk: Chunk) -> ChunkResult | Lost:
         _broadcast((self.states.index(chunk.js), chunk.start, chunk.end, chunk.js.state))
-        result = run_chunk(self.train, *chunk.args(), self.data)  # maybe the job's fault: see below
+        result, raised = _train_quietly(self.train, *chunk.args(), self.data)
         # Raises RunStopped if a peer is gone: then a collective inside the chunk failed for
-        # that reason, not for the job's, and nothing is recorded.
+        # that reason, not for the job's, and nothing is recorded (and no gloo traceback
+        # printed: the launcher names the lost rank in one line).
         outcomes = _outcomes(result.failed)
+        if raised is not None:  # the job's own failure: its traceback, for whoever debugs it
+            traceback.print_exception(raised, file=sys.stderr)
         if result.failed is None and any(outcomes):  # another rank's code raised
             r, why = next((r, m) for r, m in enumerate(outcomes) if m)
             result = ChunkResult(chunk.start, chunk.js.state, failed=f"rank {r}: {why}")
         return result
+
+
+def _train_quietly(
+    train: Train, job: Any, state: Any, start: int, end: int, data: Any
+) -> tuple[ChunkResult, BaseException | None]:
+    """:func:`~bnlab.lab.jobs.run_chunk` without printing the traceback yet: whether a raise
+    was the job's fault or a lost peer's is known only after the outcomes are exchanged."""
+    try:
+        return train(job, state, start, end, data), None
+    except Exception as exc:
+        return ChunkResult(start, state, failed=f"{type(exc).__name__}: {exc}"), exc
 
 
 def follow(load_and_plan: Callable[[Any], tuple[list[Any], Any]], train: Train) -> None:
@@ -159,7 +203,8 @@ def follow(load_and_plan: Callable[[Any], tuple[list[Any], Any]], train: Train) 
         index, start, end, state = order
         # rank 0 records the failure; say it here too, with the traceback. (A failure on this
         # rank alone, mid-chunk, leaves rank 0 waiting in a collective until TIMEOUT.)
-        result = run_chunk(train, jobs[index], state, start, end, data)
-        if result.failed is not None:
+        result, raised = _train_quietly(train, jobs[index], state, start, end, data)
+        _outcomes(result.failed)  # raises RunStopped when rank 0 is gone
+        if raised is not None:
             print(f"rank {dist.get_rank()}: job {index} failed", file=sys.stderr)
-        _outcomes(result.failed)
+            traceback.print_exception(raised, file=sys.stderr)

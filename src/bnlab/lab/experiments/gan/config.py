@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from bnlab.lab.experiments.protocol import RunOptions, validate_training
+from bnlab.lab.experiments.protocol import RunOptions, check_counts, validate_training
 from bnlab.lab.flags import IntList
 from bnlab.lab.models.gan import BLOG_VARIANTS, Variant, parse_variant
 
@@ -51,7 +51,8 @@ class GanTraining:
     its cells with these settings too (see its ``AblationConfig.cell_training``)."""
 
     epochs: int = 200
-    """passes over the training split (the blog: 200)"""
+    """passes over the training split (the blog: 200; at most 2,147,483,647, as every count
+    flag: --batch-size, --latent, --hidden, --metric-samples, ...)"""
     bn: Literal["bnlab", "torch"] = "bnlab"
     """whose BatchNorm1d the BN variants use (torch's for comparison)"""
     fused: bool = False
@@ -82,6 +83,7 @@ class GanTraining:
     def validate(self) -> None:
         """Every value that could otherwise only fail mid-run, named by its flag."""
         validate_training(self, at_least_one=("epochs", "latent", "hidden"))
+        check_counts(self, ("sample_every", "metric_samples"))
         if self.sample_every < 0:
             raise ValueError(
                 f"--sample-every must be >= 0 (0: first and last epoch), got {self.sample_every}"
@@ -151,6 +153,7 @@ class GanConfig(RunOptions):
         self.training.validate()
         self._validate_data_parallel()
         validate_run_shape(self.subset, self.checkpoint_every)
+        check_counts(self, ("subset", "checkpoint_every", "classifier_steps", "nproc"))
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must not repeat a seed, got {self.seeds}")
         if any(s < 0 for s in self.seed_list):

@@ -41,7 +41,7 @@ EXPERIMENT: Experiment[GanConfig] = Experiment(
         "classifier_steps": 150,
     },
     chunk_size=lambda cfg: cfg.checkpoint_every,
-    growable=frozenset({"epochs"}),
+    growable=frozenset({"epochs", "seeds"}),  # more seeds: appended to the run's
     observer=tensorboard_observer,
     data_parallel=True,
 )
