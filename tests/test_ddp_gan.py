@@ -179,6 +179,8 @@ def test_nproc_trains_one_run_directory_and_a_dead_rank_leaves_it_resumable(tmp_
     err = err.decode()
     assert proc.returncode == 130, _errors(err)  # stopped, resumable: not "jobs failed" (1)
     assert f"continue with bnlab gan --resume --out {out} --nproc 2" in err
+    assert "rank 1 was lost (killed by signal 9)" in err  # one line, no rank's gloo traceback
+    assert "Traceback" not in err and "gloo" not in err, _errors(err)
     done = len(read_jsonl(metrics))
     assert 2 <= done < 6
     stored = json.loads((out / "config.json").read_text())
@@ -193,3 +195,57 @@ def test_nproc_trains_one_run_directory_and_a_dead_rank_leaves_it_resumable(tmp_
     assert resumed.returncode == 0, _errors(err.decode())
     assert [r["epoch"] for r in read_jsonl(metrics)] == [1, 2, 3, 4, 5, 6]
     assert (out / "report.html").exists() and (out / "samples" / "init-bn").is_dir()
+
+
+def _wait_for_records(proc: subprocess.Popen, metrics: Path, n: int) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(read_jsonl(metrics)) >= n:
+            return
+        time.sleep(0.3)
+    raise AssertionError(proc.communicate()[1].decode()[-2000:])
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_nproc_sigterm_is_resumable_and_ranks_die_with_their_launcher(tmp_path, mnist_root):
+    out = tmp_path / "run"
+    args = ["gan", "--nproc", "2", "--variants", "init", "--epochs", "200"]
+    args += ["--subset", "200", "--checkpoint-every", "1", "--no-metrics", "--out", str(out)]
+    proc = _bnlab(*args, data=mnist_root)
+    metrics = out / "metrics.jsonl"
+    _wait_for_records(proc, metrics, 2)
+    proc.send_signal(signal.SIGTERM)  # as a scheduler does: exit 130, say how to continue
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 130, _errors(err)
+    assert f"interrupted; continue with: bnlab gan --resume --out {out} --nproc 2" in err
+    assert "Traceback" not in err and "SignalException" not in err, _errors(err)
+    assert not [r for r in read_jsonl(metrics) if r.get("event") == "failed"]
+    # the resume line's own --nproc is the run's: without it, config.json says 2 (one process
+    # would fail the job: "Default process group has not been initialized")
+    done = len(read_jsonl(metrics))
+    resumed = _bnlab("gan", "--resume", "--out", str(out), data=mnist_root)
+    _wait_for_records(resumed, metrics, done + 1)
+    ranks = _children(resumed.pid)
+    assert len(ranks) == 2, ranks
+    resumed.kill()  # SIGKILL of the launcher: its ranks go with it, the lock too
+    resumed.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in ranks):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in ranks)
+    assert not [r for r in read_jsonl(metrics) if r.get("event") == "failed"]
