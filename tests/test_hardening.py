@@ -283,3 +283,81 @@ def test_nproc_launch_rejects_bad_input_without_launching(monkeypatch, tmp_path,
     assert cli.main(["gan", "--nproc", "2", "--epochs", "0", "--out", str(out)]) == 2
     assert capsys.readouterr().err == "bnlab gan: error: --epochs must be at least 1, got 0\n"
     assert not out.exists()
+
+
+# ---- Ray ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("127.0.0.1:1", "no Ray cluster at 127.0.0.1:1 (Connection refused within 5 s)"),
+        ("ray://127.0.0.1:1", "no Ray cluster at 127.0.0.1:1 (Connection refused within 5 s)"),
+        ("auto", "--ray-address auto: no Ray cluster runs on this machine"),
+    ],
+)
+def test_an_unreachable_ray_address_is_one_line_before_anything_starts(
+    address, says, monkeypatch, tmp_path, capsys
+):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))  # no cluster of this machine's
+    out = tmp_path / "run"
+    started = time.monotonic()
+    code = cli.main(["gan", "--runner", "ray", "--ray-address", address, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert says in err and "ray start --head --node-ip-address=127.0.0.1" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+    assert time.monotonic() - started < 10  # not Ray's minutes of "Failed to connect to GCS"
+
+
+def _descendants(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    found = [int(p) for p in children.split()]
+    return found + [d for c in found for d in _descendants(c)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_a_ray_run_ends_130_on_sigterm_and_its_local_ray_dies_with_it(tmp_path, mnist_root):
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "bnlab", "gan", "--runner", "ray", "--jobs", "1"]
+    args += ["--variants", "init", "--epochs", "300", "--subset", "200", "--no-metrics"]
+    args += ["--checkpoint-every", "1", "--data", str(mnist_root), "--out", str(out)]
+    metrics = out / "metrics.jsonl"
+
+    def started(argv: list[str]) -> subprocess.Popen:
+        """``argv`` running, once it has recorded a chunk."""
+        before = len(read_jsonl(metrics)) if metrics.exists() else 0
+        proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and len(read_jsonl(metrics)) > before:
+                return proc
+            time.sleep(0.3)
+        raise AssertionError(proc.communicate()[1].decode()[-2000:])
+
+    proc = started(args)
+    proc.send_signal(signal.SIGTERM)
+    said, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert f"interrupted; continue with: bnlab gan --resume --out {out}" in said.decode()
+    # SIGKILL of the driver: the local Ray it started (GCS, raylet, agents, workers) goes too
+    proc = started([*args[:8], "--resume", "--out", str(out)])
+    ray_processes = _descendants(proc.pid)
+    assert len(ray_processes) >= 3, ray_processes
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(p) for p in ray_processes):
+        time.sleep(0.5)
+    assert not [p for p in ray_processes if _running(p)]

@@ -15,7 +15,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -51,10 +56,63 @@ def _import_ray() -> Any:
     return ray
 
 
+CONNECT_TIMEOUT_S = 5.0  # how long a given --ray-address has to answer, before anything starts
+HOW_TO_START = (
+    "start one with `ray start --head --node-ip-address=127.0.0.1 --port=6379` and pass "
+    "--ray-address 127.0.0.1:6379, or leave --ray-address out to start a local Ray for the run"
+)
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse a ``--ray-address`` that nothing answers at, within ``timeout_s``: Ray itself
+    retries for minutes ("Failed to connect to GCS"), after the run directory exists.
+    ``auto`` is looked up as Ray does (RAY_ADDRESS, then this machine's running cluster);
+    ``host:port`` and ``ray://host:port`` are tried with one TCP connection.
+
+    Raises:
+        ValueError: naming the address and how to start a cluster.
+    """
+    target = address
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            target = canonicalize_bootstrap_address("auto") or ""
+        except ConnectionError:
+            raise ValueError(
+                f"--ray-address auto: no Ray cluster runs on this machine; {HOW_TO_START}"
+            ) from None
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"--ray-address {address}: give auto, HOST:PORT or ray://HOST:PORT; {HOW_TO_START}"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ValueError(
+            f"--ray-address {address}: no Ray cluster at {host}:{port} ({why} within "
+            f"{timeout_s:g} s); {HOW_TO_START}"
+        ) from None
+
+
 class RayRunner:
     def __init__(self, address: str | None, jobs: int, threads: int) -> None:
         self.ray = _import_ray()
         self.address, self.jobs, self.threads = address, jobs, threads
+        self.started = False
+        self.reaper: subprocess.Popen[bytes] | None = None
+        if address is not None:  # joined now: before the data loads and the directory exists
+            check_reachable(address)
+            try:
+                self.started = self._init()
+            except (ConnectionError, RuntimeError) as exc:  # something answered, not Ray
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ValueError(
+                    f"--ray-address {address}: could not join a Ray cluster there ({why}); "
+                    f"{HOW_TO_START}"
+                ) from None
 
     def describe(self, n_jobs: int) -> str:
         where = f"Ray cluster at {self.address}" if self.address else "local Ray"
@@ -68,20 +126,30 @@ class RayRunner:
         common: dict[str, Any] = dict(
             include_dashboard=False, log_to_driver=True, configure_logging=False
         )
-        if self.address is None:
-            from bnlab.lab.runners.local import cpu_count
+        # ray.init installs a SIGTERM handler that exits with status 15: bnlab's (SIGTERM is
+        # a Ctrl-C: exit 130, resumable) stays.
+        on_term = signal.getsignal(signal.SIGTERM)
+        try:
+            if self.address is None:
+                from bnlab.lab.runners.local import cpu_count
 
-            ray.init(num_cpus=self.jobs or cpu_count(), _node_ip_address=LOCAL_NODE_IP, **common)
-        else:
-            common.pop("include_dashboard")
-            ray.init(address=self.address, **common)
+                ray.init(
+                    num_cpus=self.jobs or cpu_count(), _node_ip_address=LOCAL_NODE_IP, **common
+                )
+                self.reaper = _start_reaper()
+            else:
+                common.pop("include_dashboard")
+                ray.init(address=self.address, **common)
+        finally:
+            if threading.current_thread() is threading.main_thread() and on_term is not None:
+                signal.signal(signal.SIGTERM, on_term)
         return True
 
     def run(
         self, states: list[JobState], train: Train, data: Any, chunk: int, recorder: Any
     ) -> None:
         ray = self.ray
-        started = self._init()
+        started = self._init() or self.started
         try:
             from ray.util.queue import Queue
 
@@ -103,6 +171,63 @@ class RayRunner:
         finally:
             if started:
                 ray.shutdown()
+            if self.reaper is not None:  # the local Ray is gone: nothing left to reap
+                self.reaper.kill()
+                self.reaper.wait()
+                self.reaper = None
+
+
+# A local Ray's processes (GCS, raylet, its agents, workers) descend from the driver, but
+# outlive its SIGKILL for a minute or more (the agents poll their parent slowly). The reaper,
+# a stdlib-only process, notes the driver's descendants every half second and, once the driver
+# is gone, kills those still running (the same process: same start time). Written here by
+# hand: Ray has no switch for it; psutil is not a dependency.
+_REAPER = """
+import os, signal, sys, time
+driver, me = int(sys.argv[1]), os.getpid()
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[19], fields[0]  # ppid, start time, state
+    except (OSError, IndexError, ValueError):
+        return None
+seen = {}
+while True:
+    alive = stat(driver)
+    if alive is None or alive[2] in "ZX":  # gone, or dead and not yet waited for
+        break
+    table = {int(p): stat(p) for p in os.listdir("/proc") if p.isdigit()}
+    tree, grew = {driver}, True
+    while grew:
+        grew = False
+        for pid, st in table.items():
+            if st and st[0] in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    seen.update({p: table[p][1] for p in tree - {driver, me} if table.get(p)})
+    time.sleep(0.5)
+for pid, started in seen.items():
+    st = stat(pid)
+    if st and st[1] == started:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def _start_reaper() -> subprocess.Popen[bytes] | None:
+    """The reaper of this driver's local Ray (Linux: it reads /proc); None elsewhere."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # holds none of the driver's pipes open
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the terminal's group leaves it to do its job
+    )
 
 
 class RayExecutor:
