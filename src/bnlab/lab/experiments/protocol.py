@@ -60,8 +60,8 @@ class RunOptions:
     resume: bool = False
     """continue an interrupted run in --out (or the newest one): its config.json is the
     configuration; a flag that differs from it is refused, except those that only say how to
-    run (--jobs, --runner, --ray-address, --data) and more --epochs where an experiment
-    allows it"""
+    run (--jobs, --runner, --ray-address, --data) and more --epochs or --seeds (appended)
+    where an experiment allows it"""
     quick: bool = False
     """a run of under a minute through every code path (training, metrics, report): a taste,
     and what the tests run; flags given explicitly still win"""
