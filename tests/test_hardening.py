@@ -107,6 +107,15 @@ def test_ctrl_c_while_the_command_imports_its_experiment_exits_130(monkeypatch, 
     assert capsys.readouterr().err == ""
 
 
+def test_help_states_the_budget_limit(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["gan", "--help"])
+    out = capsys.readouterr().out.translate({ord(c): " " for c in "│╭╮╰╯─"})  # the box
+    assert "--epochs INT passes over the training split (the blog: 200; at most 2147483647" in (
+        " ".join(out.split())
+    )
+
+
 # ---- interruptions and full disks of a one-process run ------------------------------------------
 
 

@@ -103,7 +103,7 @@ def check_counts(settings: Any, names: tuple[str, ...]) -> None:
         value = getattr(settings, name)
         if value > MAX_COUNT:
             flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} must be at most {MAX_COUNT:,}, got {value}")
+            raise ValueError(f"{flag} must be at most {MAX_COUNT}, got {value}")
 
 
 def validate_training(settings: Any, at_least_one: tuple[str, ...]) -> None:

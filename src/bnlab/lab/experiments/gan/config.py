@@ -51,7 +51,7 @@ class GanTraining:
     its cells with these settings too (see its ``AblationConfig.cell_training``)."""
 
     epochs: int = 200
-    """passes over the training split (the blog: 200; at most 2,147,483,647, as every count
+    """passes over the training split (the blog: 200; at most 2147483647, as every count
     flag: --batch-size, --latent, --hidden, --metric-samples, ...)"""
     bn: Literal["bnlab", "torch"] = "bnlab"
     """whose BatchNorm1d the BN variants use (torch's for comparison)"""
