@@ -11,8 +11,9 @@ one session so that the machine's speed is the same for all:
 and prints each run's training speed (images/s: the median over its epochs after the first,
 averaged over its jobs) and the ratio to the same case alone. A fair share of two runs on the
 same cores is 50%; the bar is 40%. The one-job case is also run with ``--threads <cores>`` (the
-default before threads were fixed at one per process: all cores in one process) as the
-"before" row, so the fix is measured against what it replaced in the same session.
+default before the thread budget: all cores in one process, fixed) as the "before" row, so the
+fix is measured against what it replaced in the same session; a last line compares the two
+alone over interleaved rounds (the price of adapting, if any).
 
     python bench/bench_contention.py            # about 10 minutes on a 2-core machine
     python bench/bench_contention.py --quick    # a smoke run
@@ -81,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--subset", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the alone ratio")
     ap.add_argument("--quick", action="store_true", help="2 epochs of 1,000 images: smoke run")
     args = ap.parse_args()
     if args.quick:
@@ -123,10 +125,19 @@ def main() -> None:
         f"images/s of training (median over epochs after the first); share = the concurrent "
         f"run's speed / alone (fair: 50%, bar: {BOUND:.0%})."
     )
-    by = {name: alone for name, alone, _, _ in rows}
+    # The price alone, if any: the default and the old all-cores setting, rounds interleaved
+    # (the table's alone runs are minutes apart, and the machine drifts).
+    speeds: dict[str, list[float]] = {"one job": [], BEFORE: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for k, name in enumerate(speeds):
+                out = Path(tmp) / f"alone-{r}-{k}"
+                cmd = _command(cases[name], out, args.epochs, args.subset)
+                speeds[name] += _run_together([cmd], [out])
+    mine, before = (statistics.median(v) for v in speeds.values())
     print(
-        f"alone, one job: default (1 thread) / all {cores} cores (before) = "
-        f"{by['one job'] / by[BEFORE]:.2f}"
+        f"alone, one job, {args.rounds} interleaved rounds: default {mine:.0f}, all {cores} "
+        f"cores (before) {before:.0f} images/s; ratio {mine / before:.2f}"
     )
 
 

@@ -154,14 +154,14 @@ def _launch_torchrun(name: str, cfg: Any, argv: list[str]) -> int:
     from torch.distributed.run import main as torchrun
 
     from bnlab.lab.experiments.driver import resume_command
-    from bnlab.lab.runners import threads_per_process
+    from bnlab.lab.jobs import thread_budget
 
     out = cfg.out  # resolved by check_before_launch
     argv = [*_without_flag(argv, "--out"), "--out", str(out)]
     argv = _without_flag(argv, "--nproc")  # the ranks learn it from torchrun (WORLD_SIZE)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    # each rank's torch threads: read by torch at import, before the rank parses its flags
-    os.environ["OMP_NUM_THREADS"] = str(threads_per_process(cfg.threads))
+    # each rank's torch threads (its share of the cores, fixed): read by torch at import
+    os.environ["OMP_NUM_THREADS"] = str(thread_budget(cfg.threads, cfg.nproc).most)
     launch = [
         "--nnodes=1",
         f"--nproc-per-node={cfg.nproc}",

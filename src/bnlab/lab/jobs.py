@@ -13,9 +13,12 @@ pool, Ray tasks, or all ranks of a data-parallel launch.
 
 from __future__ import annotations
 
+import math
+import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +34,7 @@ __all__ = [
     "JobState",
     "Lost",
     "RunStopped",
+    "ThreadBudget",
     "Train",
     "chunk_loop",
     "emit",
@@ -38,6 +42,8 @@ __all__ = [
     "next_job",
     "run_chunk",
     "set_sink",
+    "set_threads",
+    "thread_budget",
     "unit_steps",
 ]
 
@@ -145,9 +151,12 @@ def set_sink(
 
 def emit(key: str, step: int, text: str = "") -> None:
     """Progress of job ``key``: ``step`` steps of the job done in all (unit * unit_steps +
-    steps into the unit), and a short status text (e.g. the losses). No-op without a sink."""
+    steps into the unit), and a short status text (e.g. the losses). No-op without a sink.
+    Also where a training process revisits its threads (:class:`ThreadBudget`)."""
     if _SINK is not None:
         _SINK({"key": key, "step": step, "text": text})
+    if _THREADS is not None:  # the training thread's heartbeat: revisit its thread count
+        _THREADS.tick()
 
 
 # ---- the chunk loop -----------------------------------------------------------------------------
@@ -165,10 +174,111 @@ def next_job(states: list[JobState]) -> JobState | None:
     return max(idle, key=lambda js: js.remaining) if idle else None
 
 
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(wall clock, seconds all CPUs of the machine were busy, this process's CPU seconds) now,
+    or None where /proc/stat does not exist (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal; guests are in user
+    own = sum(os.times()[:2])  # user + system of every thread of this process
+    return time.monotonic(), busy, own
+
+
+class ThreadBudget:
+    """The torch threads of one training process, revisited about once a second while it
+    trains (at each chunk's start and each progress report, :func:`emit`: both run on the
+    training thread, which is the one whose OpenMP team the count sets).
+
+    Fixed at ``most`` when ``adaptive`` is False (--threads or $OMP_NUM_THREADS given).
+    Adaptive: ``most`` (this process's share of the cores) while the cores are free, fewer
+    while other processes keep some busy: the cores they used over the last interval (the
+    machine's busy CPU time from /proc/stat minus this process's own) are left to them. Why:
+    torch's OpenMP team spin-waits at the end of every parallel region for its slowest thread,
+    so a team that shares its cores with another busy process waits out that process's time
+    slices (measured: two 2-thread `bnlab gan` runs at once trained at under a quarter of
+    their alone speed each, two 1-thread runs at full speed on 2 cores). The first interval
+    runs with ``most``: a collapse lasts at most about a second.
+    """
+
+    SLACK = 0.25  # cores of others' use (daemons, the driver's progress bars) that count as free
+
+    def __init__(self, most: int, adaptive: bool = True, interval: float = 1.0) -> None:
+        self.most, self.adaptive, self.interval = max(1, most), adaptive, interval
+        self.threads = self.most
+        self._last: tuple[float, float, float] | None = None
+
+    def decide(self, others: float) -> int:
+        """Threads when other processes use ``others`` cores on average."""
+        if others < self.SLACK:
+            return self.most
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        return max(1, min(self.most, math.floor(cores - others + self.SLACK)))
+
+    def start(self) -> None:
+        """Set ``most`` threads and start measuring (a process's first chunk)."""
+        import torch
+
+        self.threads = self.most
+        torch.set_num_threads(self.threads)
+        self._last = _cpu_seconds() if self.adaptive and self.most > 1 else None
+
+    def tick(self) -> int:
+        """Decide again if an interval has passed since the last decision; returns the count."""
+        if self._last is None or time.monotonic() - self._last[0] < self.interval:
+            return self.threads
+        now = _cpu_seconds()
+        if now is None:
+            return self.threads
+        wall, busy, own = (a - b for a, b in zip(now, self._last, strict=True))
+        n = self.decide(max(0.0, busy - own) / wall)
+        if n != self.threads:
+            import torch
+
+            torch.set_num_threads(n)
+            self.threads = n
+        self._last = now
+        return n
+
+
+_THREADS: ThreadBudget | None = None
+
+
+def set_threads(budget: ThreadBudget | None) -> ThreadBudget | None:
+    """Where this process's training takes its thread count from now on (None: leave it as
+    it is); starts the budget; returns the previous one, to restore."""
+    global _THREADS
+    previous, _THREADS = _THREADS, budget
+    if budget is not None:
+        budget.start()
+    return previous
+
+
+def thread_budget(requested: int, processes: int) -> ThreadBudget:
+    """The torch threads of each of ``processes`` training processes of one run (see
+    docs/design.md, "Threads"): ``requested`` (``--threads``) when > 0, else
+    ``$OMP_NUM_THREADS`` when set, both fixed; else the cores shared among the processes,
+    adapted before each chunk to what other processes leave free
+    (:class:`ThreadBudget`)."""
+    if requested > 0:
+        return ThreadBudget(requested, adaptive=False)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return ThreadBudget(int(env), adaptive=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return ThreadBudget(max(1, cores // max(1, processes)))
+
+
 def run_chunk(train: Train, job: Any, state: Any, start: int, end: int, data: Any) -> ChunkResult:
     """Train units [start, end) of ``job`` from ``state`` wherever the caller runs (this
     process, a pool worker, a Ray task, a rank): the one place where a raise of the training
-    code becomes the job's failure (its traceback on that process's stderr), not the run's."""
+    code becomes the job's failure (its traceback on that process's stderr), not the run's,
+    and where the thread budget is applied before each chunk."""
+    if _THREADS is not None:
+        _THREADS.tick()
     try:
         return train(job, state, start, end, data)
     except Exception as exc:

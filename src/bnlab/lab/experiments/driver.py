@@ -464,7 +464,7 @@ def run_experiment(
         RunStopped: the runner lost a worker it cannot replace; resumable the same way.
     """
     # here: the runner pulls in multiprocessing or ray
-    from bnlab.lab.runners import make_runner, threads_per_process
+    from bnlab.lab.runners import make_runner
 
     started = time.perf_counter()
     if not cfg.resume:  # a resumed run keeps the settings it was started with, --quick's too
@@ -486,8 +486,7 @@ def run_experiment(
         # A CUDA device, given or resolved from auto, runs every job in this process. Made
         # before any data is loaded: a missing extra (--runner ray) fails early.
         cuda = resolve_device(str(getattr(cfg, "device", "cpu"))).type == "cuda"
-        threads = threads_per_process(cfg.threads)
-        runner = make_runner(cfg.runner, cfg.jobs, threads, cfg.ray_address, cuda, cfg)
+        runner = make_runner(cfg.runner, cfg.jobs, cfg.threads, cfg.ray_address, cuda, cfg)
         # A new run loads its data before its directory exists: bad data leaves nothing behind.
         try:
             loaded = exp.load(cfg, log)

@@ -68,9 +68,10 @@ class RunOptions:
     jobs: int = 0
     """worker processes of the local runner; 0 = one per CPU core, at most one per job"""
     threads: int = 0
-    """torch threads of each process that trains (this one, each worker, rank or Ray task);
-    0 = $OMP_NUM_THREADS if set, else 1: the lab's nets are small, and threads that share
-    cores with other work spin and stall (several processes share them fairly)"""
+    """torch threads of each process that trains (this one, each worker, rank or Ray task),
+    fixed; 0 = $OMP_NUM_THREADS if set, else each process's share of the cores, fewer while
+    other programs keep cores busy (revisited every second: threads that share cores with
+    other work spin and stall)"""
     runner: Literal["local", "ray"] = "local"
     """where jobs run: local (a process pool on this machine) or ray (a Ray cluster; pip
     install 'bnlab[ray]')"""

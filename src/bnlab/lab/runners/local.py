@@ -33,11 +33,14 @@ from bnlab.lab.jobs import (
     InlineExecutor,
     JobState,
     Lost,
+    ThreadBudget,
     Train,
     chunk_loop,
     failure,
     run_chunk,
     set_sink,
+    set_threads,
+    thread_budget,
 )
 
 __all__ = ["LocalRunner", "cpu_count"]
@@ -74,15 +77,16 @@ class LocalRunner:
         n = self.processes(len(states))
         if n == 1:
             before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
             previous = set_sink(recorder.progress.event)
+            budget = set_threads(thread_budget(self.threads, 1))
             try:
                 chunk_loop(states, chunk, recorder, InlineExecutor(train, data))
             finally:
                 set_sink(previous)
+                set_threads(budget)
                 torch.set_num_threads(before)
             return
-        pool = PoolExecutor(n, train, data, self.threads, recorder)
+        pool = PoolExecutor(n, train, data, thread_budget(self.threads, n), recorder)
         ok = False
         try:
             chunk_loop(states, chunk, recorder, pool, on_poll=pool.drain)
@@ -97,7 +101,9 @@ class PoolExecutor:
     dies breaks the pool: every chunk in flight comes back :class:`~bnlab.lab.jobs.Lost` and
     a fresh pool takes over."""
 
-    def __init__(self, n: int, train: Train, data: Any, threads: int, recorder: Any) -> None:
+    def __init__(
+        self, n: int, train: Train, data: Any, threads: ThreadBudget, recorder: Any
+    ) -> None:
         self.capacity = n
         self.train, self.data, self.threads = train, data, threads
         self.progress = recorder.progress
@@ -112,7 +118,13 @@ class PoolExecutor:
             max_workers=self.capacity,
             mp_context=self.ctx,
             initializer=_worker_init,
-            initargs=(self.threads, self.events, self.data, os.getpid()),
+            initargs=(
+                self.threads.most,
+                self.threads.adaptive,
+                self.events,
+                self.data,
+                os.getpid(),
+            ),
         )
 
     def _renew(self) -> None:
@@ -162,10 +174,10 @@ class PoolExecutor:
 _DATA: Any = None  # the experiment's data, received once per worker process
 
 
-def _worker_init(threads: int, events: Any, data: Any, driver_pid: int) -> None:
+def _worker_init(threads: int, adaptive: bool, events: Any, data: Any, driver_pid: int) -> None:
     global _DATA
     _DATA = data
-    torch.set_num_threads(threads)
+    set_threads(ThreadBudget(threads, adaptive))
     set_sink(events.put)
     # Ctrl-C goes to the whole process group; the driver decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -154,7 +154,8 @@ class RayRunner:
             from ray.util.queue import Queue
 
             events = Queue(actor_options={"num_cpus": 0})
-            tasks = RayExecutor(ray, train, data, self.threads, events)
+            # a task asks for one CPU: one thread unless --threads says otherwise
+            tasks = RayExecutor(ray, train, data, self.threads or 1, events)
             try:
                 chunk_loop(
                     states,
