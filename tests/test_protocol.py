@@ -416,14 +416,19 @@ def test_the_thread_budget_leaves_to_others_the_cores_they_used(monkeypatch):
     assert budget.decide(1.0) == 3 and budget.decide(1.6) == 2 and budget.decide(9.0) == 1
     # over an interval in which the machine was busy 3 s per second and this process 1 s:
     # others used 2 cores, so 2 threads are left; until an interval has passed, no change
-    clock = iter([(0.0, 0.0, 0.0), (0.5, 1.5, 0.5), (1.0, 3.0, 1.0), (3.0, 3.2, 3.0)])
-    monkeypatch.setattr(jobs, "_cpu_seconds", lambda: next(clock))
+    busy_own = {0.0: (0.0, 0.0), 0.5: (1.5, 0.5), 1.0: (3.0, 1.0), 3.0: (3.2, 3.0)}
+    now = [0.0]
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(jobs, "_cpu_seconds", lambda: (now[0], *busy_own[now[0]]))
     before = torch.get_num_threads()
     try:
         budget.start()
         assert torch.get_num_threads() == 4
+        now[0] = 0.5
         assert budget.tick() == 4  # half an interval: not yet
+        now[0] = 1.0
         assert budget.tick() == 2 and torch.get_num_threads() == 2
+        now[0] = 3.0
         assert budget.tick() == 4  # the others are gone: all four again
         fixed = jobs.ThreadBudget(3, adaptive=False)
         fixed.start()
