@@ -78,6 +78,16 @@ def check_run_files() -> Callable[[Path, str, Iterable[str]], dict[str, Any]]:
     return check
 
 
+def _experiment_sections(sections: list[Section]) -> list[Section]:
+    """The experiment's own sections: every report ends with the run's configuration (folded
+    settings and provenance, the same for all experiments), checked here once."""
+    *own, config = sections
+    assert config.title == "Run configuration" and config.tables[0].folded
+    settings = {row[0] for row in config.tables[0].rows}
+    assert {"out", "quick", "threads"} <= settings
+    return own
+
+
 @pytest.fixture
 def report_from_files(
     monkeypatch: pytest.MonkeyPatch,
@@ -103,7 +113,7 @@ def report_from_files(
         assert all(isinstance(s, Section) for s in sections)
         assert (run_dir / figure).read_bytes()[:8] == PNG_MAGIC
         assert (summary.read_bytes() if summary.exists() else None) == before
-        return sections
+        return _experiment_sections(sections)
 
     return rebuild
 
@@ -137,6 +147,6 @@ def report_from_run_dir(
         assert sections and all(isinstance(s, Section) for s in sections)
         assert (copy / figure).read_bytes()[:8] == PNG_MAGIC
         assert not (copy / "summary.json").exists()
-        return sections
+        return _experiment_sections(sections)
 
     return rebuild

@@ -249,3 +249,30 @@ def test_nproc_sigterm_is_resumable_and_ranks_die_with_their_launcher(tmp_path, 
         time.sleep(0.2)
     assert not any(_alive(p) for p in ranks)
     assert not [r for r in read_jsonl(metrics) if r.get("event") == "failed"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_data_parallel_run_exits_130_with_the_resume_line(tmp_path, mnist_root):
+    """Ctrl-C at a terminal: SIGINT to the whole foreground process group, the launcher and
+    every rank at once. Exit 130, the one resume line (with --nproc), no traceback, no job
+    marked failed."""
+    out = tmp_path / "run"
+    args = ["gan", "--nproc", "2", "--variants", "init", "--epochs", "200"]
+    args += ["--subset", "200", "--checkpoint-every", "1", "--no-metrics", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "BNLAB_DATA": str(mnist_root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnlab", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    metrics = out / "metrics.jsonl"
+    _wait_for_records(proc, metrics, 2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    text = err.decode()
+    assert proc.returncode == 130, _errors(text)
+    assert f"interrupted; continue with: bnlab gan --resume --out {out} --nproc 2" in text
+    assert "Traceback" not in text, _errors(text)
+    assert not [r for r in read_jsonl(metrics) if r.get("event") == "failed"]

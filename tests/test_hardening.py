@@ -171,6 +171,34 @@ def test_a_full_disk_stops_the_run_resumably_naming_the_path(
     ]
 
 
+def test_a_full_disk_after_training_stops_resumably_and_the_resume_writes_the_report(
+    monkeypatch, capsys, tmp_path, mnist_root
+):
+    """Training done and checkpointed, the disk fills while summary.json is written: the same
+    one line and exit 130; the resume trains nothing and writes summary and report."""
+    from bnlab.lab.runs import atomic_write_json
+
+    def full(path, data):
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        atomic_write_json(path, data)
+
+    monkeypatch.setattr(driver, "atomic_write_json", full)
+    out = tmp_path / "run"
+    assert cli.main(["gan", "--data", str(mnist_root), *TINY, "--out", str(out)]) == 130
+    said = capsys.readouterr()
+    assert "Traceback" not in said.err
+    assert [ln for ln in said.out.splitlines() if "no space" in ln] == [
+        f"stopped: no space left on the device writing {out / 'summary.json'}; "
+        f"free space; continue with: bnlab gan --resume --out {out}"
+    ]
+    monkeypatch.setattr(driver, "atomic_write_json", atomic_write_json)
+    records = read_jsonl(out / "metrics.jsonl")
+    assert cli.main(["gan", "--resume", "--out", str(out)]) == 0
+    assert (out / "summary.json").exists() and (out / "report.html").exists()
+    assert read_jsonl(out / "metrics.jsonl") == records  # nothing trained again
+
+
 def test_two_runs_started_in_the_same_second_get_two_directories(monkeypatch, tmp_path, mnist_root):
     # Without --out the run directory is named by the second. Another run that took the name
     # while this one loaded its data (before its directory existed) makes it take the next.
@@ -185,6 +213,7 @@ def test_two_runs_started_in_the_same_second_get_two_directories(monkeypatch, tm
         def now(cls, tz=None):
             return datetime(2026, 12, 6, 19, 30, 0)
 
+    mnist_root = Path(mnist_root).resolve()  # CI gives ../shared/data: the test moves below
     monkeypatch.setattr(runs, "datetime", Frozen)
     monkeypatch.chdir(tmp_path)
     other = tmp_path / "runs" / "gan-20261206-193000"

@@ -583,9 +583,13 @@ def _run_in(
     analysis = exp.reading.analyse(run)
     summary = dict(to_json(analysis))
     summary["failed"] = failed
-    atomic_write_json(run_dir / "summary.json", summary)
-    sections = exp.reading.sections(run, analysis)
-    write_report(run_dir / "report.html", sections, exp.title, str(run_dir))
+    # Every job is checkpointed by now: a full disk here stops the run resumably too (the
+    # resume trains nothing and writes these again).
+    with disk_full_stops(run_dir / "summary.json"):
+        atomic_write_json(run_dir / "summary.json", summary)
+    sections = exp.reading.sections(run, analysis)  # draws the figures into run_dir
+    with disk_full_stops(run_dir / "report.html"):
+        write_report(run_dir / "report.html", sections, exp.title, str(run_dir))
     return run, analysis, summary, failed
 
 
