@@ -199,6 +199,27 @@ def test_a_full_disk_after_training_stops_resumably_and_the_resume_writes_the_re
     assert read_jsonl(out / "metrics.jsonl") == records  # nothing trained again
 
 
+def test_a_full_disk_before_training_is_one_line_and_the_same_command_runs_again(
+    monkeypatch, capsys, tmp_path, mnist_root
+):
+    from bnlab.lab.runs import atomic_write_json
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(driver, "atomic_write_json", full)
+    out = tmp_path / "run"
+    command = ["gan", "--data", str(mnist_root), *TINY, "--out", str(out)]
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"bnlab gan: error: no space left on the device writing {out / 'config.json'}: "
+        "nothing was trained; free space and run the command again"
+    ]
+    monkeypatch.setattr(driver, "atomic_write_json", atomic_write_json)
+    assert cli.main(command) == 0  # space freed: the same command, the same directory
+
+
 def test_two_runs_started_in_the_same_second_get_two_directories(monkeypatch, tmp_path, mnist_root):
     # Without --out the run directory is named by the second. Another run that took the name
     # while this one loaded its data (before its directory existed) makes it take the next.

@@ -561,10 +561,19 @@ def _run_in(
         write_jsonl(metrics, [r for js in states for r in js.records])
         log(f"resuming {run_dir}: " + ", ".join(f"{js.key} at {js.done}" for js in states))
     else:
-        atomic_write_json(run_dir / "config.json", config)
-        write_jsonl(metrics, [])
+        try:
+            atomic_write_json(run_dir / "config.json", config)
+            write_jsonl(metrics, [])
+        except OSError as exc:  # nothing is trained yet: nothing to resume, say so in a line
+            if exc.errno not in NO_SPACE:
+                raise
+            raise ValueError(
+                f"no space left on the device writing {exc.filename or run_dir}: nothing was "
+                "trained; free space and run the command again"
+            ) from None
     for rel, content in loaded.files.items():
-        atomic_write_bytes(run_dir / rel, content)
+        with disk_full_stops(run_dir / rel):
+            atomic_write_bytes(run_dir / rel, content)
     from bnlab.lab.runners.progress import Bars
 
     log(f"{len(states)} job(s) on the {runner.describe(len(states))}; run dir {run_dir}")
