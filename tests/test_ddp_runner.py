@@ -85,7 +85,7 @@ def _rank(rank: int, port: int, out: str) -> None:
     states = [JobState(job) for job in JOBS]
     recorder = Recorder()
     try:
-        ddp.DistributedRunner(threads=1, announce="cfg").run(states, train, None, 1, recorder)
+        ddp.DistributedRunner(announce="cfg").run(states, train, None, 1, recorder)
         raised = None
     except RunStopped as exc:
         raised = str(exc)

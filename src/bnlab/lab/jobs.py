@@ -37,6 +37,7 @@ __all__ = [
     "ThreadBudget",
     "Train",
     "chunk_loop",
+    "cpu_count",
     "emit",
     "failure",
     "next_job",
@@ -174,6 +175,14 @@ def next_job(states: list[JobState]) -> JobState | None:
     return max(idle, key=lambda js: js.remaining) if idle else None
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity), or the machine's off Linux."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _cpu_seconds() -> tuple[float, float, float] | None:
     """(wall clock, seconds all CPUs of the machine were busy, this process's CPU seconds) now,
     or None where /proc/stat does not exist (not Linux)."""
@@ -215,8 +224,7 @@ class ThreadBudget:
         """Threads when other processes use ``others`` cores on average."""
         if others < self.SLACK:
             return self.most
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        return max(1, min(self.most, math.floor(cores - others + self.SLACK)))
+        return max(1, min(self.most, math.floor(cpu_count() - others + self.SLACK)))
 
     def start(self) -> None:
         """Set ``most`` threads and start measuring (a process's first chunk)."""
@@ -268,8 +276,7 @@ def thread_budget(requested: int, processes: int) -> ThreadBudget:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return ThreadBudget(int(env), adaptive=False)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    return ThreadBudget(max(1, cores // max(1, processes)))
+    return ThreadBudget(max(1, cpu_count() // max(1, processes)))
 
 
 def run_chunk(train: Train, job: Any, state: Any, start: int, end: int, data: Any) -> ChunkResult:

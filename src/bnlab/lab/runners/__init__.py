@@ -11,9 +11,10 @@ that is where the run directory is written, so every runner leaves the same file
 - inside ``torchrun``: each job trained by all ranks together, data-parallel
   (:mod:`bnlab.lab.runners.ddp`).
 
-Every process that trains (this one, a worker, a Ray task, a rank) takes its torch threads
-from :func:`bnlab.lab.jobs.thread_budget`: its share of the cores, fewer while other work
-keeps them busy.
+Threads: the local runner's training processes (this one, each pool worker) take theirs from
+:func:`bnlab.lab.jobs.thread_budget` (their share of the cores, fewer while other work keeps
+them busy); a Ray task asks for one CPU and takes one thread (or --threads); ranks take a fixed
+share from the launcher's OMP_NUM_THREADS (cli).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def make_runner(
     from bnlab.lab.runners import ddp
 
     if ddp.launched_by_torchrun():
-        return ddp.DistributedRunner(threads, announce)
+        return ddp.DistributedRunner(announce)
     if kind == "ray":
         from bnlab.lab.runners.ray import RayRunner
 

@@ -136,8 +136,9 @@ class DistributedRunner:
             they load the data and plan the jobs with it).
     """
 
-    def __init__(self, threads: int, announce: Any = None) -> None:
-        self.threads, self.announce = threads, announce
+    def __init__(self, announce: Any = None) -> None:
+        # threads: each rank's fixed share, OMP_NUM_THREADS from the launcher (cli)
+        self.announce = announce
 
     def describe(self, n_jobs: int) -> str:
         return f"data-parallel runner, {world_size()} ranks per job (torch.distributed)"

@@ -36,6 +36,7 @@ from bnlab.lab.jobs import (
     ThreadBudget,
     Train,
     chunk_loop,
+    cpu_count,
     failure,
     run_chunk,
     set_sink,
@@ -49,13 +50,6 @@ WORKER_DIED = (
     "its worker process died on every try (killed? out of memory? called from a script without "
     'an `if __name__ == "__main__":` guard, which worker processes re-run?)'
 )
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class LocalRunner:

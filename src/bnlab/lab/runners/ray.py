@@ -131,7 +131,7 @@ class RayRunner:
         on_term = signal.getsignal(signal.SIGTERM)
         try:
             if self.address is None:
-                from bnlab.lab.runners.local import cpu_count
+                from bnlab.lab.jobs import cpu_count
 
                 ray.init(
                     num_cpus=self.jobs or cpu_count(), _node_ip_address=LOCAL_NODE_IP, **common
