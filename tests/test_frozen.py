@@ -258,3 +258,16 @@ def test_doctor_does_not_treat_frozen_layers_as_batch_norm() -> None:
     assert doctor.check(model, torch.randn(1, 4, dtype=torch.float64)) == []
     assert doctor.check(model) == []
     assert not bnn.is_batch_norm(model[1]) and isinstance(model[1], _FrozenBatchNorm)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_features": -1}, "num_features must be a non-negative int, got -1"),
+        ({"num_features": 2.5}, "num_features must be a non-negative int, got 2.5"),
+        ({"num_features": 4, "act": "gelu"}, "act must be one of"),
+    ],
+)
+def test_frozen_layers_refuse_bad_arguments_naming_them(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=f"FrozenBatchNorm2d: {message}"):
+        bnn.FrozenBatchNorm2d(**kwargs)

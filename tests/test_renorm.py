@@ -174,18 +174,25 @@ def test_warm_up_ramps_r_max_and_d_max_linearly():
     assert renorm_limits(0, 3.0, 5.0) == (3.0, 5.0)  # no warm-up
 
 
-def test_warm_up_is_batch_norm_before_it_starts_and_counts_batches():
+def test_warm_up_is_batch_norm_before_it_starts_and_counts_batches(monkeypatch):
+    from bnlab import functional
+
+    passes = []  # r and d's statistics pass: skipped while the limits are (1, 0)
+    stats = functional.batch_norm_stats
+    monkeypatch.setattr(functional, "batch_norm_stats", lambda x: passes.append(1) or stats(x))
     layer = bnn.BatchRenorm1d(3, warmup_start=2, warmup_steps=2, dtype=F64)
     bn = nn.BatchNorm1d(3, dtype=F64)
-    limits = []
+    limits, counted = [], []
     for _ in range(4):
         limits.append(layer.clip_limits())
         x = torch.randn(8, 3, dtype=F64) * 4 + 3
         y_bn = bn(x)
         y = layer(x)
+        counted.append(len(passes))
         if len(limits) <= 2:
             torch.testing.assert_close(y, y_bn)
     assert limits == [(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (2.0, 2.5)]
+    assert counted == [0, 0, 0, 1]
     assert "warmup_start=2, warmup_steps=2" in repr(layer)
 
 

@@ -72,6 +72,24 @@ def _not_scriptable(layer: str) -> RuntimeError:
     )
 
 
+def count_batch(
+    training: bool,
+    track_running_stats: bool,
+    momentum: float | None,
+    num_batches_tracked: Tensor | None,
+) -> float:
+    """This step's weight of the batch statistics in the running ones, counting the batch in
+    ``num_batches_tracked`` when it is one (training, tracked): ``momentum``, or with
+    ``momentum=None`` the cumulative average's 1/n. Every BN layer's step calls it after its
+    checks, so a refused input changes no state."""
+    factor = 0.0 if momentum is None else momentum
+    if training and track_running_stats and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average
+            factor = 1.0 / float(num_batches_tracked)
+    return factor
+
+
 @torch.fx.wrap  # one node in a traced graph: its checks and counter run when the graph runs
 def _layer_forward(
     x: Tensor,
@@ -112,12 +130,7 @@ def _layer_forward(
     mean_in = running_mean if pass_buffers else None
     var_in = running_var if pass_buffers else None
     F._check(x, mean_in, var_in, weight, bias, use_batch_stats, eps, who=layer)  # named errors
-    # This step's weight of the batch statistics in the running ones (counts the batch).
-    factor = 0.0 if momentum is None else momentum
-    if training and track_running_stats and num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
-        if momentum is None:  # cumulative moving average
-            factor = 1.0 / float(num_batches_tracked)
+    factor = count_batch(training, track_running_stats, momentum, num_batches_tracked)
     # = F.batch_norm without repeating the check above
     return F._batch_norm(x, mean_in, var_in, weight, bias, use_batch_stats, factor, eps, act, slope)
 

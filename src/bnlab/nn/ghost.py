@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab import functional as F
-from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward
+from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward, count_batch
 
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
 
@@ -100,11 +100,7 @@ def _ghost_forward(
         )
     update = training and track_running_stats and running_mean is not None
     F._check(x, running_mean, running_var, weight, bias, True, eps, who=layer)
-    factor = 0.0 if momentum is None else momentum
-    if update and num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
-        if momentum is None:  # cumulative moving average
-            factor = 1.0 / float(num_batches_tracked)
+    factor = count_batch(training, track_running_stats, momentum, num_batches_tracked)
     full, rest = _chunk_rows(n, ghost)
     parts = [(x[: full * ghost], full)] + ([(x[full * ghost :], 1)] if rest else [])
     ys, means, variances, rows = [], [], [], []

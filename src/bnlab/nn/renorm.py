@@ -71,8 +71,15 @@ def _renorm_forward(
     """One forward step: r and d from this batch and the running statistics before the step,
     then bnlab's BN step with weight' = gamma * r, bias' = beta + gamma * d."""
     _check_shape(x, layer, expected_dims, num_features)
-    if not training or x.numel() // max(x.shape[1], 1) <= 1:
-        # Evaluation, an empty batch or a batch of 1 (refused by the BN step, naming the layer)
+    # The limits the warm-up sets for this step (plain BN while they are (1, 0): r = 1, d = 0).
+    r_max, d_max = (
+        renorm_limits(int(num_batches_tracked), *limits)
+        if training and num_batches_tracked is not None
+        else (1.0, 0.0)
+    )
+    if (r_max == 1.0 and d_max == 0.0) or x.numel() // max(x.shape[1], 1) <= 1:
+        # Evaluation, plain BN during warm-up, an empty batch or a batch of 1 (refused by the
+        # BN step, naming the layer): no statistics pass for r and d that change nothing
         return _layer_forward(
             x, weight, bias, running_mean, running_var, num_batches_tracked, layer,
             expected_dims, num_features, training, track_running_stats, momentum, eps,
@@ -81,7 +88,6 @@ def _renorm_forward(
     assert running_mean is not None and running_var is not None
     assert num_batches_tracked is not None
     F._check(x, running_mean, running_var, weight, bias, True, eps, who=layer)
-    r_max, d_max = renorm_limits(int(num_batches_tracked), *limits)
     # r and d need mu_B and sigma_B before the BN step normalizes with them: one extra read of x
     # (a statistics pass, no grad, the compiled kernels where they apply) beside BN's ~4 passes
     # (stats + normalize forward, two backward). Recovering mu_B from the running statistics

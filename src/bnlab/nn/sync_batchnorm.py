@@ -68,7 +68,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bnlab import functional as F
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _not_scriptable
+from bnlab.nn.batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    _not_scriptable,
+    count_batch,
+)
 from bnlab.nn.convert import _swap_one
 
 __all__ = ["SyncBatchNorm"]
@@ -263,11 +269,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _ema_factor(self) -> float:
         """This step's weight of the batch statistics in the running ones (counts the batch)."""
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                return 1.0 / float(self.num_batches_tracked)
-        return 0.0 if self.momentum is None else self.momentum
+        return count_batch(
+            self.training, self.track_running_stats, self.momentum, self.num_batches_tracked
+        )
 
     def _group(self) -> Any | None:
         """The process group to synchronize over, or None when there is nothing to sync."""

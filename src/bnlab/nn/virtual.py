@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab import functional as F
-from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward
+from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward, count_batch
 
 __all__ = ["VirtualBatchNorm1d", "VirtualBatchNorm2d"]
 
@@ -108,11 +108,7 @@ def _virtual_forward(
     F._check(x, running_mean, running_var, weight, bias, True, eps, who=layer)
     y, mu_r, var_r = _virtual_normalize(x, reference_size, weight, bias, eps)
     if training and track_running_stats and running_mean is not None:
-        factor = 0.0 if momentum is None else momentum
-        if num_batches_tracked is not None:
-            num_batches_tracked.add_(1)
-            if momentum is None:  # cumulative moving average
-                factor = 1.0 / float(num_batches_tracked)
+        factor = count_batch(training, track_running_stats, momentum, num_batches_tracked)
         F.update_running_stats(
             running_mean, running_var, mu_r.detach(), var_r.detach(), reference_size * spatial,
             factor,
