@@ -256,3 +256,18 @@ def test_quick_run_end_to_end_through_the_cli(mnist_root, tmp_path, capsys):
     assert "GAN normalizations: what to use instead of BN" in html
     assert html.count("data:image/png;base64,") >= len(BY_NAME)
     assert "ms/step" in capsys.readouterr().out
+
+
+def test_only_plain_bn_variants_train_data_parallel_and_reports_name_the_layers():
+    """--nproc converts BN layers to SyncBatchNorm: every other normalization (spectral norm in
+    D included) is refused naming the variant; a BN variant carrying an unused kind is not."""
+    for name in ("sn-d", "ln", "renorm"):
+        with pytest.raises(ValueError, match=f"variants {name} use a normalization other"):
+            GanConfig(variants=(BY_NAME[name],), nproc=2).validate()
+    unused = dataclasses.replace(BY_NAME["bn-dcgan"], d_kind="ln", d_norm=(False, False, False))
+    assert unused.norms_are_bn and not BY_NAME["sn-d+bn-g"].norms_are_bn
+    GanConfig(variants=(unused,), nproc=2).validate()
+    assert BY_NAME["sn-d"].definition() == (
+        "G: no norm; D: no norm, spectral norm on every Linear; modes none; init he-xavier"
+    )
+    assert BY_NAME["ln"].definition().startswith("G: ln after Linear 1, 2; D: ln after Linear 2")

@@ -8,14 +8,23 @@ here trains or imports an experiment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from bnlab.lab.configs import config_from_dict
 from bnlab.lab.runs import read_config, read_jsonl
 
-__all__ = ["ONE_SEED", "VERDICTS", "Claim", "Run", "Verdict", "load_run", "verdict_text"]
+__all__ = [
+    "ONE_SEED",
+    "VERDICTS",
+    "Claim",
+    "Run",
+    "Verdict",
+    "load_run",
+    "no_answer",
+    "verdict_text",
+]
 
 # Several seeds give a verdict: "holds" / "does not hold" when the 95% CI of the measured
 # difference lies on one side of the claim's line, "inconclusive" when it straddles it. One seed
@@ -32,6 +41,15 @@ VERDICTS: tuple[Verdict, ...] = (
     "no answer",
 )
 ONE_SEED: tuple[Verdict, ...] = ("agrees", "disagrees")  # directions, not verdicts
+
+
+def no_answer(claims: list[Claim], why: str) -> list[Claim]:
+    """The claims of a run too small to answer them (``why``, e.g. "no model learned"): their
+    numbers stay, each verdict is "no answer" with the reason in its rule; unchanged if
+    ``why`` is ""."""
+    if not why:
+        return claims
+    return [replace(c, verdict="no answer", rule=f"{c.rule}. No answer: {why}") for c in claims]
 
 
 def verdict_text(v: Verdict, source: str = "the claim") -> str:

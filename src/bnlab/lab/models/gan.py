@@ -102,6 +102,27 @@ class Variant:
         train and eval mode differ; False: the train/eval gap is zero by construction."""
         return any(self.g_norm) and self.g_kind in ("bn", "renorm", "vbn")
 
+    @property
+    def norms_are_bn(self) -> bool:
+        """Every normalization layer it has is plain BN (none counts), no spectral norm: what
+        data-parallel training can convert to SyncBatchNorm."""
+        g_ok = not any(self.g_norm) or self.g_kind == "bn"
+        d_ok = not any(self.d_norm) or self.d_kind == "bn"
+        return g_ok and d_ok and not self.d_sn
+
+    def definition(self) -> str:
+        """In words, for reports: "G: bn after Linear 1, 2; D: bn after Linear 2, 3; modes
+        notebook3; init he-xavier"."""
+
+        def where(flags: Flags3, kind: str) -> str:
+            layers = [str(k + 1) for k, f in enumerate(flags) if f]
+            return f"{kind} after Linear {', '.join(layers)}" if layers else "no norm"
+
+        text = f"G: {where(self.g_norm, self.g_kind)}; D: {where(self.d_norm, self.d_kind)}"
+        text += ", spectral norm on every Linear" if self.d_sn else ""
+        text += f"; modes {self.modes}; init {self.init}"
+        return text + ("" if self.shuffle else "; unshuffled")
+
     def describe(self) -> str:
         def bits(flags: Flags3) -> str:
             return "".join("1" if f else "0" for f in flags)

@@ -19,8 +19,8 @@ import numpy as np
 
 from bnlab.lab.configs import config_to_dict
 from bnlab.lab.experiments.gan.config import GanConfig
-from bnlab.lab.results import ONE_SEED, Claim, Run, Verdict, verdict_text
-from bnlab.lab.stats import Estimate, mean_ci, paired, verdict_or_direction
+from bnlab.lab.results import ONE_SEED, Claim, Run, Verdict, no_answer, verdict_text
+from bnlab.lab.stats import Estimate, Paired, mean_ci, paired, verdict_or_direction
 
 __all__ = [
     "LOSSES",
@@ -80,6 +80,7 @@ class GanAnalysis:
     variants: dict[str, dict[str, Final]]  # variant -> quantity (d_loss, fd, fd_train, ...)
     claims: tuple[Claim, ...]
     notes: str
+    no_answer: str = ""  # why the run cannot answer the claims (:func:`too_small`); "" if it can
 
 
 def variant_names(run: Run[GanConfig]) -> list[str]:
@@ -118,10 +119,53 @@ def _late_mean(
     return out
 
 
-def _compare(a: dict[int, float], b: dict[int, float]) -> tuple[Estimate, float, float, int]:
+def paired_by_seed(a: dict[int, float], b: dict[int, float]) -> Paired | None:
+    """a - b over the seeds both have (seed -> value), or None when they share none."""
     seeds = sorted(set(a) & set(b))
-    p = paired([a[s] for s in seeds], [b[s] for s in seeds])
-    return p.diff, p.p_value, p.effect_size, p.n
+    return paired([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
+
+
+def paired_claim(
+    cid: str,
+    statement: str,
+    quantity: str,
+    a: dict[int, float],
+    b: dict[int, float],
+    expected: Literal["positive", "negative"],
+    *,
+    margin: float = 0.0,
+    what: str = "",
+    extra: str = "",
+    rule: str = "",
+) -> Claim | None:
+    """The claim that a - b (seed -> value each, paired over seeds) lies on the ``expected``
+    side of ``margin`` (0, or a non-inferiority margin): its verdict from the 95% CI, or its
+    direction with one seed; None when the two share no seed."""
+    p = paired_by_seed(a, b)
+    if p is None:
+        return None
+    diff = p.diff
+    value = f"{mean_ci(list(a.values())).fmt()} vs {mean_ci(list(b.values())).fmt()}, "
+    value += f"diff {diff.fmt()}"
+    if p.n >= 2:
+        value += f"; p={p.p_value:.3g}, d_z={p.effect_size:.2f}; {p.n} seeds"
+    if extra:
+        value += f"; {extra}"
+    line = f"{'>' if expected == 'positive' else '<'} {margin:.3g}"
+    rule = rule or (
+        f"holds if the 95% CI of the paired difference{f' ({what})' if what else ''} over "
+        f"seeds is entirely {line}; does not hold if entirely on the other side; else "
+        f"inconclusive. One seed gives the direction only: agrees if the difference is "
+        f"{line}, else disagrees"
+    )
+    shifted = Estimate(diff.mean - margin, diff.lo - margin, diff.hi - margin, diff.n)
+    return Claim(cid, statement, quantity, value, verdict_or_direction(shifted, expected), rule)
+
+
+def _reduced(records: list[dict[str, Any]], variant: str, key: str) -> dict[int, float]:
+    """seed -> the claims' reading of ``key``: the mean of the last quarter of epochs for a
+    loss (noisy), the last measured value for an image metric."""
+    return _late_mean(records, variant, key) if key in LOSSES else _final(records, variant, key)
 
 
 def _claim(
@@ -133,37 +177,22 @@ def _claim(
     expected: Literal["positive", "negative"],
     extra: str = "",
 ) -> Claim | None:
-    """Paired difference variants[0] - variants[1] of ``key`` over seeds: final value for image
-    metrics, mean of the last quarter of epochs for losses."""
-    late = key in LOSSES
-    reduce = _late_mean if late else _final
-    a, b = (reduce(records, v, key) for v in variants)
-    if not a or not b:
-        return None
-    diff, p, dz, n = _compare(a, b)
-    if n == 0:
-        return None
+    """Paired difference variants[0] - variants[1] of ``key`` over seeds (:func:`_reduced`)."""
     what = f"{variants[0]} - {variants[1]}"
     label = LOSSES.get(key, key.replace("_train", "").replace("_", " "))
-    quantity = f"{label}, {'mean of the last 25% of epochs' if late else 'final'}, {what}"
-
-    def fmt(d: dict[int, float]) -> str:
-        return mean_ci(list(d.values())).fmt()
-
-    value = f"{fmt(a)} vs {fmt(b)}, diff {diff.fmt()}"
-    if n >= 2:
-        value += f"; p={p:.3g}, d_z={dz:.2f}"
-    if n >= 2:
-        value += f"; {n} seeds"
-    if extra:
-        value += f"; {extra}"
-    sign = "> 0" if expected == "positive" else "< 0"
-    rule = (
-        f"holds if the 95% CI of the paired difference ({what}) over seeds is entirely "
-        f"{sign}; does not hold if entirely on the other side; else inconclusive. One seed "
-        f"gives the direction only: agrees if the difference is {sign}, else disagrees"
+    late = "mean of the last 25% of epochs" if key in LOSSES else "final"
+    a, b = (_reduced(records, v, key) for v in variants)
+    return paired_claim(
+        cid, statement, f"{label}, {late}, {what}", a, b, expected, what=what, extra=extra
     )
-    return Claim(cid, statement, quantity, value, verdict_or_direction(diff, expected), rule)
+
+
+def _versus(records: list[dict[str, Any]], variants: tuple[str, str], key: str) -> str:
+    """ "A vs B" of ``key`` (means over seeds) for a claim's extra numbers, "" if unmeasured."""
+    a, b = (_reduced(records, v, key) for v in variants)
+    if not a or not b:
+        return ""
+    return f"{mean_ci(list(a.values())).fmt()} vs {mean_ci(list(b.values())).fmt()}"
 
 
 C1_TEXT = (
@@ -217,14 +246,14 @@ def too_small(records: list[dict[str, Any]], baseline: str = BASELINE) -> str:
         best = max(covered)
         if not best >= LEARNED_CLASSES:
             return (
-                f"after {epochs} epoch{'s' if epochs > 1 else ''} the baseline {baseline} "
+                f"after {epochs} epoch{'s' if epochs != 1 else ''} the baseline {baseline} "
                 f"covers {best:.3g} of 10 classes (at least {LEARNED_CLASSES} needed): no model "
                 "draws digits yet; the blog trained 200 epochs"
             )
         return ""
     if epochs < MIN_EPOCHS:
         return (
-            f"{epochs} epoch{'s' if epochs > 1 else ''} without image metrics (at least "
+            f"{epochs} epoch{'s' if epochs != 1 else ''} without image metrics (at least "
             f"{MIN_EPOCHS} needed): too short to compare the models; the blog trained 200 epochs"
         )
     return ""
@@ -247,8 +276,8 @@ def claims(records: list[dict[str, Any]]) -> list[Claim]:
     out: list[Claim | None] = []
     if {BROKEN, BASELINE} <= present:
         pair = (BROKEN, BASELINE)
-        d_loss = _claim("", "", records, pair, "d_loss", "positive")
-        extra = f"D loss {d_loss.value.split(', diff')[0]}" if d_loss else ""
+        d_loss = _versus(records, pair, "d_loss")
+        extra = f"D loss {d_loss}" if d_loss else ""
         for sfx, label in modes:
             out.append(
                 _claim(f"C1 [{label}]", C1_TEXT, records, pair, "fd" + sfx, "positive", extra)
@@ -261,7 +290,7 @@ def claims(records: list[dict[str, Any]]) -> list[Claim]:
         pair = (bn, BASELINE)
         tag = "" if bn == "init-bn" else ", tidy switching"
         for sfx, label in modes:
-            cov = _claim("", "", records, pair, "classes_covered" + sfx, "positive")
+            cov = _versus(records, pair, "classes_covered" + sfx)
             c2 = _claim(
                 f"C2 [{label}{tag}]",
                 C2_TEXT,
@@ -269,7 +298,7 @@ def claims(records: list[dict[str, Any]]) -> list[Claim]:
                 pair,
                 "stray_dots" + sfx,
                 "negative",
-                f"classes covered {cov.value.split(', diff')[0]}" if cov else "",
+                f"classes covered {cov}" if cov else "",
             )
             out.append(_good_digits(c2, records, bn, "classes_covered" + sfx))
         suffix = f" [{tag[2:]}]" if tag else ""
@@ -295,14 +324,7 @@ def claims(records: list[dict[str, Any]]) -> list[Claim]:
         )
         for sfx, label in modes:
             out.append(_claim(f"C4 [{label}{tag}]", C4_TEXT, records, pair, "fd" + sfx, "negative"))
-    found = [c for c in out if c is not None]
-    why = too_small(records)
-    if why:  # the numbers stay (value); the verdict says the run cannot tell
-        return [
-            dataclasses.replace(c, verdict="no answer", rule=f"{c.rule}. No answer: {why}")
-            for c in found
-        ]
-    return found
+    return no_answer([c for c in out if c is not None], too_small(records))
 
 
 def analyse(run: Run[GanConfig]) -> GanAnalysis:
@@ -317,8 +339,7 @@ def analyse(run: Run[GanConfig]) -> GanAnalysis:
     for v in variant_names(run):
         entry = {}
         for k in keys:
-            vals = _late_mean(records, v, k) if k in LOSSES else _final(records, v, k)
-            est = mean_ci(list(vals.values()))
+            est = mean_ci(list(_reduced(records, v, k).values()))
             entry[k] = Final(est.mean, (est.lo, est.hi), est.n)
         per_variant[v] = entry
     return GanAnalysis(
@@ -328,6 +349,7 @@ def analyse(run: Run[GanConfig]) -> GanAnalysis:
         claims=tuple(claims(records)),
         notes="losses: mean over the last 25% of epochs; metrics: last measured epoch; "
         "CI: t interval over seeds",
+        no_answer=too_small(records),
     )
 
 
@@ -335,7 +357,7 @@ def result_line(analysis: GanAnalysis, run: Run[GanConfig]) -> str:
     """The end of a run: last-epoch numbers per variant (mean over seeds), then the verdicts."""
     seeds = sorted({r["seed"] for r in run.records})
     lines = [summary_table(run.records, variant_names(run), seeds), ""]
-    why = too_small(run.records)
+    why = analysis.no_answer
     if why:  # nine lines of "no answer" would bury the one that says why
         lines.append(f"No answer to the blog's claims from this run: {why}.")
     else:

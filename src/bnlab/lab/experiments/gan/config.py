@@ -178,11 +178,7 @@ class GanConfig(RunOptions):
             raise ValueError("--fused has no data-parallel (SyncBatchNorm) form: drop --nproc")
         if self.nproc < 1:
             raise ValueError(f"--nproc must be at least 1, got {self.nproc}")
-        other = [
-            v.name
-            for v in self.variants
-            if v.d_sn or ((v.g_kind, v.d_kind) != ("bn", "bn") and (any(v.g_norm) or any(v.d_norm)))
-        ]
+        other = [v.name for v in self.variants if not v.norms_are_bn]
         if self.nproc > 1 and other:
             # convert_sync_batchnorm would turn Batch Renorm and Virtual BN into plain SyncBN
             raise ValueError(

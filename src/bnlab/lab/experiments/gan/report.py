@@ -21,12 +21,10 @@ from bnlab.lab.experiments.gan.analysis import (
     analyse,
     compare,
     result_line,
-    too_small,
     variant_names,
 )
 from bnlab.lab.experiments.gan.config import GanConfig
 from bnlab.lab.experiments.protocol import ExperimentReport
-from bnlab.lab.models.gan import Variant
 from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.report.plots import plot_losses, plot_metric
 from bnlab.lab.results import ONE_SEED, Run
@@ -141,7 +139,7 @@ def _hero(run: Run[Any], variants: list[str]) -> list[Figure]:
 
 
 def _variants_table(cfg: GanConfig) -> Table:
-    rows = [[v.name, BLOG_NAMES.get(v.name, "-"), _variant_text(v)] for v in cfg.variants]
+    rows = [[v.name, BLOG_NAMES.get(v.name, "-"), v.definition()] for v in cfg.variants]
     return Table("Variants", ["variant", "in the blog", "definition"], rows, folded=True)
 
 
@@ -158,7 +156,7 @@ def report(run: Run[GanConfig], analysis: GanAnalysis) -> list[Section]:
         "seed). Below: each claim of the blog (C1-C4) as a measured difference between "
         "variants."
     )
-    why = too_small(records)
+    why = analysis.no_answer
     if why:
         intro += f"\n\nNo answer from this run: {why}."
     elif any(c.verdict in ONE_SEED for c in analysis.claims):
@@ -227,14 +225,6 @@ def report(run: Run[GanConfig], analysis: GanAnalysis) -> list[Section]:
         )
     )
     return sections
-
-
-def _variant_text(v: Variant) -> str:
-    bits = lambda f: "".join("1" if x else "0" for x in f)  # noqa: E731
-    return (
-        f"init {v.init}, BN after G layers {bits(v.g_norm)}, D layers "
-        f"{bits(v.d_norm)}, modes {v.modes}" + ("" if v.shuffle else ", unshuffled")
-    )
 
 
 def compare_report(runs: list[Run[GanConfig]]) -> list[Section]:

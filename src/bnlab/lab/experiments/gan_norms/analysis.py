@@ -9,18 +9,21 @@ summary.json.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-from bnlab.lab.experiments.gan.analysis import final_values, too_small
+from bnlab.lab.experiments.gan.analysis import (
+    final_values,
+    paired_by_seed,
+    paired_claim,
+    too_small,
+)
 from bnlab.lab.experiments.gan_norms.config import NormsConfig
 from bnlab.lab.models.gan import Variant
-from bnlab.lab.results import ONE_SEED, Claim, Run, verdict_text
-from bnlab.lab.stats import Estimate, mean_ci, paired, verdict_or_direction
+from bnlab.lab.results import ONE_SEED, Claim, Run, no_answer, verdict_text
+from bnlab.lab.stats import Estimate, mean_ci
 
 __all__ = [
     "NON_INFERIORITY",
@@ -82,11 +85,7 @@ def baseline_of(variants: tuple[Variant, ...]) -> str:
 
 def bn_models(variants: tuple[Variant, ...]) -> list[str]:
     """The plain-BN variants (BN in G, BN or nothing in D, no spectral norm)."""
-    return [
-        v.name
-        for v in variants
-        if any(v.g_norm) and v.g_kind == "bn" and v.d_kind == "bn" and not v.d_sn
-    ]
+    return [v.name for v in variants if any(v.g_norm) and v.norms_are_bn]
 
 
 def _per_seed(run: Run[NormsConfig], variant: str, key: str) -> dict[int, float]:
@@ -105,38 +104,8 @@ def _per_seed(run: Run[NormsConfig], variant: str, key: str) -> dict[int, float]
 
 
 def _diff(a: dict[int, float], b: dict[int, float]) -> Estimate:
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return Estimate(math.nan, math.nan, math.nan, 0)
-    return paired([a[s] for s in seeds], [b[s] for s in seeds]).diff
-
-
-def _claim(
-    cid: str,
-    statement: str,
-    quantity: str,
-    a: dict[int, float],
-    b: dict[int, float],
-    expected: Literal["positive", "negative"],
-    margin: float = 0.0,
-    rule: str = "",
-) -> Claim | None:
-    """a - b paired over seeds; the verdict from its 95% CI against ``margin`` (0, or a
-    non-inferiority margin), or its direction with one seed."""
-    d = _diff(a, b)
-    if d.n == 0:
-        return None
-    shifted = Estimate(d.mean - margin, d.lo - margin, d.hi - margin, d.n)
-    value = f"{mean_ci(list(a.values())).fmt()} vs {mean_ci(list(b.values())).fmt()}, "
-    value += f"diff {d.fmt()}" + (f"; {d.n} seeds" if d.n > 1 else "")
-    line = f"{margin:.3g}" if margin else "0"
-    side = "below" if expected == "negative" else "above"
-    rule = rule or (
-        f"holds if the 95% CI of the paired difference over seeds lies entirely {side} {line}; "
-        f"does not hold if entirely on the other side; else inconclusive. One seed gives the "
-        f"direction only: agrees if the difference is {side} {line}, else disagrees"
-    )
-    return Claim(cid, statement, quantity, value, verdict_or_direction(shifted, expected), rule)
+    p = paired_by_seed(a, b)
+    return p.diff if p is not None else Estimate(math.nan, math.nan, math.nan, 0)
 
 
 def _claims(
@@ -146,12 +115,14 @@ def _claims(
     fd = {v.name: _per_seed(run, v.name, "fd") for v in variants}
     gap = {v.name: {s: abs(g) for s, g in _per_seed(run, v.name, "gap").items()} for v in variants}
     out: list[Claim] = []
-    q1, q2, q3 = [], [], []
+    q1: list[tuple[str, Claim]] = []
+    q2: list[tuple[str, Claim]] = []
+    q3: list[tuple[str, Claim]] = []
     if baseline:
         for v in variants:
             if v.name == baseline:
                 continue
-            c = _claim(
+            c = paired_claim(
                 f"Q1 [{v.name}]",
                 f"{v.name} beats no normalization ({baseline}).",
                 f"FD with G in eval mode, final, {v.name} - {baseline}",
@@ -160,12 +131,12 @@ def _claims(
                 "negative",
             )
             if c:
-                q1.append(c)
+                q1.append((v.name, c))
     if best_bn:
         for v in variants:
             if v.name == best_bn or not v.g_batch_dependent:
                 continue
-            c = _claim(
+            c = paired_claim(
                 f"Q2 [{v.name}]",
                 f"{v.name} has a smaller train/eval gap than the best BN ({best_bn}).",
                 f"|FD eval - FD train|, final, {v.name} - {best_bn}",
@@ -174,12 +145,12 @@ def _claims(
                 "negative",
             )
             if c:
-                q2.append(c)
+                q2.append((v.name, c))
         for v in variants:
             if not v.d_sn:
                 continue
             m = NON_INFERIORITY * mean_ci(list(fd[best_bn].values())).mean
-            c = _claim(
+            c = paired_claim(
                 f"Q3 [{v.name}]",
                 f"Spectral norm in D ({v.name}) is at least as good as the best BN ({best_bn}).",
                 f"FD with G in eval mode, final, {v.name} - {best_bn}",
@@ -195,8 +166,8 @@ def _claims(
                 ),
             )
             if c:
-                q3.append(c)
-    out = q1 + q2 + q3
+                q3.append((v.name, c))
+    out = [c for _, c in q1 + q2 + q3]
     fixed = [v.name for v in variants if not v.g_batch_dependent]
     answers = {
         "Which normalizations beat no normalization (FD, G in eval mode)?": _answer(q1),
@@ -209,13 +180,13 @@ def _claims(
     return out, answers
 
 
-def _answer(claims: list[Claim]) -> str:
+def _answer(claims: list[tuple[str, Claim]]) -> str:
     """The variants grouped by verdict, e.g. "holds: ln, gn; inconclusive: vbn"."""
     if not claims:
         return "not measured in this run."
     groups: dict[str, list[str]] = {}
-    for c in claims:
-        groups.setdefault(verdict_text(c.verdict), []).append(c.id.split("[")[1].rstrip("]"))
+    for name, c in claims:
+        groups.setdefault(verdict_text(c.verdict), []).append(name)
     return "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items()) + "."
 
 
@@ -241,11 +212,8 @@ def analyse(run: Run[NormsConfig]) -> NormsAnalysis:
         )
     claims, answers = _claims(run, baseline, best_bn)
     why = too_small(run.records, baseline) if baseline else ""
-    if why:  # the numbers stay; the verdicts say the run cannot tell
-        claims = [
-            dataclasses.replace(c, verdict="no answer", rule=f"{c.rule}. No answer: {why}")
-            for c in claims
-        ]
+    claims = no_answer(claims, why)  # the numbers stay; the verdicts say the run cannot tell
+    if why:
         answers = {q: f"no answer: {why}." for q in answers}
     return NormsAnalysis("gan-norms", baseline, best_bn, tuple(rows), tuple(claims), answers, why)
 

@@ -15,21 +15,10 @@ from bnlab.lab.experiments.gan_norms.analysis import (
 )
 from bnlab.lab.experiments.gan_norms.config import NormsConfig
 from bnlab.lab.experiments.protocol import ExperimentReport
-from bnlab.lab.models.gan import Variant
 from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.results import Run
 
 __all__ = ["REPORT", "report"]
-
-
-def _definition(v: Variant) -> str:
-    def where(flags: tuple[bool, bool, bool], kind: str) -> str:
-        layers = [str(k + 1) for k, f in enumerate(flags) if f]
-        return f"{kind} after Linear {', '.join(layers)}" if layers else "no norm"
-
-    text = f"G: {where(v.g_norm, v.g_kind)}; D: {where(v.d_norm, v.d_kind)}"
-    text += ", spectral norm on every Linear" if v.d_sn else ""
-    return text + f"; modes {v.modes}; init {v.init}"
 
 
 def report(run: Run[NormsConfig], analysis: NormsAnalysis) -> list[Section]:
@@ -74,7 +63,7 @@ def report(run: Run[NormsConfig], analysis: NormsAnalysis) -> list[Section]:
         Table(
             "Variants",
             ["variant", "definition"],
-            [[v.name, _definition(v)] for v in cfg.variants],
+            [[v.name, v.definition()] for v in cfg.variants],
             folded=True,
         ),
     ]
