@@ -95,6 +95,7 @@ def _run_rank(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
 
     from bnlab.lab.configs import replace_flat
     from bnlab.lab.experiments.common import resolve_device
+    from bnlab.lab.jobs import exit_when_gone
     from bnlab.lab.runners import ddp
 
     world = int(os.environ["WORLD_SIZE"])
@@ -114,7 +115,7 @@ def _run_rank(name: str, exp: Any, cfg: Any, given: set[str]) -> int:
     except ValueError as exc:
         print(f"bnlab {name}: error: {exc}", file=sys.stderr)
         return 2
-    ddp.exit_with_launcher()  # a SIGKILLed launcher takes its ranks with it
+    exit_when_gone(os.getppid())  # a SIGKILLed launcher takes its ranks with it
     ddp.init_from_env(device)
     try:
         if ddp.rank() == 0:

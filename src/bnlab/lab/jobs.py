@@ -39,6 +39,7 @@ __all__ = [
     "chunk_loop",
     "cpu_count",
     "emit",
+    "exit_when_gone",
     "failure",
     "next_job",
     "run_chunk",
@@ -181,6 +182,27 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def exit_when_gone(pid: int, poll_s: float = 0.5) -> None:
+    """Exit this process (``os._exit(1)``, no cleanup: nobody is left to receive its results)
+    as soon as process ``pid`` is gone, even by SIGKILL: a daemon thread polls it. A pool
+    worker watches its driver, a rank its launcher. For our own parent, re-parenting counts
+    as gone (a dead parent can linger as a zombie that still answers ``kill(pid, 0)``).
+    Chosen over ``prctl(PR_SET_PDEATHSIG)``: Linux only, and tied to the launching thread."""
+    parent = pid == os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, PermissionError):  # gone, or its pid reused by another
+                os._exit(1)
+            if parent and os.getppid() != pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name=f"bnlab-watch-{pid}").start()
 
 
 def _cpu_seconds() -> tuple[float, float, float] | None:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-import threading
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +45,6 @@ from bnlab.lab.jobs import (
 
 __all__ = [
     "DistributedRunner",
-    "exit_with_launcher",
     "follow",
     "init_from_env",
     "launched_by_torchrun",
@@ -79,22 +76,6 @@ def init_from_env(device: str) -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
-
-
-def exit_with_launcher(poll_s: float = 0.5) -> None:
-    """Exit this rank (without cleanup: nobody is left to receive it) as soon as the process
-    that launched it is gone, even by SIGKILL, so no rank trains on, holding the run's lock.
-    A daemon thread watching the parent PID, as local workers watch the driver (chosen over
-    prctl(PR_SET_PDEATHSIG): Linux only, and tied to the launching *thread*)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(poll_s)
-            if os.getppid() != parent:  # re-parented: the launcher died
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="bnlab-watch-launcher").start()
 
 
 LOST = "a data-parallel rank was lost (killed? out of memory?)"

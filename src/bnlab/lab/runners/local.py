@@ -19,8 +19,6 @@ import os
 import queue as queue_mod
 import signal
 import sys
-import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -37,6 +35,7 @@ from bnlab.lab.jobs import (
     Train,
     chunk_loop,
     cpu_count,
+    exit_when_gone,
     failure,
     run_chunk,
     set_sink,
@@ -175,19 +174,7 @@ def _worker_init(threads: int, adaptive: bool, events: Any, data: Any, driver_pi
     set_sink(events.put)
     # Ctrl-C goes to the whole process group; the driver decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_driver, args=(driver_pid,), daemon=True).start()
-
-
-def _watch_driver(pid: int) -> None:
-    """Exit as soon as the driver is gone: nobody would receive this worker's results."""
-    while True:
-        time.sleep(0.5)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except PermissionError:  # the pid was reused by another user's process
-            os._exit(1)
+    exit_when_gone(driver_pid)
 
 
 def _chunk(train: Train, job: Any, state: Any, start: int, end: int) -> ChunkResult:
