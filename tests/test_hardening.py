@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -371,6 +372,37 @@ def test_an_unreachable_ray_address_is_one_line_before_anything_starts(
     assert time.monotonic() - started < 10  # not Ray's minutes of "Failed to connect to GCS"
 
 
+@pytest.mark.slow
+def test_a_local_ray_run_starts_its_own_ray_beside_a_clusters_address_file(tmp_path, mnist_root):
+    """`ray start` leaves the cluster's address in <tmp>/ray/ray_current_cluster, which a bare
+    ray.init() joins (and then refuses num_cpus); --runner ray alone starts a Ray of its own."""
+    pytest.importorskip("ray")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing there
+        env = {k: v for k, v in _env(RAY_TMPDIR=str(ray_tmp)).items() if k != "RAY_ADDRESS"}
+        args = [sys.executable, "-m", "bnlab", "gan", "--runner", "ray", *TINY]
+        args += ["--data", str(mnist_root), "--out", str(tmp_path / "run")]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "on the local Ray" in done.stdout + done.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ray_address_in_the_environment_is_taken_and_named(monkeypatch, tmp_path, capsys):
+    """Without --ray-address, RAY_ADDRESS (set by `ray job submit`) names the cluster, and an
+    unreachable one is refused in one line that names RAY_ADDRESS."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    out = tmp_path / "run"
+    assert cli.main(["gan", "--runner", "ray", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "RAY_ADDRESS=127.0.0.1:1: no Ray cluster at 127.0.0.1:1" in err, err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
 def _descendants(pid: int) -> list[int]:
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     found = [int(p) for p in children.split()]
@@ -412,7 +444,10 @@ def test_a_ray_run_ends_130_on_sigterm_and_its_local_ray_dies_with_it(tmp_path, 
     assert f"interrupted; continue with: bnlab gan --resume --out {out}" in said.decode()
     # SIGKILL of the driver: the local Ray it started (GCS, raylet, agents, workers) goes too
     proc = started([*args[:8], "--resume", "--out", str(out)])
-    ray_processes = _descendants(proc.pid)
+    # a resume rewrites metrics.jsonl from the checkpoints before Ray starts: wait for Ray
+    deadline = time.monotonic() + 60
+    while len(ray_processes := _descendants(proc.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.3)
     assert len(ray_processes) >= 3, ray_processes
     proc.kill()
     proc.communicate(timeout=60)

@@ -76,7 +76,8 @@ class RunOptions:
     """where jobs run: local (a process pool on this machine) or ray (a Ray cluster; pip
     install 'bnlab[ray]')"""
     ray_address: str | None = None
-    """with --runner ray: unset = start a local Ray; auto or ray://host:port = join a cluster"""
+    """with --runner ray: unset = start a local Ray (or join $RAY_ADDRESS, where set); auto,
+    host:port or ray://host:port = join a cluster"""
 
     def validate(self) -> None:
         """Raise ValueError for a bad value, before any work starts. Subclasses extend it."""

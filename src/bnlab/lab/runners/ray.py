@@ -1,8 +1,11 @@
 """The Ray runner: one Ray task per chunk, on a local Ray or a cluster.
 
-- ``--runner ray`` alone starts a local Ray (on a loopback address, no dashboard) for the run;
-  ``--ray-address auto`` joins the cluster this machine belongs to (``ray start --head`` /
-  ``ray start --address=...``), ``ray://host:port`` connects through Ray Client.
+- ``--runner ray`` alone starts a local Ray (on a loopback address, no dashboard) for the run,
+  even where ``ray start`` left a cluster running on this machine; ``--ray-address auto``
+  joins that cluster (``ray start --head`` / ``ray start --address=...``), ``host:port`` the
+  one there, ``ray://host:port`` connects through Ray Client. Without ``--ray-address``, a
+  ``RAY_ADDRESS`` in the environment (``ray job submit`` sets it for its entrypoint) is taken
+  as one.
 - The experiment's data goes into the object store once; each task gets (job, state, start,
   end) and returns the chunk's result (state included) to the driver, which alone writes the
   run directory. Workers need bnlab installed, and no data on disk.
@@ -63,15 +66,19 @@ HOW_TO_START = (
 )
 
 
-def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+def check_reachable(
+    address: str, timeout_s: float = CONNECT_TIMEOUT_S, named: str | None = None
+) -> None:
     """Refuse a ``--ray-address`` that nothing answers at, within ``timeout_s``: Ray itself
     retries for minutes ("Failed to connect to GCS"), after the run directory exists.
     ``auto`` is looked up as Ray does (RAY_ADDRESS, then this machine's running cluster);
-    ``host:port`` and ``ray://host:port`` are tried with one TCP connection.
+    ``host:port`` and ``ray://host:port`` are tried with one TCP connection. ``named`` is how
+    the errors name the address (default ``--ray-address ADDRESS``).
 
     Raises:
         ValueError: naming the address and how to start a cluster.
     """
+    named = named or f"--ray-address {address}"
     target = address
     if address == "auto":
         from ray._private.services import canonicalize_bootstrap_address
@@ -80,19 +87,17 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
             target = canonicalize_bootstrap_address("auto") or ""
         except ConnectionError:
             raise ValueError(
-                f"--ray-address auto: no Ray cluster runs on this machine; {HOW_TO_START}"
+                f"{named}: no Ray cluster runs on this machine; {HOW_TO_START}"
             ) from None
     host, _, port = target.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(
-            f"--ray-address {address}: give auto, HOST:PORT or ray://HOST:PORT; {HOW_TO_START}"
-        )
+        raise ValueError(f"{named}: give auto, HOST:PORT or ray://HOST:PORT; {HOW_TO_START}")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise ValueError(
-            f"--ray-address {address}: no Ray cluster at {host}:{port} ({why} within "
+            f"{named}: no Ray cluster at {host}:{port} ({why} within "
             f"{timeout_s:g} s); {HOW_TO_START}"
         ) from None
 
@@ -103,19 +108,24 @@ class RayRunner:
         self.address, self.jobs, self.threads = address, jobs, threads
         self.started = False
         self.reaper: subprocess.Popen[bytes] | None = None
+        self.named = f"--ray-address {address}"
+        if address is None and os.environ.get("RAY_ADDRESS"):  # as Ray's own tools take it
+            self.address = address = os.environ["RAY_ADDRESS"]
+            self.named = f"RAY_ADDRESS={address}"
         if address is not None:  # joined now: before the data loads and the directory exists
-            check_reachable(address)
+            check_reachable(address, named=self.named)
             try:
                 self.started = self._init()
             except (ConnectionError, RuntimeError) as exc:  # something answered, not Ray
                 why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ValueError(
-                    f"--ray-address {address}: could not join a Ray cluster there ({why}); "
-                    f"{HOW_TO_START}"
+                    f"{self.named}: could not join a Ray cluster there ({why}); {HOW_TO_START}"
                 ) from None
 
     def describe(self, n_jobs: int) -> str:
         where = f"Ray cluster at {self.address}" if self.address else "local Ray"
+        if self.named.startswith("RAY_ADDRESS"):
+            where += " (from RAY_ADDRESS)"
         return f"{where} (one task per chunk)"
 
     def _init(self) -> bool:
@@ -133,8 +143,14 @@ class RayRunner:
             if self.address is None:
                 from bnlab.lab.jobs import cpu_count
 
+                # address="local": a new Ray of its own even where `ray start` left a cluster
+                # on this machine or RAY_ADDRESS names one (address=None would join that, and
+                # then refuse num_cpus); joining one is what --ray-address is for
                 ray.init(
-                    num_cpus=self.jobs or cpu_count(), _node_ip_address=LOCAL_NODE_IP, **common
+                    address="local",
+                    num_cpus=self.jobs or cpu_count(),
+                    _node_ip_address=LOCAL_NODE_IP,
+                    **common,
                 )
                 self.reaper = _start_reaper()
             else:
