@@ -256,6 +256,13 @@ def test_quick_run_end_to_end_through_the_cli(mnist_root, tmp_path, capsys):
     assert "GAN normalizations: what to use instead of BN" in html
     assert html.count("data:image/png;base64,") >= len(BY_NAME)
     assert "ms/step" in capsys.readouterr().out
+    # a run grows toward the full budget: more seeds on --resume train them, the rest stays
+    before = {(r["seed"], r["variant"]): r for r in records}
+    argv = ["gan-norms", "--resume", "--out", str(out), "--seeds", "0,1", "--data", str(mnist_root)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {(r["seed"], r["variant"]) for r in records} == {(s, v) for s in (0, 1) for v in BY_NAME}
+    assert all(before[(0, r["variant"])] == r for r in records if r["seed"] == 0)
 
 
 def test_only_plain_bn_variants_train_data_parallel_and_reports_name_the_layers():

@@ -32,7 +32,7 @@ EXPERIMENT: Experiment[NormsConfig] = Experiment(
         "classifier_steps": 150,
     },
     chunk_size=lambda cfg: cfg.checkpoint_every,
-    growable=frozenset({"epochs"}),
+    growable=frozenset({"epochs", "seeds"}),  # as gan: a run grows toward the full budget
 )
 
 
