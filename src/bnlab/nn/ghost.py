@@ -78,6 +78,8 @@ def _chunked(
     xs = x
     if chunks > 1:
         xs = x.reshape(chunks, g, c, *spatial).transpose(0, 1).reshape(g, chunks * c, *spatial)
+    w: Tensor | None
+    b: Tensor | None
     if renorm is not None:
         w, b = renorm_affine(xs, weight, bias, renorm[0], renorm[1], eps, renorm[2], renorm[3])
     else:
