@@ -105,3 +105,11 @@ def test_bad_ghost_size_names_the_fix():
         bnn.GhostBatchRenorm2d(4, 1)
     with pytest.raises(ValueError, match="track_running_stats=False"):
         bnn.GhostBatchRenorm2d(4, 2, track_running_stats=False)
+
+
+def test_doctor_reads_its_ghost_batches():
+    from bnlab.doctor import check
+
+    model = nn.Sequential(nn.Linear(3, 3, bias=False), bnn.GhostBatchRenorm1d(3, 4))
+    assert "batch-of-one" in {f.code for f in check(model, torch.randn(5, 3))}  # last chunk: 1
+    assert "batch-of-one" not in {f.code for f in check(model, torch.randn(6, 3))}
