@@ -19,6 +19,7 @@ from bnlab.lab.experiments.batch_size.train import BatchSizeJob, train_mode_erro
 from bnlab.lab.results import Run
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")
+EPOCHS = bs.Training().epochs  # the synthetic records are last-epoch ones
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("seeded_one_thread")
         ({"norm_batches": (2, 6)}, r"--norm-batches 6: .*divide --sgd-batch 64"),
         ({"norm_batches": (1,)}, r"--norm-batches 1: each b must be at least 2"),
         ({"norm_batches": ()}, r"--norm-batches: give at least one"),
-        ({"small_sgd_batches": (128,)}, r"--small-sgd-batches 128: each must be in 2..--sgd-batch"),
+        ({"small_sgd_batches": (64,)}, r"--small-sgd-batches 64: each must be in 2..63"),
         ({"sgd_batch": 1}, r"--sgd-batch must be at least 2"),
         ({"groups": 5}, r"--groups 5 must divide every --widths value"),
         ({"widths": (8, 8)}, r"--widths takes three positive channel counts"),
@@ -86,9 +87,9 @@ def _records(err: dict[tuple[str, str, int], list[float]]) -> list[dict[str, Any
         for seed, e in enumerate(errs):
             r: dict[str, Any] = {"kind": "epoch", "norm": norm, "regime": regime, "b": b,
                                  "batch": 64 if regime == "ghost" else b, "seed": seed,
-                                 "epoch": 3, "test_err": e, "train_mode_err": e + 0.01 * (64 // b),
-                                 "sec_per_step": 0.01}  # fmt: skip
-            if norm in ("bn", "renorm"):
+                                 "epoch": EPOCHS, "test_err": e, "sec_per_step": 0.01,
+                                 "train_mode_err": e + 0.01 * (64 // b)}  # fmt: skip
+            if norm == "bn":
                 r["precise_err"] = e - 0.005  # precise recovers little at every b
             out.append(r)
     return out
@@ -165,7 +166,7 @@ def test_quick_run_end_to_end(
     assert {c["id"] for c in summary["claims"]} == {f"C{i}" for i in range(1, 8)}
     finals = [r for r in result.records if r["kind"] == "epoch"]
     assert len(finals) == 8 and all("train_mode_err" in r for r in finals)
-    assert all(("precise_err" in r) == (r["norm"] in ("bn", "renorm")) for r in finals)
+    assert all(("precise_err" in r) == (r["norm"] == "bn") for r in finals)
     html = (out / "report.html").read_text()
     assert "Wu &amp; He" in html and "data:image/png;base64" in html
     sections = report_from_run_dir(bs.EXPERIMENT, out, "error_vs_b.png")

@@ -267,10 +267,12 @@ def _agreement(cfg: Config, table: Table) -> str:
         out.append("Agrees with Wu & He: " + "; ".join(agrees) + ".")
     if differs:
         out.append("Differs: " + "; ".join(differs) + ".")
+    side = cfg.training.image_size // 4  # the last conv layer's height and width
     out.append(
-        "Scale differs throughout: a 3-layer conv net on Fashion-MNIST for a few epochs, not "
-        "ResNet-50 on ImageNet for 100; the last conv layer here sees few values per statistic "
-        "(b x 3 x 3 at 14x14 input) where the paper's deepest ones see b x 7 x 7."
+        f"Scale differs throughout: a 3-layer conv net on {cfg.dataset} for "
+        f"{cfg.training.epochs} epoch(s), not ResNet-50 on ImageNet for 100; the last conv "
+        f"layer here computes each statistic from b x {side} x {side} values, the paper's "
+        "deepest from b x 7 x 7."
     )
     return " ".join(out)
 

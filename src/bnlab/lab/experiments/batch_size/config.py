@@ -27,9 +27,9 @@ class Training:
     """What every job trains with (flags: --epochs, --lr, --momentum, --weight-decay,
     --widths, --groups, --train-size)."""
 
-    epochs: int = 3
+    epochs: int = 2
     """passes over the training set (the same for every SGD batch: small batches take more
-    steps)"""
+    steps); 2 reach ~87% test accuracy at b=64 on Fashion-MNIST"""
     lr: float = 0.05
     """SGD learning rate at --sgd-batch; true small SGD batches scale it linearly
     (lr * batch / sgd-batch, as Wu & He 2018 did)"""
@@ -79,7 +79,9 @@ class Config(RunOptions):
     --sgd-batch, as the GN paper's per-GPU BN; GN and LN do not depend on b and train once per
     seed. --small-sgd-batches adds true small SGD batches for BN and GN (linear lr scaling)
     to tell the normalization-batch effect from the SGD-batch effect. Defaults: a 3-layer
-    conv net on full Fashion-MNIST, 3 seeds; --quick runs a taste in under a minute.
+    conv net on full Fashion-MNIST (14x14), 2 epochs, 3 seeds: 54 trainings, about 20-25
+    minutes on an idle 2-core CPU with --jobs 2 (the true small SGD batches take two thirds of
+    it); --quick runs a taste in under a minute.
     """
 
     norms: Annotated[tuple[Norm, ...], choice_list(Norm)] = NORMS
@@ -121,12 +123,14 @@ class Config(RunOptions):
                 raise ValueError(
                     f"--norm-batches {b}: each b must be at least 2 and divide --sgd-batch "
                     f"{self.sgd_batch} (ghost batches of b fill an SGD batch), e.g. "
-                    f"--norm-batches 2 4 8 16 32 64 with --sgd-batch 64"
+                    f"--norm-batches 2,4,8,16,32,64 with --sgd-batch 64"
                 )
         for s in self.small_sgd_batches:
-            if not 2 <= s <= self.sgd_batch:
+            if not 2 <= s < self.sgd_batch:
                 raise ValueError(
-                    f"--small-sgd-batches {s}: each must be in 2..--sgd-batch ({self.sgd_batch})"
+                    f"--small-sgd-batches {s}: each must be in 2..{self.sgd_batch - 1} (an SGD "
+                    f"batch of --sgd-batch {self.sgd_batch} is the ghost runs' b = "
+                    f"{self.sgd_batch}); empty for none"
                 )
         if len(set(self.small_sgd_batches)) != len(self.small_sgd_batches):
             raise ValueError(f"--small-sgd-batches repeats a value: {self.small_sgd_batches}")

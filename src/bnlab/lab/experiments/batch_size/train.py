@@ -1,6 +1,6 @@
 """`bnlab batch-size`' jobs: one small conv net per (norm, batch, seed), trained epoch by
-epoch, measured after each epoch in eval mode and, after the last, in train mode and (for the
-BN family) with precisely recomputed statistics.
+epoch, measured after each epoch in eval mode and, after the last, in train mode and (BN) with
+precisely recomputed statistics.
 
 A ghost job trains with SGD batches of ``--sgd-batch`` and normalizes each chunk of b rows
 alone (:class:`bnlab.nn.GhostBatchNorm2d`, :class:`bnlab.nn.GhostBatchRenorm2d`): the GN
@@ -99,23 +99,25 @@ def load(cfg: Config, log: Log) -> Loaded:
 
 
 def plan(cfg: Config, data: BatchSizeData | None, n: int | None = None) -> list[BatchSizeJob]:
-    """Ghost jobs (norm x b x seed; GN and LN once per seed), then small-SGD jobs (bn and gn
-    x --small-sgd-batches x seed)."""
+    """Small-SGD jobs (bn and gn x --small-sgd-batches x seed: the longest, so they start
+    first and the workers finish together), then ghost jobs (norm x b x seed; GN and LN once
+    per seed)."""
     if n is None:
         assert data is not None
         n = cfg.training.train_size or len(data.split.train)
     t, sgd = cfg.training, cfg.sgd_batch
     jobs: list[BatchSizeJob] = []
+    for s in sorted(cfg.small_sgd_batches):
+        for seed in cfg.seeds:
+            jobs += [
+                BatchSizeJob(norm, s, s, "small-sgd", seed, t.lr * s / sgd, t, n)
+                for norm in ("bn", "gn")
+                if norm in cfg.norms
+            ]
     for seed in cfg.seeds:
         for norm in cfg.norms:
             bs = (sgd,) if norm in BATCH_FREE else sorted(cfg.norm_batches)
             jobs += [BatchSizeJob(norm, b, sgd, "ghost", seed, t.lr, t, n) for b in bs]
-        for norm in ("bn", "gn"):
-            if norm in cfg.norms:
-                jobs += [
-                    BatchSizeJob(norm, s, s, "small-sgd", seed, t.lr * s / sgd, t, n)
-                    for s in sorted(cfg.small_sgd_batches)
-                ]
     return jobs
 
 
@@ -261,7 +263,7 @@ def train_chunk(
         if epoch + 1 == t.epochs:
             # train mode as in training: batches of the SGD batch, each ghost chunk alone
             record["train_mode_err"] = train_mode_error(model, x_test, y_test, job.batch)
-            if job.norm in ("bn", "renorm"):
+            if job.norm == "bn":  # (Renorm's r and d would read the reset statistics)
                 precise = copy.deepcopy(model)
                 m = min(PRECISE_IMAGES, job.train_size)
                 pick = torch.randperm(
