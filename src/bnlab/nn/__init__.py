@@ -1,6 +1,6 @@
 """bnlab's batch-norm modules (subclasses of torch.nn's, drop-in; SyncBatchNorm on every
-torch.distributed backend; fused BN + activation; frozen BN; Batch Renorm, Ghost BN, Virtual
-BN), converters, layer lookup."""
+torch.distributed backend; fused BN + activation; frozen BN; Batch Renorm, Ghost BN, Ghost Batch
+Renorm, Virtual BN), converters, layer lookup."""
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
@@ -15,7 +15,14 @@ from bnlab.nn.frozen import (
     freeze,
     unfreeze,
 )
-from bnlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
+from bnlab.nn.ghost import (
+    GhostBatchNorm1d,
+    GhostBatchNorm2d,
+    GhostBatchNorm3d,
+    GhostBatchRenorm1d,
+    GhostBatchRenorm2d,
+    GhostBatchRenorm3d,
+)
 from bnlab.nn.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from bnlab.nn.sync_batchnorm import SyncBatchNorm
 from bnlab.nn.virtual import VirtualBatchNorm1d, VirtualBatchNorm2d
@@ -37,6 +44,9 @@ __all__ = [
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "GhostBatchNorm3d",
+    "GhostBatchRenorm1d",
+    "GhostBatchRenorm2d",
+    "GhostBatchRenorm3d",
     "SyncBatchNorm",
     "VirtualBatchNorm1d",
     "VirtualBatchNorm2d",

@@ -4,6 +4,11 @@ In training mode the batch is cut into consecutive chunks of ``ghost_batch_size`
 chunk may be smaller) and each chunk is normalized with its own statistics, as if it were a
 batch of its own: the noise of small-batch BN at any SGD batch size. Evaluation mode is BN's.
 
+Ghost Batch Renorm (:class:`GhostBatchRenorm2d` ...) is batch renormalization (Ioffe 2017,
+:mod:`bnlab.nn.renorm`) per chunk: each chunk's r and d from its own statistics against the
+layer's running statistics before the step, so that training sees chunk-sized statistics
+corrected toward the population ones; running statistics as Ghost BN's.
+
 One BN call serves all the full chunks: (k * g, C, *) is rearranged to (g, k * C, *), chunk j's
 channel c becoming channel j * C + c, and normalized with gamma and beta repeated k times, so
 the compiled kernels run once (the rearrangement is one copy each way). A smaller last chunk is
@@ -26,8 +31,19 @@ from torch import Tensor, nn
 
 from bnlab import functional as F
 from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward, count_batch
+from bnlab.nn.renorm import _BatchRenorm, _renorm_forward, renorm_affine, renorm_limits
 
-__all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
+__all__ = [
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
+    "GhostBatchRenorm1d",
+    "GhostBatchRenorm2d",
+    "GhostBatchRenorm3d",
+]
+
+# Batch renorm's inputs to one chunked BN call: running mean, running var, r_max, d_max.
+Renorm = tuple[Tensor, Tensor, float, float]
 
 
 def _chunk_rows(n: int, ghost: int) -> tuple[int, int]:
@@ -50,17 +66,27 @@ def _chunked(
     bias: Tensor | None,
     stats: tuple[Tensor, Tensor] | None,
     eps: float,
+    renorm: Renorm | None = None,
 ) -> Tensor:
     """BN of each of ``chunks`` consecutive equal chunks of ``x`` in one call; ``stats``, if
-    given, are zeroed (chunks * C,) buffers that receive the chunks' mean and unbiased var."""
+    given, are zeroed (chunks * C,) buffers that receive the chunks' mean and unbiased var.
+    With ``renorm`` (running mean, running var, r_max, d_max): batch renorm of each chunk, its
+    own r and d against the running statistics (:func:`~bnlab.nn.renorm.renorm_affine`)."""
     mean, var = stats if stats is not None else (None, None)
-    if chunks == 1:
-        return F._batch_norm(x, mean, var, weight, bias, True, 1.0, eps)
     n, c, *spatial = x.shape
     g = n // chunks
-    xs = x.reshape(chunks, g, c, *spatial).transpose(0, 1).reshape(g, chunks * c, *spatial)
-    w = None if weight is None else weight.repeat(chunks)
-    b = None if bias is None else bias.repeat(chunks)
+    xs = x
+    if chunks > 1:
+        xs = x.reshape(chunks, g, c, *spatial).transpose(0, 1).reshape(g, chunks * c, *spatial)
+    w: Tensor | None
+    b: Tensor | None
+    if renorm is not None:
+        w, b = renorm_affine(xs, weight, bias, renorm[0], renorm[1], eps, renorm[2], renorm[3])
+    else:
+        w = None if weight is None else weight.repeat(chunks)
+        b = None if bias is None else bias.repeat(chunks)
+    if chunks == 1:
+        return F._batch_norm(x, mean, var, w, b, True, 1.0, eps)
     ys = F._batch_norm(xs, mean, var, w, b, True, 1.0, eps)  # momentum 1: the buffers = stats
     return ys.reshape(g, chunks, c, *spatial).transpose(0, 1).reshape(x.shape)
 
@@ -81,11 +107,20 @@ def _ghost_forward(
     momentum: float | None,
     eps: float,
     ghost: int,
+    limits: tuple[float, float, int, int] | None = None,
 ) -> Tensor:
-    """One forward step: BN per chunk in training (or without running statistics), else BN."""
+    """One forward step: BN per chunk in training (or without running statistics), else BN.
+    With ``limits`` (Ghost Batch Renorm's r_max, d_max, warm-up start and steps): batch
+    renorm per chunk in training, each chunk's r and d against the running statistics as they
+    were before the step."""
     _check_shape(x, layer, expected_dims, num_features)
     use_batch_stats = training or running_mean is None
     n = x.shape[0]
+    if limits is not None and training and n <= ghost:  # a single chunk: batch renorm
+        return _renorm_forward(
+            x, weight, bias, running_mean, running_var, num_batches_tracked, layer,
+            expected_dims, num_features, training, track_running_stats, momentum, eps, limits,
+        )  # fmt: skip
     if not use_batch_stats or x.numel() == 0 or n <= ghost:  # evaluation, or a single chunk: BN
         return _layer_forward(
             x, weight, bias, running_mean, running_var, num_batches_tracked, layer,
@@ -100,6 +135,13 @@ def _ghost_forward(
         )
     update = training and track_running_stats and running_mean is not None
     F._check(x, running_mean, running_var, weight, bias, True, eps, who=layer)
+    renorm: Renorm | None = None
+    if limits is not None and training:
+        assert running_mean is not None and running_var is not None  # a renorm layer tracks
+        assert num_batches_tracked is not None
+        r_max, d_max = renorm_limits(int(num_batches_tracked), *limits)
+        if r_max != 1.0 or d_max != 0.0:  # else plain Ghost BN during the warm-up
+            renorm = (running_mean, running_var, r_max, d_max)
     factor = count_batch(training, track_running_stats, momentum, num_batches_tracked)
     full, rest = _chunk_rows(n, ghost)
     parts = [(x[: full * ghost], full)] + ([(x[full * ghost :], 1)] if rest else [])
@@ -110,7 +152,7 @@ def _ghost_forward(
             assert running_mean is not None
             zeros = running_mean.new_zeros(chunks * num_features)
             stats = (zeros, zeros.clone())
-        ys.append(_chunked(part, chunks, weight, bias, stats, eps))
+        ys.append(_chunked(part, chunks, weight, bias, stats, eps, renorm))
         if stats is not None:
             means.append(stats[0].view(chunks, num_features))
             variances.append(stats[1].view(chunks, num_features))
@@ -141,13 +183,7 @@ class _GhostBatchNorm(_BatchNorm):
         *,
         bias: bool = True,
     ) -> None:
-        name = type(self).__name__
-        if not isinstance(ghost_batch_size, int) or ghost_batch_size < 2:
-            raise ValueError(
-                f"{name}: ghost_batch_size must be an int >= 2, got {ghost_batch_size!r} (a "
-                f"ghost batch of 1 normalizes each example alone: BN on one value per channel "
-                f"for (N, C) input; for images that is InstanceNorm{name[-2:]}(affine=True))"
-            )
+        _check_ghost(type(self).__name__, ghost_batch_size)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__(
             num_features, eps, momentum, affine, track_running_stats, **factory, bias=bias
@@ -180,5 +216,55 @@ class GhostBatchNorm2d(_GhostBatchNorm, nn.BatchNorm2d):
 
 class GhostBatchNorm3d(_GhostBatchNorm, nn.BatchNorm3d):
     """Ghost BN over (N, C, D, H, W) input; a torch.nn.BatchNorm3d's state."""
+
+    _expected_dims = (5,)
+
+
+def _check_ghost(name: str, ghost_batch_size: int) -> None:
+    if not isinstance(ghost_batch_size, int) or ghost_batch_size < 2:
+        raise ValueError(
+            f"{name}: ghost_batch_size must be an int >= 2, got {ghost_batch_size!r} (a "
+            f"ghost batch of 1 normalizes each example alone: BN on one value per channel "
+            f"for (N, C) input; for images that is InstanceNorm{name[-2:]}(affine=True))"
+        )
+
+
+class _GhostBatchRenorm(_BatchRenorm):
+    """Batch renorm per ghost batch on bnlab's BN base: torch's parameters, buffers and
+    state_dict (a BatchRenorm's arguments, plus ``ghost_batch_size``)."""
+
+    def __init__(self, num_features: int, ghost_batch_size: int, *args: Any, **kwargs: Any) -> None:
+        _check_ghost(type(self).__name__, ghost_batch_size)
+        super().__init__(num_features, *args, **kwargs)
+        self.ghost_batch_size = ghost_batch_size
+
+    def values_per_statistic(self, input: Tensor) -> int:
+        """The fewest values any statistic of ``input`` is computed from: its smallest ghost
+        batch's values per channel (the doctor's batch-of-one check)."""
+        return _ghost_values(input, self.ghost_batch_size)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _ghost_forward(input, *self._step_args(), self.ghost_batch_size, self._limits())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
+
+
+class GhostBatchRenorm1d(_GhostBatchRenorm, nn.BatchNorm1d):
+    """Batch renorm per ghost batch over (N, C) or (N, C, L) input; a torch.nn.BatchNorm1d's
+    state."""
+
+    _expected_dims = (2, 3)
+
+
+class GhostBatchRenorm2d(_GhostBatchRenorm, nn.BatchNorm2d):
+    """Batch renorm per ghost batch over (N, C, H, W) input; a torch.nn.BatchNorm2d's state."""
+
+    _expected_dims = (4,)
+
+
+class GhostBatchRenorm3d(_GhostBatchRenorm, nn.BatchNorm3d):
+    """Batch renorm per ghost batch over (N, C, D, H, W) input; a torch.nn.BatchNorm3d's
+    state."""
 
     _expected_dims = (5,)

@@ -34,7 +34,13 @@ from torch import Tensor, nn
 from bnlab import functional as F
 from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward
 
-__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "renorm_limits"]
+__all__ = [
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "renorm_affine",
+    "renorm_limits",
+]
 
 
 def renorm_limits(
@@ -49,6 +55,41 @@ def renorm_limits(
         return 1.0, 0.0
     frac = 1.0 if warmup_steps <= 0 else min((step - warmup_start) / warmup_steps, 1.0)
     return 1.0 + (r_max - 1.0) * frac, d_max * frac
+
+
+def renorm_affine(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    r_max: float,
+    d_max: float,
+) -> tuple[Tensor, Tensor]:
+    """Batch renorm as BN's affine: ``(gamma * r, beta + gamma * d)`` for the batch ``x``
+    (N, K, *), r and d from its per-channel statistics and the running ones (no gradient).
+
+    ``weight``, ``bias`` and the running statistics have C channels with K a multiple of C:
+    K = k * C is k stacked groups (Ghost Batch Renorm's chunks, each chunk a block of C
+    channels), each compared with the same running statistics and scaled by the same gamma.
+    """
+    k = x.shape[1] // running_mean.shape[0]
+    with torch.no_grad():
+        mean_b, m2_b = F.batch_norm_stats(x)  # (K,) in the statistics dtype
+        count = x.numel() // x.shape[1]
+        std_b = (m2_b / count).add_(eps).sqrt_()
+        std = running_var.to(std_b.dtype).add(eps).sqrt_().repeat(k)
+        r = (std_b / std).clamp_(1.0 / r_max, r_max)
+        d = (mean_b - running_mean.to(mean_b.dtype).repeat(k)).div_(std).clamp_(-d_max, d_max)
+        pdtype = running_mean.dtype  # the parameters' dtype (float32 for a half input)
+        r, d = r.to(pdtype), d.to(pdtype)
+    gamma = None if weight is None else weight.repeat(k)
+    weight_r = r if gamma is None else gamma * r
+    bias_r = d if gamma is None else gamma * d
+    if bias is not None:
+        bias_r = bias.repeat(k) + bias_r
+    return weight_r, bias_r
 
 
 @torch.fx.wrap  # one node in a traced graph, as bnlab's BatchNorm (its limits read a buffer)
@@ -93,19 +134,7 @@ def _renorm_forward(
     # (stats + normalize forward, two backward). Recovering mu_B from the running statistics
     # after the step would save it but loses precision (and is undefined at momentum 0), and
     # composing BN's stages by hand would duplicate its autograd: both cost more than a read.
-    with torch.no_grad():
-        mean_b, m2_b = F.batch_norm_stats(x)  # (C,) in the statistics dtype
-        count = x.numel() // x.shape[1]
-        std_b = (m2_b / count).add_(eps).sqrt_()
-        std = running_var.to(std_b.dtype).add(eps).sqrt_()
-        r = (std_b / std).clamp_(1.0 / r_max, r_max)
-        d = (mean_b - running_mean.to(mean_b.dtype)).div_(std).clamp_(-d_max, d_max)
-        pdtype = running_mean.dtype  # the parameters' dtype (float32 for a half input)
-        r, d = r.to(pdtype), d.to(pdtype)
-    weight_r = r if weight is None else weight * r
-    bias_r = d if weight is None else weight * d
-    if bias is not None:
-        bias_r = bias + bias_r
+    weight_r, bias_r = renorm_affine(x, weight, bias, running_mean, running_var, eps, r_max, d_max)
     return _layer_forward(
         x, weight_r, bias_r, running_mean, running_var, num_batches_tracked, layer,
         expected_dims, num_features, training, True, momentum, eps,

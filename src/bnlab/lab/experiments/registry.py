@@ -7,6 +7,7 @@ from typing import Any
 
 from bnlab.lab.experiments.ablation.experiment import EXPERIMENT as ABLATION
 from bnlab.lab.experiments.activations.experiment import EXPERIMENT as ACTIVATIONS
+from bnlab.lab.experiments.batch_size.experiment import EXPERIMENT as BATCH_SIZE
 from bnlab.lab.experiments.gan.experiment import EXPERIMENT as GAN
 from bnlab.lab.experiments.gan_norms.experiment import EXPERIMENT as GAN_NORMS
 from bnlab.lab.experiments.ioffe2015.experiment import EXPERIMENT as IOFFE2015
@@ -28,5 +29,6 @@ EXPERIMENTS: dict[str, Experiment[Any]] = {
         SANTURKAR2018,
         REGULARIZATION,
         RUNNING_STATS,
+        BATCH_SIZE,
     )
 }

@@ -17,6 +17,7 @@ from tyro.conf import Positional
 
 from bnlab.lab.experiments.ablation.report import REPORT as ABLATION
 from bnlab.lab.experiments.activations.report import REPORT as ACTIVATIONS
+from bnlab.lab.experiments.batch_size.report import REPORT as BATCH_SIZE
 from bnlab.lab.experiments.gan.report import REPORT as GAN
 from bnlab.lab.experiments.gan_norms.report import REPORT as GAN_NORMS
 from bnlab.lab.experiments.ioffe2015.report import REPORT as IOFFE2015
@@ -41,6 +42,7 @@ REPORTS: dict[str, ExperimentReport[Any, Any]] = {
         SANTURKAR2018,
         REGULARIZATION,
         RUNNING_STATS,
+        BATCH_SIZE,
     )
 }
 
