@@ -175,6 +175,14 @@ def test_markdown_report_quotes_the_same_claims_and_tables(run_dir: Path):
     assert all(ln.endswith("|") for ln in table_rows)
     assert len({ln.count(" | ") for ln in table_rows if ln.startswith("| C")}) == 1
     assert "<table" not in md and "<p>" not in md  # no html
+    # the figures as PNG files beside it, each linked once, each the report's own bytes
+    links = re.findall(r"!\[[^\]]*\]\((report_files/[^)]+\.png)\)", md)
+    assert links and len(set(links)) == len(links)
+    for link in links:
+        assert (run_dir / link).read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in (run_dir / "report_files").iterdir()) == sorted(
+        link.split("/")[1] for link in links
+    )
 
 
 def test_curves_spanning_orders_of_magnitude_get_a_log_axis(tmp_path: Path):

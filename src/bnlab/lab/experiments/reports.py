@@ -121,7 +121,8 @@ class ReportArgs:
     """where to write (default: RUN_DIR/report.html for one run, ./report.html for several)"""
     markdown: bool = False
     """write report.md instead: the claims, tables and prose as Markdown, to quote in a README
-    or an issue (every number from the run directories)"""
+    or an issue (every number from the run directories), its figures as PNG files in
+    report_files/ beside it"""
 
 
 def main(argv: list[str]) -> int:

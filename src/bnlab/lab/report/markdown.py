@@ -2,18 +2,20 @@
 
 report.html is for looking at; report.md is for quoting: every number in it comes from the run
 directories, so a README's results can be rebuilt from runs instead of edited by hand.
-Figures are listed by title (they live in report.html and the run directories).
+Its figures are written as PNG files beside it (``report_files/NN-title.png``) and linked, so
+a README takes a figure from a run by path, not by a screenshot.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from bnlab.lab.report.html import Section, Table
+from bnlab.lab.report.html import Figure, Section, Table
 from bnlab.lab.results import Claim, verdict_text
 from bnlab.lab.runs import atomic_write_bytes
 
-__all__ = ["render_markdown", "write_markdown"]
+__all__ = ["figure_files", "render_markdown", "write_markdown"]
 
 
 def _cell(v: object) -> str:
@@ -40,8 +42,23 @@ def _table(t: Table) -> list[str]:
     return out + (["", t.caption] if t.caption else [])
 
 
-def render_markdown(sections: list[Section], title: str, subtitle: str = "") -> str:
-    """The whole report as Markdown text."""
+def figure_files(sections: list[Section]) -> list[tuple[Figure, str]]:
+    """Each figure of the report with its file name: ``NN-title.png``, numbered in order."""
+    figures = [f for s in sections for f in (*s.hero, *s.figures)]
+    names = []
+    for i, f in enumerate(figures, 1):
+        slug = re.sub(r"[^a-z0-9]+", "-", f.title.lower()).strip("-")[:60] or "figure"
+        names.append((f, f"{i:02d}-{slug}.png"))
+    return names
+
+
+def render_markdown(
+    sections: list[Section], title: str, subtitle: str = "", figures_dir: str = ""
+) -> str:
+    """The whole report as Markdown text; with ``figures_dir`` (relative to the text) its
+    figures are linked as ``figures_dir/NN-title.png`` (see :func:`figure_files`), else listed
+    by title."""
+    files = {id(f): name for f, name in figure_files(sections)}
     lines = [f"# {title}", ""] + ([subtitle, ""] if subtitle else [])
     for s in sections:
         lines += [f"## {s.title}", ""]
@@ -52,7 +69,10 @@ def render_markdown(sections: list[Section], title: str, subtitle: str = "") -> 
             lines += [*_claims(s.claims, s.source), ""]
         for t in s.tables:
             lines += [*_table(t), ""]
-        if s.hero or s.figures:
+        for f in (*s.hero, *s.figures) if figures_dir else ():
+            lines += [f"![{_cell(f.title)}]({figures_dir}/{files[id(f)]})", ""]
+            lines += [" ".join(f.caption.split()), ""] if f.caption.strip() else []
+        if (s.hero or s.figures) and not figures_dir:
             titles = [f.title for f in (*s.hero, *s.figures)]
             lines += ["Figures (in report.html): " + "; ".join(titles), ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -61,6 +81,11 @@ def render_markdown(sections: list[Section], title: str, subtitle: str = "") -> 
 def write_markdown(
     path: str | Path, sections: list[Section], title: str, subtitle: str = ""
 ) -> Path:
+    """report.md at ``path``, its figures in ``<stem>_files/`` beside it (written first: the
+    text never links a file that is not there)."""
     path = Path(path)
-    atomic_write_bytes(path, render_markdown(sections, title, subtitle).encode())
+    folder = f"{path.stem}_files"
+    for f, name in figure_files(sections):
+        atomic_write_bytes(path.parent / folder / name, f.png)
+    atomic_write_bytes(path, render_markdown(sections, title, subtitle, folder).encode())
     return path
