@@ -30,7 +30,7 @@ from bnlab.lab.report.plots import plot_losses, plot_metric
 from bnlab.lab.results import ONE_SEED, Run
 from bnlab.lab.stats import Estimate
 
-__all__ = ["REPORT", "compare_report", "report"]
+__all__ = ["REPORT", "compare_report", "hero_figures", "report", "sample_strip"]
 
 
 def _strip(items: list[tuple[str, Path]], height: int | None = None) -> bytes:
@@ -64,7 +64,7 @@ def _grids(run_dir: Path, variant: str, view: str) -> list[Path]:
     return sorted((run_dir / "samples" / variant).glob(f"epoch-[0-9][0-9][0-9]{suffix}.png"))
 
 
-def _sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> bytes | None:
+def sample_strip(run_dir: Path, variant: str, view: str, max_cols: int = 6) -> bytes | None:
     """The variant's sample grids at up to ``max_cols`` epochs side by side, labelled."""
     files = _grids(run_dir, variant, view)
     if not files:
@@ -117,7 +117,7 @@ BLOG_NAMES = {
 }
 
 
-def _hero(run: Run[Any], variants: list[str]) -> list[Figure]:
+def hero_figures(run: Run[Any], variants: list[str]) -> list[Figure]:
     """What the blog showed, side by side: each variant's last samples as the notebooks drew
     them (a training batch, G in train mode), then the same G in eval mode where scored."""
     out = []
@@ -168,7 +168,7 @@ def report(run: Run[GanConfig], analysis: GanAnalysis) -> list[Section]:
             claims=list(analysis.claims),
             tables=[_summary_table(analysis), _variants_table(cfg)],
             anchor="gan",
-            hero=_hero(run, variants),
+            hero=hero_figures(run, variants),
             source="the blog",
         )
     ]
@@ -213,7 +213,7 @@ def report(run: Run[GanConfig], analysis: GanAnalysis) -> list[Section]:
             ("eval", "G in eval mode, fixed z"),
             ("train", "the notebook's view: last training batch, G in train mode"),
         ):
-            png = _sample_strip(run_dir, v, view)
+            png = sample_strip(run_dir, v, view)
             if png:
                 sample_figs.append(Figure(f"{v}: {what}", png))
     sections.append(

@@ -5,7 +5,7 @@ strips), the three questions' answers and claims, folded tables. Renders the ana
 
 from __future__ import annotations
 
-from bnlab.lab.experiments.gan.report import _hero, _sample_strip
+from bnlab.lab.experiments.gan.report import hero_figures, sample_strip
 from bnlab.lab.experiments.gan_norms.analysis import (
     NON_INFERIORITY,
     QUANTITIES,
@@ -69,7 +69,7 @@ def report(run: Run[NormsConfig], analysis: NormsAnalysis) -> list[Section]:
     ]
     strips = []
     for v in names:
-        png = _sample_strip(run.dir, v, "eval")
+        png = sample_strip(run.dir, v, "eval")
         if png:
             strips.append(Figure(f"{v}: G in eval mode, fixed z, across epochs", png))
     return [
@@ -79,7 +79,7 @@ def report(run: Run[NormsConfig], analysis: NormsAnalysis) -> list[Section]:
             claims=list(analysis.claims),
             tables=tables,
             anchor="gan-norms",
-            hero=_hero(run, names),
+            hero=hero_figures(run, names),
             source="the question",
         ),
         Section(
