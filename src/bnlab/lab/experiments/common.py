@@ -105,25 +105,26 @@ class Digits:
         """
         pick = torch.Generator().manual_seed(split_seed)
         n, name = len(self.train_labels), self.dataset
+        items = "digits" if name == "mnist" else "images"  # Fashion-MNIST's are clothes
         if self.two_splits:
             m = len(self.held_labels)
             if not 0 < holdout <= m:
                 raise ValueError(f"{flag} must be in 1..{m} (the test split), got {holdout}")
             held = torch.randperm(m, generator=pick)[:holdout]
             what = (
-                f"{name}: train split ({n:,} digits) for training, {holdout:,} digits "
+                f"{name}: train split ({n:,} {items}) for training, {holdout:,} {items} "
                 f"of the test split held out, from {self.source}"
             )
             return Split(torch.arange(n), held, what)
         if not 0 < holdout < n - 1:
             raise ValueError(
                 f"{flag} must be in 1..{n - 2} (the {self.split_name} split has {n:,} "
-                f"digits and the rest is for training), got {holdout}"
+                f"{items} and the rest is for training), got {holdout}"
             )
         perm = torch.randperm(n, generator=pick)
         held, rest = perm[:holdout], perm[holdout:]
         what = (
-            f"{name}: only the {self.split_name} split ({n:,} digits, {self.source}); a seeded "
+            f"{name}: only the {self.split_name} split ({n:,} {items}, {self.source}); a seeded "
             f"permutation holds out {holdout:,} and leaves {len(rest):,} for training"
         )
         return Split(rest, held, what)
