@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from bnlab.lab.results import Verdict
+from bnlab.lab.results import Claim, Verdict
 
 __all__ = [
     "Estimate",
@@ -22,6 +22,8 @@ __all__ = [
     "format_ci",
     "mean_ci",
     "paired",
+    "paired_by_seed",
+    "paired_claim",
     "verdict",
     "verdict_or_direction",
 ]
@@ -135,3 +137,46 @@ def verdict_or_direction(diff: Estimate, expected: Literal["positive", "negative
     if diff.n == 1 and math.isfinite(diff.mean) and diff.mean != 0:
         return "agrees" if (diff.mean > 0) == (expected == "positive") else "disagrees"
     return "inconclusive"
+
+
+def paired_by_seed(a: dict[int, float], b: dict[int, float]) -> Paired | None:
+    """a - b over the seeds both have (seed -> value), or None when they share none."""
+    seeds = sorted(set(a) & set(b))
+    return paired([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
+
+
+def paired_claim(
+    cid: str,
+    statement: str,
+    quantity: str,
+    a: dict[int, float],
+    b: dict[int, float],
+    expected: Literal["positive", "negative"],
+    *,
+    margin: float = 0.0,
+    what: str = "",
+    extra: str = "",
+    rule: str = "",
+) -> Claim | None:
+    """The claim that a - b (seed -> value each, paired over seeds) lies on the ``expected``
+    side of ``margin`` (0, or a non-inferiority margin): its verdict from the 95% CI, or its
+    direction with one seed; None when the two share no seed."""
+    p = paired_by_seed(a, b)
+    if p is None:
+        return None
+    diff = p.diff
+    value = f"{mean_ci(list(a.values())).fmt()} vs {mean_ci(list(b.values())).fmt()}, "
+    value += f"diff {diff.fmt()}"
+    if p.n >= 2:
+        value += f"; p={p.p_value:.3g}, d_z={p.effect_size:.2f}; {p.n} seeds"
+    if extra:
+        value += f"; {extra}"
+    line = f"{'>' if expected == 'positive' else '<'} {margin:.3g}"
+    rule = rule or (
+        f"holds if the 95% CI of the paired difference{f' ({what})' if what else ''} over "
+        f"seeds is entirely {line}; does not hold if entirely on the other side; else "
+        f"inconclusive. One seed gives the direction only: agrees if the difference is "
+        f"{line}, else disagrees"
+    )
+    shifted = Estimate(diff.mean - margin, diff.lo - margin, diff.hi - margin, diff.n)
+    return Claim(cid, statement, quantity, value, verdict_or_direction(shifted, expected), rule)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from bnlab.lab.experiments.batch_size.config import BATCH_FREE, PRECISE, Config
 from bnlab.lab.results import ONE_SEED, Claim, Run, no_answer, verdict_text
-from bnlab.lab.stats import Estimate, format_ci, mean_ci, paired, verdict_or_direction
+from bnlab.lab.stats import Estimate, mean_ci, paired, paired_claim
 
 __all__ = [
     "PAPER",
@@ -131,34 +131,6 @@ def _gap(table: Table, b: int) -> dict[int, float]:
     }
 
 
-def _claim(
-    cid: str,
-    statement: str,
-    quantity: str,
-    a: dict[int, float],
-    b: dict[int, float],
-    expected: Literal["positive", "negative"],
-) -> Claim | None:
-    """Claim on a - b paired over the seeds both have; None where they share none."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    p = paired([a[s] for s in seeds], [b[s] for s in seeds])
-    v = verdict_or_direction(p.diff, expected)
-    side = "above" if expected == "positive" else "below"
-    value = format_ci(p.diff, "{:+.2f}", " pp")
-    if math.isfinite(p.p_value):
-        value += f" (p = {p.p_value:.3f}, {p.n} seeds)"
-    return Claim(
-        cid,
-        statement,
-        quantity,
-        value,
-        v,
-        f"holds if the 95% CI of the paired difference lies {side} 0; one seed gives its direction",
-    )
-
-
 def _claims(cfg: Config, table: Table) -> list[Claim]:
     lo, hi = min(cfg.norm_batches), max(cfg.norm_batches)
     small = min(cfg.small_sgd_batches, default=None)
@@ -230,7 +202,7 @@ def _claims(cfg: Config, table: Table) -> list[Claim]:
                 "positive",
             )
         )
-    claims = [_claim(*spec) for spec in specs]
+    claims = [paired_claim(*spec) for spec in specs]  # values in % (differences: pp)
     return sorted((c for c in claims if c is not None), key=lambda c: c.id)
 
 

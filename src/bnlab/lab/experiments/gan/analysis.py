@@ -20,7 +20,7 @@ import numpy as np
 from bnlab.lab.configs import config_to_dict
 from bnlab.lab.experiments.gan.config import GanConfig
 from bnlab.lab.results import ONE_SEED, Claim, Run, Verdict, no_answer, verdict_text
-from bnlab.lab.stats import Estimate, Paired, mean_ci, paired, verdict_or_direction
+from bnlab.lab.stats import Estimate, mean_ci, paired, paired_claim
 
 __all__ = [
     "LOSSES",
@@ -117,49 +117,6 @@ def _late_mean(
         k = max(1, math.ceil(len(rows) * share))
         out[seed] = float(np.mean([v for _, v in rows[-k:]]))
     return out
-
-
-def paired_by_seed(a: dict[int, float], b: dict[int, float]) -> Paired | None:
-    """a - b over the seeds both have (seed -> value), or None when they share none."""
-    seeds = sorted(set(a) & set(b))
-    return paired([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
-
-
-def paired_claim(
-    cid: str,
-    statement: str,
-    quantity: str,
-    a: dict[int, float],
-    b: dict[int, float],
-    expected: Literal["positive", "negative"],
-    *,
-    margin: float = 0.0,
-    what: str = "",
-    extra: str = "",
-    rule: str = "",
-) -> Claim | None:
-    """The claim that a - b (seed -> value each, paired over seeds) lies on the ``expected``
-    side of ``margin`` (0, or a non-inferiority margin): its verdict from the 95% CI, or its
-    direction with one seed; None when the two share no seed."""
-    p = paired_by_seed(a, b)
-    if p is None:
-        return None
-    diff = p.diff
-    value = f"{mean_ci(list(a.values())).fmt()} vs {mean_ci(list(b.values())).fmt()}, "
-    value += f"diff {diff.fmt()}"
-    if p.n >= 2:
-        value += f"; p={p.p_value:.3g}, d_z={p.effect_size:.2f}; {p.n} seeds"
-    if extra:
-        value += f"; {extra}"
-    line = f"{'>' if expected == 'positive' else '<'} {margin:.3g}"
-    rule = rule or (
-        f"holds if the 95% CI of the paired difference{f' ({what})' if what else ''} over "
-        f"seeds is entirely {line}; does not hold if entirely on the other side; else "
-        f"inconclusive. One seed gives the direction only: agrees if the difference is "
-        f"{line}, else disagrees"
-    )
-    shifted = Estimate(diff.mean - margin, diff.lo - margin, diff.hi - margin, diff.n)
-    return Claim(cid, statement, quantity, value, verdict_or_direction(shifted, expected), rule)
 
 
 def _reduced(records: list[dict[str, Any]], variant: str, key: str) -> dict[int, float]:

@@ -14,16 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnlab.lab.experiments.gan.analysis import (
-    final_values,
-    paired_by_seed,
-    paired_claim,
-    too_small,
-)
+from bnlab.lab.experiments.gan.analysis import final_values, too_small
 from bnlab.lab.experiments.gan_norms.config import NormsConfig
 from bnlab.lab.models.gan import Variant
 from bnlab.lab.results import ONE_SEED, Claim, Run, no_answer, verdict_text
-from bnlab.lab.stats import Estimate, mean_ci
+from bnlab.lab.stats import Estimate, mean_ci, paired_by_seed, paired_claim
 
 __all__ = [
     "NON_INFERIORITY",
