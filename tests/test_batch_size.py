@@ -171,3 +171,35 @@ def test_quick_run_end_to_end(
     assert "Wu &amp; He" in html and "data:image/png;base64" in html
     sections = report_from_run_dir(bs.EXPERIMENT, out, "error_vs_b.png")
     assert sections[0].hero and len(sections[0].tables) == 2
+
+
+def test_a_job_whose_loss_turns_non_finite_fails_alone_and_the_run_exits_1(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+):
+    """The failed job is named with the reason and the fix; the other jobs finish and are
+    reported; the command's exit status is 1, not 0."""
+    from bnlab.lab import cli
+    from bnlab.lab.experiments.batch_size import train as bs_train
+
+    real_build = bs_train.build
+
+    def poisoned(job: BatchSizeJob) -> torch.nn.Sequential:
+        model = real_build(job)
+        if job.norm == "ln":
+            with torch.no_grad():
+                model[0].weight.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(bs_train, "build", poisoned)
+    out = tmp_path / "run"
+    argv = ["batch-size", "--quick", "--dataset", "mnist", "--data", str(mnist_root)]
+    argv += ["--norms", "bn,ln", "--small-sgd-batches", "", "--jobs", "1", "--out", str(out)]
+    assert cli.main(argv) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["failed"]) == ["ln-b16-sgd16-s0"]
+    assert (
+        "non-finite" in summary["failed"]["ln-b16-sgd16-s0"]
+        and "--lr" in summary["failed"]["ln-b16-sgd16-s0"]
+    )
+    assert (out / "report.html").exists()
+    assert "ln-b16-sgd16-s0" in capsys.readouterr().err + (out / "report.html").read_text()

@@ -27,7 +27,6 @@ from bnlab.lab.data import batch_indices, to_unit_range
 from bnlab.lab.experiments import common
 from bnlab.lab.experiments.batch_size.config import BATCH_FREE, Config, Training
 from bnlab.lab.experiments.protocol import Loaded, Log
-from bnlab.lab.experiments.regularization.config import SPLIT_SEED
 from bnlab.lab.experiments.running_stats.estimators import recompute_bn_stats
 from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.seeding import derived_generator, derived_seed
@@ -88,7 +87,7 @@ def load(cfg: Config, log: Log) -> Loaded:
     """The training split and the test images (see ``--holdout``)."""
     digits = common.load_digits(cfg.dataset, cfg.data, log)
     holdout = cfg.holdout or (len(digits.held_labels) if digits.two_splits else 2000)
-    split = digits.split(holdout, SPLIT_SEED)
+    split = digits.split(holdout, common.SPLIT_SEED)
     n_pool = len(split.train)
     n = cfg.training.train_size or n_pool
     if n > n_pool:
@@ -168,15 +167,9 @@ def _batches(x: Tensor, size: int) -> Iterator[Tensor]:
     return (x[i : i + size] for i in range(0, x.shape[0], size))
 
 
-@torch.no_grad()
 def eval_error(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """Test error in eval mode (running statistics), the model's mode restored."""
-    was = model.training
-    model.eval()
-    wrong = sum(int((model(xb).argmax(1) != yb).sum()) for xb, yb in
-                zip(_batches(x, EVAL_BATCH), _batches(y, EVAL_BATCH), strict=True))  # fmt: skip
-    model.train(was)
-    return wrong / x.shape[0]
+    return 1.0 - common.accuracy_and_loss(model, x, y, chunk=EVAL_BATCH)[0]
 
 
 @torch.no_grad()
@@ -241,15 +234,16 @@ def train_chunk(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item()
-            if not math.isfinite(loss.item()):
+            value = loss.item()  # one host sync per step
+            loss_sum += value
+            if not math.isfinite(value):
                 failed = (
                     f"{job.key}: the loss became non-finite in epoch {epoch + 1}; use a smaller "
                     f"--lr than {t.lr}"
                 )
                 return ChunkResult(epoch, current(), records, failed=failed)
             if (i + 1) % report_every == 0:
-                emit(job.key, step + 1, f"loss {loss.item():.3f}")
+                emit(job.key, step + 1, f"loss {value:.3f}")
         seconds = time.perf_counter() - tic
         record: dict[str, Any] = {
             "kind": "epoch",

@@ -5,10 +5,11 @@ What it measures: the package docstring, :mod:`bnlab.lab.experiments.regularizat
 
 from __future__ import annotations
 
+from bnlab.lab.experiments.common import SPLIT_SEED
 from bnlab.lab.experiments.driver import RunResult, run_experiment
 from bnlab.lab.experiments.protocol import Experiment, Log
 from bnlab.lab.experiments.regularization.analysis import RegularizationAnalysis, analyse
-from bnlab.lab.experiments.regularization.config import SPLIT_SEED, VARIANTS, Config, Training
+from bnlab.lab.experiments.regularization.config import VARIANTS, Config, Training
 from bnlab.lab.experiments.regularization.probe import probe_batch_dependence
 from bnlab.lab.experiments.regularization.report import REPORT, report
 from bnlab.lab.experiments.regularization.train import (

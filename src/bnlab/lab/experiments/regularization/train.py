@@ -19,8 +19,9 @@ from torch import Tensor, nn
 
 from bnlab.lab.data import batch_indices
 from bnlab.lab.experiments import common
+from bnlab.lab.experiments.common import SPLIT_SEED
 from bnlab.lab.experiments.protocol import Loaded, Log
-from bnlab.lab.experiments.regularization.config import SPLIT_SEED, Config, Training, VariantName
+from bnlab.lab.experiments.regularization.config import Config, Training, VariantName
 from bnlab.lab.experiments.regularization.probe import probe_batch_dependence
 from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.models.mlp import mlp

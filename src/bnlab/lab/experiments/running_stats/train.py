@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from bnlab.lab.data import batch_indices
 from bnlab.lab.experiments import common
 from bnlab.lab.experiments.protocol import Loaded, Log
-from bnlab.lab.experiments.regularization.config import SPLIT_SEED
 from bnlab.lab.experiments.running_stats.config import (
     CUMULATIVE,
     POPULATION,
@@ -78,7 +77,7 @@ StatsData = common.TrainTest  # the pool and the held-out digits
 def load(cfg: Config, log: Log) -> Loaded:
     """The pool and the held-out digits: the same split as ``bnlab regularization``'s."""
     x_pool, y_pool, x_test, y_test, what = common.train_test(
-        cfg.dataset, cfg.data, cfg.holdout, SPLIT_SEED, log
+        cfg.dataset, cfg.data, cfg.holdout, common.SPLIT_SEED, log
     )
     pool_n = x_pool.shape[0]
     t = cfg.training
