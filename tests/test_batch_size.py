@@ -203,3 +203,16 @@ def test_a_job_whose_loss_turns_non_finite_fails_alone_and_the_run_exits_1(
     )
     assert (out / "report.html").exists()
     assert "ln-b16-sgd16-s0" in capsys.readouterr().err + (out / "report.html").read_text()
+
+
+def test_a_train_size_beyond_the_data_is_one_line_before_anything_is_written(
+    tmp_path: Path, mnist_root: Path, capsys: Any
+):
+    from bnlab.lab import cli
+
+    out = tmp_path / "run"
+    argv = ["batch-size", "--quick", "--dataset", "mnist", "--data", str(mnist_root)]
+    assert cli.main([*argv, "--train-size", "9500", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--train-size 9500 exceeds the training images (9,000)" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
