@@ -145,7 +145,9 @@ def _ghost_forward(
     factor = count_batch(training, track_running_stats, momentum, num_batches_tracked)
     full, rest = _chunk_rows(n, ghost)
     parts = [(x[: full * ghost], full)] + ([(x[full * ghost :], 1)] if rest else [])
-    ys, means, variances, rows = [], [], [], []
+    ys: list[Tensor] = []
+    batch_mean: Tensor | None = None  # the chunks' statistics, each weighted by its rows
+    batch_var: Tensor | None = None
     for part, chunks in parts:
         stats = None
         if update:
@@ -154,15 +156,19 @@ def _ghost_forward(
             stats = (zeros, zeros.clone())
         ys.append(_chunked(part, chunks, weight, bias, stats, eps, renorm))
         if stats is not None:
-            means.append(stats[0].view(chunks, num_features))
-            variances.append(stats[1].view(chunks, num_features))
-            rows += [part.shape[0] // chunks] * chunks
+            # a part's chunks have equal rows: its weight is its share of the batch, a Python
+            # number (no host-to-device copy per step)
+            share = part.shape[0] / n
+            m = stats[0].view(chunks, num_features).mean(0) * share
+            v = stats[1].view(chunks, num_features).mean(0) * share
+            batch_mean = m if batch_mean is None else batch_mean + m
+            batch_var = v if batch_var is None else batch_var + v
     if update:
         assert running_mean is not None and running_var is not None
+        assert batch_mean is not None and batch_var is not None
         with torch.no_grad():
-            w = torch.tensor(rows, dtype=running_mean.dtype, device=running_mean.device) / n
-            running_mean.mul_(1.0 - factor).add_(w @ torch.cat(means), alpha=factor)
-            running_var.mul_(1.0 - factor).add_(w @ torch.cat(variances), alpha=factor)
+            running_mean.mul_(1.0 - factor).add_(batch_mean, alpha=factor)
+            running_var.mul_(1.0 - factor).add_(batch_var, alpha=factor)
     y = ys[0] if len(ys) == 1 else torch.cat(ys)
     return y.contiguous(memory_format=F._output_memory_format(x))  # as BN's output
 
