@@ -47,11 +47,13 @@ def test_precise_bn_matches_torch_swa_update_bn() -> None:
     oracle = bnn.to_torch(copy.deepcopy(model))
     assert type(oracle[1]) is nn.BatchNorm1d  # a torch layer: the independent oracle
     update_bn(batches, oracle)
-    assert rs.recompute_bn_stats(model, batches) == 7
+    assert bnn.recompute_stats(model, batches) == 7
     for ours, theirs in zip(rs.bn_stats(model), rs.bn_stats(oracle), strict=True):
         torch.testing.assert_close(ours[0], theirs[0])
         torch.testing.assert_close(ours[1], theirs[1])
-    assert int(model[1].num_batches_tracked) == int(oracle[1].num_batches_tracked) == 7
+    # update_bn leaves the number of batches in num_batches_tracked; bnlab keeps the step count
+    assert int(oracle[1].num_batches_tracked) == 7
+    assert int(model[1].num_batches_tracked) == 5
 
 
 def test_torch_update_bn_on_bnlab_layers_gives_the_same_statistics() -> None:
@@ -61,7 +63,7 @@ def test_torch_update_bn_on_bnlab_layers_gives_the_same_statistics() -> None:
     theirs = copy.deepcopy(model)
     before = rs.bn_stats(model)
     update_bn(batches, theirs)
-    rs.recompute_bn_stats(model, batches)
+    bnn.recompute_stats(model, batches)
     for ours, swa, (m0, _) in zip(rs.bn_stats(model), rs.bn_stats(theirs), before, strict=True):
         assert torch.equal(ours[0], swa[0]) and torch.equal(ours[1], swa[1])
         assert not torch.equal(ours[0], m0)
@@ -70,7 +72,7 @@ def test_torch_update_bn_on_bnlab_layers_gives_the_same_statistics() -> None:
 def test_precise_bn_is_the_plain_average_of_batch_statistics() -> None:
     model = _trained_model(hidden=(5,))
     batches = [torch.randn(30, 6) + k for k in range(4)]  # different batches, different stats
-    rs.recompute_bn_stats(model, batches)
+    bnn.recompute_stats(model, batches)
     w, b = (model[0].weight.detach().double().numpy(), model[0].bias.detach().double().numpy())
     h = [x.double().numpy() @ w.T + b for x in batches]  # BN input of each batch
     np.testing.assert_allclose(
@@ -88,7 +90,7 @@ def test_precise_bn_restores_momentum_and_modes_and_keeps_the_weights() -> None:
     model[3].momentum = 0.3
     params = {k: v.clone() for k, v in model.named_parameters()}
     modes = {n: m.training for n, m in model.named_modules()}
-    rs.recompute_bn_stats(model, [torch.randn(8, 6)])
+    bnn.recompute_stats(model, [torch.randn(8, 6)])
     assert {n: m.training for n, m in model.named_modules()} == modes
     assert (model[1].momentum, model[3].momentum) == (0.1, 0.3)
     for k, v in model.named_parameters():
@@ -97,7 +99,7 @@ def test_precise_bn_restores_momentum_and_modes_and_keeps_the_weights() -> None:
 
 def test_precise_bn_leaves_a_model_without_bn_alone() -> None:
     model = mlp((6, 4, 3), "relu")
-    assert rs.recompute_bn_stats(model, [torch.randn(8, 6)]) == 0
+    assert bnn.recompute_stats(model, [torch.randn(8, 6)]) == 0
 
 
 # ---- the cumulative shadow and the population ------------------------------------------------

@@ -224,8 +224,8 @@ def _check_finite_stats(name: str, bn: nn.Module) -> Finding | None:
         name,
         f"{_describe(bn)} has non-finite running statistics ({counts}): every eval-mode output "
         "through it is NaN or inf",
-        "find the step that diverged, then reset_running_stats() and re-estimate them in train "
-        "mode",
+        "find the step that diverged, then re-estimate them with the model's weights: "
+        "bnlab.nn.recompute_stats(model, batches)",
     )
 
 
@@ -288,7 +288,7 @@ def _check_fp16_running_var(name: str, bn: nn.Module) -> Finding | None:
         "channel's eval-mode output to beta, a NaN one makes it NaN",
         "keep BN layers in float32 (torch.autocast does; after model.half() call .float() on "
         "the BN layers: they take float16 input with float32 buffers), then re-estimate the "
-        "running statistics",
+        "running statistics: bnlab.nn.recompute_stats(model, batches)",
     )
 
 
@@ -724,8 +724,9 @@ def _measured_gaps(
                 name,
                 f"{_describe(bn)}: the example batch's statistics are far from the running ones: "
                 f"{_gap_numbers(bn, gap)}; {said}",
-                "re-estimate the running statistics on data like this (train-mode forwards "
-                "under no_grad, momentum=None), or check eval data is prepared like training data",
+                "re-estimate the running statistics on data like this "
+                "(bnlab.nn.recompute_stats(model, batches)), or check eval data is prepared like "
+                "training data",
             )
         )
     return findings

@@ -1,6 +1,6 @@
 """bnlab's batch-norm modules (subclasses of torch.nn's, drop-in; SyncBatchNorm on every
 torch.distributed backend; fused BN + activation; frozen BN; Batch Renorm, Ghost BN, Ghost Batch
-Renorm, Virtual BN), converters, layer lookup."""
+Renorm, Virtual BN), converters, layer lookup, precise BN statistics."""
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
@@ -23,6 +23,7 @@ from bnlab.nn.ghost import (
     GhostBatchRenorm2d,
     GhostBatchRenorm3d,
 )
+from bnlab.nn.precise import recompute_stats
 from bnlab.nn.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from bnlab.nn.sync_batchnorm import SyncBatchNorm
 from bnlab.nn.virtual import VirtualBatchNorm1d, VirtualBatchNorm2d
@@ -54,6 +55,7 @@ __all__ = [
     "freeze",
     "from_torch",
     "is_batch_norm",
+    "recompute_stats",
     "sync_buffers",
     "to_torch",
     "unfreeze",

@@ -27,7 +27,6 @@ from bnlab.lab.data import batch_indices, to_unit_range
 from bnlab.lab.experiments import common
 from bnlab.lab.experiments.batch_size.config import BATCH_FREE, Config, Training
 from bnlab.lab.experiments.protocol import Loaded, Log
-from bnlab.lab.experiments.running_stats.estimators import recompute_bn_stats
 from bnlab.lab.jobs import ChunkResult, emit
 from bnlab.lab.seeding import derived_generator, derived_seed
 
@@ -264,7 +263,7 @@ def train_chunk(
                     job.train_size, generator=derived_generator(job.seed, "precise")
                 )
                 # batches of the SGD batch: train mode normalizes them as training did
-                recompute_bn_stats(precise, _batches(x_train[pick[:m]], job.batch))
+                bnn.recompute_stats(precise, _batches(x_train[pick[:m]], job.batch))
                 record["precise_err"] = eval_error(precise, x_test, y_test)
         records.append(record)
     return ChunkResult(end, current(), records)

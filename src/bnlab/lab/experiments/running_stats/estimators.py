@@ -2,7 +2,7 @@
 
 - **EMA**: the model's own BN layers, and :class:`ShadowStats` with other momenta;
 - **cumulative average**: :class:`ShadowStats` with ``momentum=None``;
-- **precise**: :func:`recompute_bn_stats` with the final weights;
+- **precise**: :func:`bnlab.nn.recompute_stats` with the final weights;
 - **population**: :func:`population_stats`, each BN layer's input over the whole training set.
 
 BN layers are found by :func:`bnlab.nn.batch_norm_layers` (in :func:`_bn_layers` only), the
@@ -12,7 +12,6 @@ population statistics computed by :func:`bnlab.functional.batch_norm_stats`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -30,7 +29,6 @@ __all__ = [
     "bn_stats",
     "load_bn_stats",
     "population_stats",
-    "recompute_bn_stats",
     "stat_errors",
 ]
 
@@ -44,50 +42,6 @@ Stats = list[tuple[Tensor, Tensor]]  # per BN layer: (mean (C,), var (C,))
 def _bn_layers(model: nn.Module) -> list[_BatchNorm]:
     """The BN layers of ``model`` (bnlab's or torch's), in definition order."""
     return [m for _, m in bnn.batch_norm_layers(model)]
-
-
-@torch.no_grad()
-def recompute_bn_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
-    """Precise BN: set every BN layer's running statistics from the model's current weights.
-
-    Each BN layer's running mean (variance) becomes the plain average of the batch means
-    (unbiased batch variances) of ``batches``, as fvcore's ``update_bn_stats`` and
-    ``torch.optim.swa_utils.update_bn`` do: reset the running statistics, set
-    ``momentum=None`` (cumulative average), forward every batch in train mode under
-    ``no_grad``, then restore each layer's momentum and every module's train/eval flag.
-    Parameters are untouched.
-
-    Written here rather than calling ``update_bn`` because that function restores only the
-    root module's train/eval flag; this one restores every module's (tests check it against
-    ``update_bn``).
-
-    Args:
-        model: modified in place.
-        batches: model inputs, e.g. (B, 784) tensors; each counts once, whatever its size.
-
-    Returns:
-        The number of batches forwarded (0 when the model has no BN layer: nothing to do).
-    """
-    layers = _bn_layers(model)
-    if not layers:
-        return 0
-    modes = {m: m.training for m in model.modules()}
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    count = 0
-    try:
-        for x in batches:
-            model(x)
-            count += 1
-    finally:
-        for m, momentum in zip(layers, momenta, strict=True):
-            m.momentum = momentum
-        for module, flag in modes.items():
-            module.train(flag)
-    return count
 
 
 @torch.no_grad()

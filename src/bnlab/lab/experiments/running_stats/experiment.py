@@ -14,7 +14,6 @@ from bnlab.lab.experiments.running_stats.estimators import (
     bn_stats,
     load_bn_stats,
     population_stats,
-    recompute_bn_stats,
     stat_errors,
 )
 from bnlab.lab.experiments.running_stats.report import REPORT, report
@@ -39,7 +38,6 @@ __all__ = [
     "estimator_names",
     "load_bn_stats",
     "population_stats",
-    "recompute_bn_stats",
     "report",
     "run",
     "stat_errors",

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import bnlab.nn as bnn
 from bnlab.lab.data import batch_indices
 from bnlab.lab.experiments import common
 from bnlab.lab.experiments.protocol import Loaded, Log
@@ -39,7 +40,6 @@ from bnlab.lab.experiments.running_stats.estimators import (
     bn_stats,
     load_bn_stats,
     population_stats,
-    recompute_bn_stats,
     stat_errors,
 )
 from bnlab.lab.jobs import ChunkResult, emit
@@ -114,7 +114,7 @@ def _evaluate_estimators(
     precise = copy.deepcopy(model)
     pb = t.precise_batch_size or t.batch_size
     order = batch_indices(x_train.shape[0], pb, derived_generator(job.seed, "precise", epoch))
-    recompute_bn_stats(precise, (x_train[idx] for idx in order))
+    bnn.recompute_stats(precise, (x_train[idx] for idx in order))
     estimates = {**estimates, PRECISE: bn_stats(precise), POPULATION: truth}
     records = []
     for name, est in estimates.items():
