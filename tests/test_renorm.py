@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import bnlab.nn as bnn
-from bnlab.nn.renorm import renorm_limits
+from bnlab.nn.renorm import limits_now, renorm_limits
 
 pytestmark = pytest.mark.usefixtures("each_backend")
 
@@ -172,6 +172,18 @@ def test_warm_up_ramps_r_max_and_d_max_linearly():
     assert renorm_limits(6, 3.0, 5.0, warmup_start=2, warmup_steps=4) == (3.0, 5.0)
     assert renorm_limits(10**6, 3.0, 5.0, warmup_start=2, warmup_steps=4) == (3.0, 5.0)
     assert renorm_limits(0, 3.0, 5.0) == (3.0, 5.0)  # no warm-up
+
+
+def test_without_a_warm_up_the_step_counter_is_never_read():
+    """Reading the counter's value is a host sync on a GPU. A meta tensor has no value, so
+    reading it raises: without a warm-up the limits come without it, with one they need it."""
+    step = torch.zeros((), dtype=torch.long, device="meta")
+    assert limits_now(step, (3.0, 5.0, 0, 0)) == (3.0, 5.0) == renorm_limits(7, 3.0, 5.0)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        limits_now(step, (3.0, 5.0, 2, 4))
+    layer = bnn.BatchRenorm1d(3, r_max=2.0, d_max=1.0)
+    layer.num_batches_tracked = step
+    assert layer.clip_limits() == (2.0, 1.0)
 
 
 def test_warm_up_is_batch_norm_before_it_starts_and_counts_batches(monkeypatch):

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from bnlab import functional as F
 from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward, count_batch
-from bnlab.nn.renorm import _BatchRenorm, _renorm_forward, renorm_affine, renorm_limits
+from bnlab.nn.renorm import _BatchRenorm, _renorm_forward, limits_now, renorm_affine
 
 __all__ = [
     "GhostBatchNorm1d",
@@ -139,7 +139,7 @@ def _ghost_forward(
     if limits is not None and training:
         assert running_mean is not None and running_var is not None  # a renorm layer tracks
         assert num_batches_tracked is not None
-        r_max, d_max = renorm_limits(int(num_batches_tracked), *limits)
+        r_max, d_max = limits_now(num_batches_tracked, limits)
         if r_max != 1.0 or d_max != 0.0:  # else plain Ghost BN during the warm-up
             renorm = (running_mean, running_var, r_max, d_max)
     factor = count_batch(training, track_running_stats, momentum, num_batches_tracked)

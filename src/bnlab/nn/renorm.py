@@ -38,6 +38,7 @@ __all__ = [
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
+    "limits_now",
     "renorm_affine",
     "renorm_limits",
 ]
@@ -55,6 +56,21 @@ def renorm_limits(
         return 1.0, 0.0
     frac = 1.0 if warmup_steps <= 0 else min((step - warmup_start) / warmup_steps, 1.0)
     return 1.0 + (r_max - 1.0) * frac, d_max * frac
+
+
+def limits_now(
+    num_batches_tracked: Tensor, limits: tuple[float, float, int, int]
+) -> tuple[float, float]:
+    """``(r_max, d_max)`` for the training step ``num_batches_tracked`` counts, with ``limits``
+    = (r_max, d_max, warmup_start, warmup_steps).
+
+    Without a warm-up the limits do not depend on the step, and the counter is not read:
+    reading a GPU tensor's value on the host waits for the device (one sync per layer per
+    step), so only a warm-up schedule pays for it.
+    """
+    if limits[2] <= 0 and limits[3] <= 0:
+        return renorm_limits(0, *limits)  # the same numbers at every step
+    return renorm_limits(int(num_batches_tracked), *limits)
 
 
 def renorm_affine(
@@ -114,7 +130,7 @@ def _renorm_forward(
     _check_shape(x, layer, expected_dims, num_features)
     # The limits the warm-up sets for this step (plain BN while they are (1, 0): r = 1, d = 0).
     r_max, d_max = (
-        renorm_limits(int(num_batches_tracked), *limits)
+        limits_now(num_batches_tracked, limits)
         if training and num_batches_tracked is not None
         else (1.0, 0.0)
     )
@@ -187,7 +203,7 @@ class _BatchRenorm(_BatchNorm):
     def clip_limits(self) -> tuple[float, float]:
         """``(r_max, d_max)`` the next training step uses (the warm-up applied)."""
         assert self.num_batches_tracked is not None
-        return renorm_limits(int(self.num_batches_tracked), *self._limits())
+        return limits_now(self.num_batches_tracked, self._limits())
 
     def _limits(self) -> tuple[float, float, int, int]:
         return self.r_max, self.d_max, self.warmup_start, self.warmup_steps
