@@ -39,6 +39,7 @@ from bnlab.lab.metrics.classifier import (
     train_classifier,
 )
 from bnlab.lab.runs import load_checkpoint
+from bnlab.lab.seeding import torch_threads
 
 # A classifier trained in about 2 s (~97% on the MNIST hold-out): enough for its features to
 # order noisy and blurred digits, not enough for the accuracy target.
@@ -352,6 +353,24 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     for (name, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=name)
     assert not torch.equal(a.body[0].weight, c.body[0].weight)
+
+
+def test_the_classifier_is_the_same_whatever_the_callers_thread_count(tmp_path: Path) -> None:
+    """A parallel conv sums in an order set by the thread count: before TRAIN_THREADS, 1 and 2
+    threads trained different classifiers from one seed (this network size is large enough for
+    that; TINY is not). The caller's count comes back."""
+    _write_split(tmp_path / "mnist", "test", 300)
+    split = make_split("mnist", tmp_path, holdout_size=40, split_seed=0, log=None)
+    cfg = ClassifierConfig(steps=4, batch_size=64, holdout_size=40)  # the default network
+    states = []
+    with torch_threads(0):  # restores the suite's count after
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            model = train_classifier(split.train_images, split.train_labels, cfg)
+            states.append(model.state_dict())
+            assert torch.get_num_threads() == n
+    for name, va in states[0].items():
+        torch.testing.assert_close(va, states[1][name], rtol=0, atol=0, msg=name)
 
 
 def test_second_load_comes_from_the_cache_without_training(

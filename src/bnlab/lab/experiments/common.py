@@ -3,8 +3,7 @@ their train/held-out split, batch orders, and classifier evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from torch import Tensor, nn
 
 from bnlab.lab.data import available_splits, batch_indices, load_dataset, to_unit_range
 from bnlab.lab.data.fingerprint import not_data
-from bnlab.lab.seeding import derived_generator
+from bnlab.lab.seeding import derived_generator, torch_threads
 
 __all__ = [
     "CLASSES",
@@ -51,24 +50,6 @@ def resolve_device(device: str) -> torch.device:
 
 def data_dir_arg(data: Path | None) -> Path | None:
     return None if data is None or str(data) == "" else Path(data)
-
-
-@contextmanager
-def torch_threads(n: int = 1) -> Iterator[None]:
-    """Run the block (or, as a decorator, each call) with ``n`` torch CPU threads (0 = leave
-    as is), then restore the count.
-
-    The classifier experiments run with 1: their matmuls are small (a (50, 784) x (784, 100)
-    GEMM), a second thread buys little, and on a shared 2-core machine oversubscribed threads
-    made a run several times slower.
-    """
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(eq=False)
