@@ -20,6 +20,8 @@ from bnlab.lab.experiments.gan.config import GanConfig, GanTraining
 from bnlab.lab.experiments.gan.train import GanTrainer
 from bnlab.lab.experiments.gan_norms import analysis as norms_analysis
 from bnlab.lab.experiments.gan_norms.config import NORM_VARIANTS, NormsConfig
+from bnlab.lab.experiments.gan_norms.report import compare_report
+from bnlab.lab.experiments.reports import build_report
 from bnlab.lab.models.gan import (
     BLOG_VARIANTS,
     VBN_REFERENCE,
@@ -174,11 +176,12 @@ def _fake_run(
     seeds=(0, 1, 2, 3, 4),
     noise=0.02,
     covered=10.0,
+    **config,
 ) -> Run[NormsConfig]:
     rng = np.random.default_rng(0)
     atomic_write_json(
         tmp_path / "config.json",
-        {"experiment": "gan-norms", "config": {"epochs": 3, "seeds": list(seeds)}},
+        {"experiment": "gan-norms", "config": {"epochs": 3, "seeds": list(seeds), **config}},
     )
     records = []
     for v in NORM_VARIANTS:
@@ -237,6 +240,37 @@ def test_noise_alone_is_inconclusive(tmp_path):
 def test_a_run_that_learned_nothing_gives_no_answer(tmp_path):
     a = norms_analysis.analyse(_fake_run(tmp_path, PLANTED.__getitem__, covered=1.0))
     assert a.no_answer and all(c.verdict == "no answer" for c in a.claims)
+
+
+def test_runs_on_two_datasets_are_compared_verdict_by_verdict(tmp_path):
+    """bnlab report on an MNIST and a Fashion-MNIST run: one table with each run's FD, classes
+    and own verdict per variant, each run's answers, and a variant one run lacks said so."""
+    mnist = _fake_run(tmp_path / "m", PLANTED.__getitem__)
+    fashion = _fake_run(
+        tmp_path / "f", lambda n: (PLANTED[n][0] * 2, PLANTED[n][1] * 2), seeds=(0, 1, 2),
+        dataset="fashion-mnist", epochs=50,
+    )  # fmt: skip
+    config = json.loads((tmp_path / "f" / "config.json").read_text())
+    config["config"]["variants"] = [
+        dataclasses.asdict(v) for v in NORM_VARIANTS if v.name in ("none", "ln")
+    ]
+    atomic_write_json(tmp_path / "f" / "config.json", config)
+    fashion = load_run(tmp_path / "f", NormsConfig, "gan-norms")
+    [section] = compare_report([mnist, fashion])
+    [table] = section.tables
+    assert table.header[1:4] == ["FD mnist, 3 epochs, 5 seeds", "classes mnist, 3 epochs, 5 seeds",
+                                 "vs none mnist, 3 epochs, 5 seeds"]  # fmt: skip
+    assert table.header[4].startswith("FD fashion-mnist, 50 epochs, 3 seeds")
+    rows = {r[0]: r for r in table.rows}
+    assert rows["none"][3] == rows["none"][6] == "baseline"
+    assert rows["ln"][3] == "holds" and float(rows["ln"][4].split()[0]) == pytest.approx(
+        100, rel=0.05
+    )
+    assert rows["gn"][4] == "not run"
+    assert "\n\nfashion-mnist, 50 epochs, 3 seeds: Which normalizations" in section.intro
+    out = build_report([tmp_path / "m", tmp_path / "f"], out=tmp_path / "both.md", markdown=True)
+    text = out.read_text()
+    assert text.index("runs compared") < text.index("what to use instead of BN")
 
 
 # ---- end to end ----------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from bnlab.lab.experiments.gan_norms.analysis import (
 from bnlab.lab.experiments.gan_norms.config import NormsConfig
 from bnlab.lab.experiments.protocol import ExperimentReport
 from bnlab.lab.report.html import Figure, Section, Table
-from bnlab.lab.results import Run
+from bnlab.lab.results import Run, verdict_text
 
-__all__ = ["REPORT", "report"]
+__all__ = ["REPORT", "compare_report", "report"]
 
 
 def report(run: Run[NormsConfig], analysis: NormsAnalysis) -> list[Section]:
@@ -91,6 +91,68 @@ def report(run: Run[NormsConfig], analysis: NormsAnalysis) -> list[Section]:
     ]
 
 
+def run_label(run: Run[NormsConfig]) -> str:
+    """How a comparison names a run: its data and budget, e.g. "mnist, 200 epochs, 5 seeds"."""
+    seeds = len({r["seed"] for r in run.records})
+    cfg = run.config
+    return f"{cfg.dataset}, {cfg.training.epochs} epochs, {seeds} seed{'' if seeds == 1 else 's'}"
+
+
+def compare_report(runs: list[Run[NormsConfig]]) -> list[Section]:
+    """Several gan-norms runs side by side (e.g. MNIST and Fashion-MNIST, or two budgets): per
+    variant each run's FD (eval G), classes and its verdict against no normalization; then
+    each run's three answers. Every verdict is the run's own, paired over its seeds; runs are
+    not paired with each other (other data, or other seeds)."""
+    analyses = [analyse(r) for r in runs]
+    labels = [run_label(r) for r in runs]
+    if len(set(labels)) < len(labels):  # two runs of one budget: tell them apart by folder
+        labels = [f"{lab} ({r.dir.name})" for lab, r in zip(labels, runs, strict=True)]
+    names: list[str] = []
+    for r in runs:
+        names += [v.name for v in r.config.variants if v.name not in names]
+    header = ["variant"]
+    for lab in labels:
+        header += [f"FD {lab}", f"classes {lab}", f"vs none {lab}"]
+    rows = []
+    for name in names:
+        row = [name]
+        for a in analyses:
+            got = {r.variant: r for r in a.rows}.get(name)
+            verdict = {c.id: c.verdict for c in a.claims}.get(f"Q1 [{name}]")
+            if got is None:
+                row += ["not run", "", ""]
+                continue
+            row += [
+                got.values["fd"].fmt(),
+                got.values["classes_covered"].fmt(2),
+                "baseline" if name == a.baseline else verdict_text(verdict) if verdict else "-",
+            ]
+        rows.append(row)
+    answers = "\n\n".join(
+        f"{lab}: " + (
+            f"No answer: {a.no_answer}." if a.no_answer
+            else " ".join(f"{q} {ans}" for q, ans in a.answers.items())
+        )
+        for lab, a in zip(labels, analyses, strict=True)
+    )  # fmt: skip
+    intro = (
+        "The same question on several runs: "
+        + "; ".join(f"{lab}: {r.dir}" for lab, r in zip(labels, runs, strict=True))
+        + ". FD with G in eval mode, mean [95% CI] over each run's seeds; 'vs none' is the "
+        "run's own verdict on 'beats no normalization' (paired over its seeds). Runs are not "
+        "paired with each other: their data or seeds differ, so compare verdicts, not FDs, "
+        "across datasets (each dataset's FD is measured with its own classifier).\n\n" + answers
+    )
+    return [
+        Section(
+            "GAN normalizations: runs compared",
+            intro,
+            tables=[Table("Per variant, per run", header, rows)],
+            anchor="gan-norms-compare",
+        )
+    ]
+
+
 REPORT: ExperimentReport[NormsConfig, NormsAnalysis] = ExperimentReport(
     name="gan-norms",
     title="bnlab gan-norms: what should a GAN use instead of BN?",
@@ -98,4 +160,5 @@ REPORT: ExperimentReport[NormsConfig, NormsAnalysis] = ExperimentReport(
     analyse=analyse,
     report=report,
     result_line=result_line,
+    compare=compare_report,
 )
