@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+import tyro
 from torch import nn
 
 import bnlab.nn as bnn
@@ -141,6 +142,21 @@ def test_norm_variants_round_trip_and_blog_specs_are_unchanged():
     )
     assert "g_kind" not in mine.describe()
     assert dataclasses.replace(BY_NAME["bn-nb3"], name="init-bn") == BLOG_VARIANTS["init-bn"]
+
+
+def test_gan_norms_variants_flag_knows_its_own_names_as_names_and_bases():
+    cfg = tyro.cli(
+        NormsConfig, args=["--variants", "none,renorm,renorm-g=bn-dcgan:g_kind=renorm,init-bn"]
+    )
+    assert [v.name for v in cfg.variants] == ["none", "renorm", "renorm-g", "init-bn"]
+    assert cfg.variants[1] == BY_NAME["renorm"]
+    assert cfg.variants[2] == dataclasses.replace(
+        BY_NAME["bn-dcgan"], name="renorm-g", g_kind="renorm"
+    )
+    with pytest.raises(ValueError, match=r"known: plain, .*, none, bn-nb3, .*sn-d\+bn-g"):
+        parse_variant("wn", {**BLOG_VARIANTS, **BY_NAME})
+    with pytest.raises(ValueError, match="unknown variant 'renorm'; known: plain, init,"):
+        parse_variant("renorm")  # bnlab gan's flag knows the blog's five only
 
 
 def test_data_parallel_refuses_other_normalizations():

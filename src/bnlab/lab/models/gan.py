@@ -32,7 +32,7 @@ import dataclasses
 import itertools
 import math
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -206,29 +206,31 @@ def _bool(text: str, key: str) -> bool:
     raise ValueError(f"{key} takes 0 or 1, got {text!r}")
 
 
-def parse_variant(spec: str) -> Variant:
+def parse_variant(spec: str, known: Mapping[str, Variant] | None = None) -> Variant:
     """A blog variant by name, or a new one: ``NAME=BASE:key=value:key=value``.
 
     Example: ``mine=init-bn-tidy:d_norm=010:joint_real_fake=1``. Keys: init (torch-default |
     he-xavier), g_norm / d_norm (three 0/1 digits), modes (none | notebook3 | tidy),
     joint_real_fake (0/1), shuffle (0/1), g_kind / d_kind (bn | renorm | vbn | ln | gn; vbn
     in G only), d_sn (0/1). BASE may be omitted (``mine=:g_norm=110``: from ``init``).
+
+    ``known``: the names a spec may use, as itself or as a BASE (default the blog's five;
+    ``bnlab gan-norms`` adds its nine normalizations).
     """
+    known = BLOG_VARIANTS if known is None else known
     spec = spec.strip()
     if "=" not in spec.split(":", 1)[0]:
-        if spec in BLOG_VARIANTS:
-            return BLOG_VARIANTS[spec]
+        if spec in known:
+            return known[spec]
         raise ValueError(
-            f"unknown variant {spec!r}; known: {', '.join(BLOG_VARIANTS)}; or define one as "
+            f"unknown variant {spec!r}; known: {', '.join(known)}; or define one as "
             "NAME=BASE:key=value (e.g. mine=init-bn:modes=tidy)"
         )
     name, rest = spec.split("=", 1)
     base_name, *pairs = rest.split(":")
-    base = BLOG_VARIANTS.get(base_name or "init")
+    base = known.get(base_name) if base_name else BLOG_VARIANTS["init"]
     if base is None:
-        raise ValueError(
-            f"variant {name!r}: unknown base {base_name!r}; known: {', '.join(BLOG_VARIANTS)}"
-        )
+        raise ValueError(f"variant {name!r}: unknown base {base_name!r}; known: {', '.join(known)}")
     changes: dict[str, object] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")

@@ -3,6 +3,7 @@ them (:class:`GanTraining`, nested: its flags keep their flat names)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,24 +21,28 @@ __all__ = [
     "GanTraining",
     "VariantList",
     "validate_run_shape",
+    "variants_flag",
 ]
 
 DEFAULT_VARIANTS: tuple[Variant, ...] = tuple(BLOG_VARIANTS.values())
 
-# --variants plain,mine=init-bn:modes=tidy: parsed once, here at the command-line edge, into
-# Variant values; everything after this passes the typed values.
-VariantList = Annotated[
-    tuple[Variant, ...],
-    tyro.constructors.PrimitiveConstructorSpec(
+
+def variants_flag(known: Mapping[str, Variant]) -> tyro.constructors.PrimitiveConstructorSpec:
+    """How ``--variants`` reads ``plain,mine=init-bn:modes=tidy``: parsed once, here at the
+    command-line edge, into Variant values (names and bases from ``known``); everything after
+    this passes the typed values."""
+    return tyro.constructors.PrimitiveConstructorSpec(
         nargs=1,
         metavar="NAME[=BASE:key=value...],...",
         instance_from_str=lambda args: tuple(
-            parse_variant(t) for t in args[0].split(",") if t.strip()
+            parse_variant(t, known) for t in args[0].split(",") if t.strip()
         ),
         is_instance=lambda x: isinstance(x, tuple),
         str_from_instance=lambda x: [",".join(v.spec() for v in x)],
-    ),
-]
+    )
+
+
+VariantList = Annotated[tuple[Variant, ...], variants_flag(BLOG_VARIANTS)]
 
 
 DdpBn = Literal["sync", "local"]

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import tyro
 
-from bnlab.lab.experiments.gan.config import GanConfig, GanTraining, VariantList
+from bnlab.lab.experiments.gan.config import GanConfig, GanTraining, variants_flag
 from bnlab.lab.flags import IntList
-from bnlab.lab.models.gan import Variant
+from bnlab.lab.models.gan import BLOG_VARIANTS, Variant
 
 __all__ = ["NORMS_TRAINING", "NORM_VARIANTS", "NormsConfig"]
 
@@ -32,6 +32,14 @@ NORM_VARIANTS: tuple[Variant, ...] = (
 )
 
 
+# --variants takes these names (alone or as a BASE) beside the blog's:
+# --variants none,renorm,renorm-g=bn-dcgan:g_kind=renorm
+NormVariantList = Annotated[
+    tuple[Variant, ...],
+    variants_flag({**BLOG_VARIANTS, **{v.name: v for v in NORM_VARIANTS}}),
+]
+
+
 # bnlab gan's training, every variant scored with G in eval and in train mode (the gap).
 NORMS_TRAINING = GanTraining(sample_mode="both")
 
@@ -46,9 +54,11 @@ class NormsConfig(GanConfig):
     one-minute taste, --epochs and --seeds shorten it, --dataset fashion-mnist switches data.
     """
 
-    variants: VariantList = NORM_VARIANTS
-    """variants to train (default: the nine of issue 20); as bnlab gan's --variants, with the
-    keys g_kind / d_kind (bn | renorm | vbn | ln | gn; vbn in G only) and d_sn (0/1)"""
+    variants: NormVariantList = NORM_VARIANTS
+    """variants to train (default: the nine of issue 20: none, bn-nb3, bn-dcgan, renorm, vbn,
+    ln, gn, sn-d, sn-d+bn-g); as bnlab gan's --variants, these names and the blog's known as
+    names and bases, with the keys g_kind / d_kind (bn | renorm | vbn | ln | gn; vbn in G
+    only) and d_sn (0/1): e.g. none,renorm,renorm-g=bn-dcgan:g_kind=renorm"""
     seeds: IntList = (0, 1, 2, 3, 4)
     """seeds, each a full run of every variant (paired across variants)"""
     training: Annotated[GanTraining, tyro.conf.OmitArgPrefixes] = NORMS_TRAINING
