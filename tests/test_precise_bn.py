@@ -129,6 +129,8 @@ def test_no_batches_and_a_failing_batch_leave_the_statistics_as_they_were() -> N
     before = _stats(model)
     with pytest.raises(ValueError, match="no batch to forward"):
         bnn.recompute_stats(model, [])
+    with pytest.raises(ValueError, match="an empty tuple in batches"):
+        bnn.recompute_stats(model, [()])
     good, bad = torch.randn(8, 3, 9, 9), torch.randn(8, 5, 9, 9)  # 5 channels: the conv refuses
     with pytest.raises(RuntimeError):
         bnn.recompute_stats(model, [good, bad])

@@ -104,6 +104,8 @@ def compare_report(runs: list[Run[NormsConfig]]) -> list[Section]:
     each run's three answers. Every verdict is the run's own, paired over its seeds; runs are
     not paired with each other (other data, or other seeds)."""
     analyses = [analyse(r) for r in runs]
+    rows_of = [{r.variant: r for r in a.rows} for a in analyses]
+    verdicts_of = [{c.id: c.verdict for c in a.claims} for a in analyses]
     labels = [run_label(r) for r in runs]
     if len(set(labels)) < len(labels):  # two runs of one budget: tell them apart by folder
         labels = [f"{lab} ({r.dir.name})" for lab, r in zip(labels, runs, strict=True)]
@@ -116,9 +118,9 @@ def compare_report(runs: list[Run[NormsConfig]]) -> list[Section]:
     rows = []
     for name in names:
         row = [name]
-        for a in analyses:
-            got = {r.variant: r for r in a.rows}.get(name)
-            verdict = {c.id: c.verdict for c in a.claims}.get(f"Q1 [{name}]")
+        for a, by_name, verdicts in zip(analyses, rows_of, verdicts_of, strict=True):
+            got = by_name.get(name)
+            verdict = verdicts.get(f"Q1 [{name}]")
             if got is None:
                 row += ["not run", "", ""]
                 continue
