@@ -38,6 +38,14 @@ def _input(batch: Any) -> Any:
     return batch
 
 
+def _restore_stats(layers: list[Any], saved: list[tuple[Any, ...]]) -> None:
+    """Put back the running mean and variance saved before the pass (the step counters are
+    put back by the caller's ``finally`` on every path)."""
+    for m, (mean, var, _, _) in zip(layers, saved, strict=True):
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+
+
 @torch.no_grad()
 def recompute_stats(
     model: nn.Module,
@@ -116,12 +124,7 @@ def recompute_stats(
             model(x)
             count += 1
     except BaseException:
-        # a failed or interrupted pass leaves the statistics as they were, not half-averaged
-        for m, (mean, var, tracked, _) in zip(layers, saved, strict=True):
-            m.running_mean.copy_(mean)  # type: ignore[union-attr]
-            m.running_var.copy_(var)  # type: ignore[union-attr]
-            if tracked is not None and m.num_batches_tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+        _restore_stats(layers, saved)  # a failed or interrupted pass: not half-averaged
         raise
     finally:
         for m, (_, _, tracked, momentum) in zip(layers, saved, strict=True):
@@ -133,9 +136,7 @@ def recompute_stats(
         for module, flag in modes.items():
             module.train(flag)
     if count == 0:
-        for m, (mean, var, _, _) in zip(layers, saved, strict=True):
-            m.running_mean.copy_(mean)  # type: ignore[union-attr]
-            m.running_var.copy_(var)  # type: ignore[union-attr]
+        _restore_stats(layers, saved)
         raise ValueError(
             "recompute_stats: batches gave no batch to forward, so the running statistics "
             "were left as they were; pass a non-empty iterable (a DataLoader over training "
