@@ -4,6 +4,7 @@ keeps (modes, momenta, step counts, Batch Renorm's limits) and what it refuses."
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import pytest
 import torch
@@ -140,10 +141,22 @@ def test_no_batches_and_a_failing_batch_leave_the_statistics_as_they_were() -> N
     assert not model.training and not model[1].training
 
 
+class _Moves(torch.Tensor):
+    """An input that records each ``.to`` call (this machine has one device, so the move itself
+    cannot be seen from where the tensor ends up)."""
+
+    seen: ClassVar[list[object]] = []
+
+    def to(self, *args, **kwargs):
+        _Moves.seen.append(args[0] if args else kwargs.get("device"))
+        return super().to(*args, **kwargs)
+
+
 def test_moves_each_input_to_the_device_given() -> None:
-    model = nn.Sequential(nn.Linear(4, 3), bnn.BatchNorm1d(3)).double()
-    # float32 inputs moved with .to(device) only: a float64 model needs them cast by the caller,
-    # so this checks that the device path passes the tensor through unchanged otherwise
-    batches = [(torch.randn(6, 4, dtype=torch.float64), torch.zeros(6)) for _ in range(2)]
+    model = nn.Sequential(nn.Linear(4, 3), bnn.BatchNorm1d(3))
+    batches = [(torch.randn(6, 4).as_subclass(_Moves), torch.zeros(6)) for _ in range(2)]
+    _Moves.seen.clear()
+    assert bnn.recompute_stats(model, batches) == 2
+    assert _Moves.seen == []  # no device given: inputs stay where they are
     assert bnn.recompute_stats(model, batches, device="cpu") == 2
-    assert model[1].running_mean.dtype == torch.float64
+    assert _Moves.seen == ["cpu", "cpu"]
