@@ -328,3 +328,18 @@ def test_only_plain_bn_variants_train_data_parallel_and_reports_name_the_layers(
         "G: no norm; D: no norm, spectral norm on every Linear; modes none; init he-xavier"
     )
     assert BY_NAME["ln"].definition().startswith("G: ln after Linear 1, 2; D: ln after Linear 2")
+
+
+def test_step_ms_is_the_median_per_seed_from_images_per_s():
+    from bnlab.lab.experiments.gan.analysis import step_ms
+
+    records = [
+        {"variant": "bn", "seed": 0, "epoch": 1, "images_per_s": 1000.0},  # 100 ms at b=100
+        {"variant": "bn", "seed": 0, "epoch": 2, "images_per_s": 2000.0},  # 50
+        {"variant": "bn", "seed": 0, "epoch": 3, "images_per_s": 500.0},  # 200
+        {"variant": "bn", "seed": 1, "epoch": 1, "images_per_s": 4000.0},  # 25
+        {"variant": "bn", "seed": 2, "epoch": 1},  # no timing: seed 2 left out
+        {"variant": "none", "seed": 0, "epoch": 1, "images_per_s": 10.0},  # another variant
+    ]
+    assert step_ms(records, "bn", batch_size=100) == {0: 100.0, 1: 25.0}
+    assert step_ms(records, "absent", batch_size=100) == {}

@@ -37,6 +37,7 @@ __all__ = [
     "final_values",
     "result_line",
     "run_labels",
+    "step_ms",
     "too_small",
     "variant_names",
 ]
@@ -101,6 +102,16 @@ def _final(records: list[dict[str, Any]], variant: str, key: str) -> dict[int, f
 
 
 final_values = _final  # for the experiments built on gan's records (gan-norms)
+
+
+def step_ms(records: list[dict[str, Any]], variant: str, batch_size: int) -> dict[int, float]:
+    """seed -> median wall time of one training step (ms) over that seed's epochs, from the
+    images/s each epoch record carries (seeds without one are left out)."""
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for r in records:
+        if r.get("variant") == variant and r.get("images_per_s"):
+            by_seed[r["seed"]].append(1000 * batch_size / r["images_per_s"])
+    return {s: float(np.median(v)) for s, v in by_seed.items()}
 
 
 def _late_mean(
@@ -386,7 +397,7 @@ class CompareRow:
     run: str  # the run's label (see :func:`run_labels`)
     finals: dict[str, Estimate]  # quantity (fd, fd_train, classes_covered) -> over seeds
     diffs: dict[str, PairedDiff]  # quantity -> against the first run (with >= 2 seeds in common)
-    ms_per_step: float  # median wall time of a training step over epochs (nan: none recorded)
+    ms_per_step: float  # median over seeds of step_ms (nan: none recorded)
 
 
 @dataclass(frozen=True)
@@ -433,12 +444,8 @@ def compare(runs: list[Run[GanConfig]]) -> GanComparison:
                 if label != labels[0] and len(seeds) >= 2:
                     p = paired([mine[s] for s in seeds], [base[s] for s in seeds])
                     diffs[k] = PairedDiff(p.diff, p.p_value)
-            per_step = [
-                1000 * run.config.training.batch_size / r["images_per_s"]
-                for r in run.records
-                if r.get("variant") == v and r.get("images_per_s")
-            ]
-            ms = float(np.median(per_step)) if per_step else math.nan
+            per_seed = step_ms(run.records, v, run.config.training.batch_size)
+            ms = float(np.median(list(per_seed.values()))) if per_seed else math.nan
             rows.append(CompareRow(v, label, finals, diffs, ms))
     return GanComparison(
         runs=tuple(str(run.dir) for run in runs),

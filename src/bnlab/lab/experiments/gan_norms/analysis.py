@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnlab.lab.experiments.gan.analysis import final_values, too_small
+from bnlab.lab.experiments.gan.analysis import final_values, step_ms, too_small
 from bnlab.lab.experiments.gan_norms.config import NormsConfig
 from bnlab.lab.models.gan import Variant
 from bnlab.lab.results import ONE_SEED, Claim, Run, no_answer, verdict_text
@@ -89,12 +89,7 @@ def _per_seed(run: Run[NormsConfig], variant: str, key: str) -> dict[int, float]
         ev, tr = (final_values(records, variant, k) for k in ("fd", "fd_train"))
         return {s: ev[s] - tr[s] for s in sorted(set(ev) & set(tr))}
     if key == "ms_per_step":
-        b = run.config.training.batch_size
-        by_seed: dict[int, list[float]] = {}
-        for r in records:
-            if r.get("variant") == variant and r.get("images_per_s"):
-                by_seed.setdefault(r["seed"], []).append(1000 * b / r["images_per_s"])
-        return {s: float(np.median(v)) for s, v in by_seed.items()}
+        return step_ms(records, variant, run.config.training.batch_size)
     return final_values(records, variant, key)
 
 
