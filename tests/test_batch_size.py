@@ -95,22 +95,24 @@ def _records(err: dict[tuple[str, str, int], list[float]]) -> list[dict[str, Any
     return out
 
 
+# (norm, regime, b) -> test error of seeds 0, 1, 2: C1-C6 hold, C7 inconclusive
+PLANTED: dict[tuple[str, str, int], list[float]] = {
+    ("bn", "ghost", 2): [0.20, 0.21, 0.22],
+    ("bn", "ghost", 8): [0.12, 0.125, 0.13],
+    ("bn", "ghost", 64): [0.10, 0.11, 0.105],
+    ("renorm", "ghost", 2): [0.15, 0.16, 0.165],
+    ("renorm", "ghost", 8): [0.12, 0.12, 0.13],
+    ("renorm", "ghost", 64): [0.10, 0.11, 0.11],
+    ("gn", "ghost", 64): [0.12, 0.125, 0.118],
+    ("ln", "ghost", 64): [0.14, 0.13, 0.135],
+    ("bn", "small-sgd", 2): [0.119, 0.14, 0.13],  # no worse than GN: C7 fails
+    ("gn", "small-sgd", 2): [0.12, 0.125, 0.13],
+}
+
+
 def test_analysis_gives_the_expected_verdicts_on_synthetic_records(tmp_path: Path):
     cfg = bs.Config(norm_batches=(2, 8, 64), small_sgd_batches=(2,), seeds=(0, 1, 2))
-    records = _records(
-        {
-            ("bn", "ghost", 2): [0.20, 0.21, 0.22],
-            ("bn", "ghost", 8): [0.12, 0.125, 0.13],
-            ("bn", "ghost", 64): [0.10, 0.11, 0.105],
-            ("renorm", "ghost", 2): [0.15, 0.16, 0.165],
-            ("renorm", "ghost", 8): [0.12, 0.12, 0.13],
-            ("renorm", "ghost", 64): [0.10, 0.11, 0.11],
-            ("gn", "ghost", 64): [0.12, 0.125, 0.118],
-            ("ln", "ghost", 64): [0.14, 0.13, 0.135],
-            ("bn", "small-sgd", 2): [0.119, 0.14, 0.13],  # no worse than GN: C7 fails
-            ("gn", "small-sgd", 2): [0.12, 0.125, 0.13],
-        }
-    )
+    records = _records(PLANTED)
     run = Run(tmp_path, "batch-size", cfg, {}, records)
     a = analyse(run)
     verdicts = {c.id: c.verdict for c in a.claims}
@@ -216,3 +218,39 @@ def test_a_train_size_beyond_the_data_is_one_line_before_anything_is_written(
     err = capsys.readouterr().err
     assert "--train-size 9500 exceeds the training images (9,000)" in err, err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_two_runs_are_compared_claim_by_claim_each_analysed_once(tmp_path: Path, monkeypatch):
+    """batch-size has no compare of its own: bnlab report RUN_A RUN_B lines up the claims."""
+    import dataclasses
+
+    from bnlab.lab.experiments import reports
+    from bnlab.lab.runs import append_jsonl, atomic_write_json
+
+    flat = {"norm_batches": [2, 8, 64], "small_sgd_batches": [2], "seeds": [0, 1, 2]}
+    worse = {k: [e + 0.2 for e in v] if k == ("bn", "ghost", 64) else v for k, v in PLANTED.items()}
+    for name, err, size in (("a", PLANTED, 0), ("b", worse, 30_000)):
+        atomic_write_json(
+            tmp_path / name / "config.json",
+            {"experiment": "batch-size", "config": {**flat, "train_size": size}},
+        )
+        append_jsonl(tmp_path / name / "metrics.jsonl", _records(err))
+    calls: list[Path] = []
+    reading = reports.REPORTS["batch-size"]
+
+    def counted(run: Run[Any]) -> Any:
+        calls.append(run.dir)
+        return reading.analyse(run)
+
+    monkeypatch.setitem(
+        reports.REPORTS, "batch-size", dataclasses.replace(reading, analyse=counted)
+    )
+    out = reports.build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "both.md", True)
+    assert calls == [tmp_path / "a", tmp_path / "b"]  # once each, not once more for the compare
+    md = out.read_text()
+    assert "batch-size: runs compared" in md
+    assert "train_size=0" in md and "train_size=30000" in md
+    # C1 (BN at b=2 worse than at 64) holds in a; in b BN at 64 is 20 pp worse, so it fails
+    c1 = next(line for line in md.splitlines() if line.startswith("| C1 "))  # the compare's
+    tail = "3 seeds: holds | 21 [18.5, 23.5] vs 30.5 [29.3, 31.7], diff -9.5 [-11.7, -7.35]; "
+    assert c1.endswith(tail + "p=0.00276, d_z=-10.97; 3 seeds: does not hold |")

@@ -272,7 +272,8 @@ def test_runs_on_two_datasets_are_compared_verdict_by_verdict(tmp_path):
     ]
     atomic_write_json(tmp_path / "f" / "config.json", config)
     fashion = load_run(tmp_path / "f", NormsConfig, "gan-norms")
-    [section] = compare_report([mnist, fashion])
+    runs = [mnist, fashion]
+    [section] = compare_report(runs, [norms_analysis.analyse(r) for r in runs])
     [table] = section.tables
     assert table.header[1:4] == ["FD mnist, 3 epochs, 5 seeds", "classes mnist, 3 epochs, 5 seeds",
                                  "vs none mnist, 3 epochs, 5 seeds"]  # fmt: skip

@@ -449,3 +449,21 @@ def test_threads_policy_and_flag(monkeypatch):
     assert (thread_budget(0, 1).most, thread_budget(0, 1).adaptive) == (3, False)
     with pytest.raises(ValueError, match="--threads must be 0"):
         ToyConfig(threads=-1).validate()
+
+
+def test_runs_without_claims_or_settings_apart_get_no_compare_and_folder_labels(tmp_path):
+    from bnlab.lab.results import Claim, Run
+
+    a = Run(tmp_path / "first", "toy", ToyConfig(n=2), {}, [])
+    b = Run(tmp_path / "second", "toy", ToyConfig(n=2), {}, [])
+    c = Run(tmp_path / "third", "toy", ToyConfig(n=5), {}, [])
+    assert protocol.run_labels([a, b]) == ["first", "second"]  # the same settings
+    assert protocol.run_labels([a, c]) == ["n=2", "n=5"]
+    assert TOY.reading.compare_sections([a, b], [object(), object()]) == []  # no claims
+    claim = Claim("C1", "s", "q", "1.0", "holds", "r")
+    [section] = TOY.reading.compare_sections(
+        [a, c], [type("A", (), {"claims": (claim,)})(), type("A", (), {"claims": ()})()]
+    )
+    [table] = section.tables
+    assert table.header == ["claim", "statement", "measured", "n=2", "n=5"]
+    assert table.rows == [["C1", "s", "q", "1.0: holds", "-"]]  # a claim the run lacks: "-"

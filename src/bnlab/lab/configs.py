@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ __all__ = [
     "build",
     "config_from_dict",
     "config_to_dict",
+    "differing_settings",
     "field_defaults",
     "flat_fields",
     "flat_values",
@@ -130,6 +132,21 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A config as config.json holds it: flat names, plain JSON (tuples become lists, paths
     strings, dataclass values such as GAN variants dicts)."""
     return {name: to_json(value) for name, value in flat_values(cfg).items()}
+
+
+# Settings that say how a run was carried out, not what it measured (left out of its label).
+RUN_HOW = frozenset(
+    {"out", "resume", "quick", "jobs", "runner", "ray_address", "data", "tensorboard"}
+)
+
+
+def differing_settings(configs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per config, the flat settings (as config.json writes their values) in which the
+    configs differ, how-to-run settings (:data:`RUN_HOW`) left out: what tells runs apart."""
+    flat = [config_to_dict(c) for c in configs]
+    keys = sorted({k for c in flat for k in c} - RUN_HOW)
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in flat}) > 1]
+    return [{k: c.get(k) for k in differ} for c in flat]
 
 
 def _convert(tp: Any, value: Any) -> Any:

@@ -7,7 +7,9 @@ An experiment is two halves, so that reading a run never needs its training code
   a dataclass of numbers and verdicts; the driver writes it as summary.json),
   ``report(run, analysis) -> sections`` (renders that analysis, with figures drawn from the
   run's records: ``bnlab report`` rebuilds it from the run alone, it never trains), the
-  one-line ``result_line`` and an optional ``compare`` of several runs;
+  one-line ``result_line`` and an optional ``compare`` of several runs (without one,
+  ``bnlab report RUN_A RUN_B`` lines up the runs' claims, verdict by verdict, where the
+  analysis has ``claims``);
 - :class:`Experiment` (the experiment's ``experiment.py``): that report, plus
   ``load(config, log) -> Loaded`` (the data every job needs, loaded once by the driver and
   shipped once to every worker), ``plan(config, data) -> list[Job]`` (typed, frozen jobs,
@@ -30,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from bnlab.lab.configs import config_to_dict
+from bnlab.lab.configs import config_to_dict, differing_settings
 from bnlab.lab.jobs import ChunkResult
 from bnlab.lab.report.html import Section, Table
-from bnlab.lab.results import Run
+from bnlab.lab.results import Claim, Run, verdict_text
 
 __all__ = [
     "MAX_COUNT",
@@ -156,7 +158,8 @@ class ExperimentReport(Generic[C, A]):
     analyse: Callable[[Run[C]], A]
     report: Callable[[Run[C], A], list[Section]]  # renders the analysis: never recomputes it
     result_line: Callable[[A, Run[C]], str]  # printed at the end of a run
-    compare: Callable[[list[Run[C]]], list[Section]] | None = None  # bnlab report RUN RUN ...
+    # bnlab report RUN RUN ...: the runs and their analyses (each computed once) -> sections
+    compare: Callable[[list[Run[C]], list[A]], list[Section]] | None = None
 
     def sections(self, run: Run[C], analysis: A | None = None) -> list[Section]:
         """The report of ``run``: its analysis (computed here unless given), rendered, and the
@@ -165,6 +168,60 @@ class ExperimentReport(Generic[C, A]):
             *self.report(run, self.analyse(run) if analysis is None else analysis),
             config_section(run),
         ]
+
+    def compare_sections(self, runs: list[Run[C]], analyses: list[A]) -> list[Section]:
+        """Several runs of this experiment side by side: its own ``compare``, else the runs'
+        claims lined up (where the analysis has ``claims``), else nothing."""
+        if self.compare is not None:
+            return self.compare(runs, analyses)
+        claims = [getattr(a, "claims", None) for a in analyses]  # typed results: Claim tuples
+        if all(isinstance(cs, tuple) for cs in claims):
+            return [claims_compare(self.name, runs, claims)]  # type: ignore[arg-type]
+        return []
+
+
+def run_labels(runs: list[Run[Any]]) -> list[str]:
+    """How a comparison names each run: the settings in which the runs differ (e.g.
+    "dataset=fashion-mnist epochs=10"), else its folder's name."""
+    labels = [
+        " ".join(f"{k}={v}" for k, v in differ.items()) or run.dir.name
+        for differ, run in zip(differing_settings([r.config for r in runs]), runs, strict=True)
+    ]
+    if len(set(labels)) < len(labels):  # the same settings: tell them apart by folder
+        labels = [f"{lab} ({r.dir.name})" for lab, r in zip(labels, runs, strict=True)]
+    return labels
+
+
+def claims_compare(name: str, runs: list[Run[Any]], claims: list[tuple[Claim, ...]]) -> Section:
+    """Each claim's measurement and verdict in every run, one column per run (claims a run
+    does not have: "-"). Every verdict is the run's own, from its seeds; runs are not paired
+    with each other."""
+    labels = run_labels(runs)
+    first: dict[str, Claim] = {}  # claim id -> the claim, in the order the runs first give them
+    for cs in claims:
+        for c in cs:
+            first.setdefault(c.id, c)
+    by_run = [{c.id: c for c in cs} for cs in claims]
+    rows = []
+    for cid, claim in first.items():
+        row = [cid, claim.statement, claim.quantity]
+        for mine in by_run:
+            got = mine.get(cid)
+            row.append(f"{got.value}: {verdict_text(got.verdict)}" if got else "-")
+        rows.append(row)
+    intro = (
+        f"{len(runs)} {name} runs side by side: "
+        + "; ".join(f"{lab}: {r.dir}" for lab, r in zip(labels, runs, strict=True))
+        + ". Each cell is the run's own measurement and verdict, from its own seeds; the runs "
+        "are not paired with each other, so compare verdicts (and, on the same data, values)."
+    )
+    header = ["claim", "statement", "measured", *labels]
+    return Section(
+        f"{name}: runs compared",
+        intro,
+        tables=[Table("Per claim, per run", header, rows)],
+        anchor=f"{name}-compare",
+    )
 
 
 def config_section(run: Run[Any]) -> Section:

@@ -69,14 +69,13 @@ def build_report(run_dirs: list[Path], out: Path | None = None, markdown: bool =
     if not run_dirs:
         raise ValueError("bnlab report needs at least one run directory")
     runs = [read_run(d) for d in run_dirs]
+    analyses = [reading.analyse(run) for reading, run in runs]  # each run analysed once
     sections: list[Section] = []
     kinds = {reading.name for reading, _ in runs}
     if len(runs) > 1 and len(kinds) == 1:
-        reading = runs[0][0]
-        if reading.compare is not None:
-            sections.extend(reading.compare([run for _, run in runs]))
-    for reading, run in runs:
-        sections.extend(reading.sections(run))
+        sections.extend(runs[0][0].compare_sections([run for _, run in runs], analyses))
+    for (reading, run), analysis in zip(runs, analyses, strict=True):
+        sections.extend(reading.sections(run, analysis))
     names = "; ".join(f"{reading.name} ({run.dir})" for reading, run in runs)
     name = "report.md" if markdown else "report.html"
     if out is None:

@@ -8,7 +8,6 @@ what :func:`analyse` returns as summary.json; the report shows the same numbers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnlab.lab.configs import config_to_dict
+from bnlab.lab.configs import config_to_dict, differing_settings
 from bnlab.lab.experiments.gan.config import GanConfig
 from bnlab.lab.results import ONE_SEED, Claim, Run, Verdict, no_answer, verdict_text
 from bnlab.lab.stats import Estimate, mean_ci, paired, paired_claim
@@ -377,10 +376,8 @@ def summary_table(records: list[dict[str, Any]], variants: list[str], seeds: lis
 
 # ---- several runs of the same variants and seeds, side by side ----------------------------------
 
+
 # Settings that only say how a run executed; the others label a run in a comparison.
-_RUN_HOW = {"out", "resume", "quick", "jobs", "runner", "ray_address", "data", "tensorboard"}
-
-
 @dataclass(frozen=True)
 class PairedDiff:
     """A run's value minus the first run's, paired over the seeds both ran."""
@@ -413,15 +410,11 @@ class GanComparison:
 def run_labels(configs: Sequence[GanConfig]) -> list[str]:
     """A short label per run: the settings in which the runs differ (e.g. nproc=4 ddp_bn=sync),
     by their flat names and as config.json writes their values."""
-    flat = [config_to_dict(c) for c in configs]
-    keys = sorted({k for c in flat for k in c} - _RUN_HOW)
-    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in flat}) > 1]
     labels = []
-    for c, cfg in zip(flat, configs, strict=True):
-        parts = [f"{k}={c.get(k)}" for k in differ]
-        if "ddp_bn" in differ and cfg.nproc == 1:  # one process: no data parallelism
-            parts = [p for p in parts if not p.startswith("ddp_bn=")]
-        labels.append(" ".join(parts) or "run")
+    for differ, cfg in zip(differing_settings(configs), configs, strict=True):
+        if cfg.nproc == 1:  # one process: no data parallelism, whatever ddp_bn says
+            differ.pop("ddp_bn", None)
+        labels.append(" ".join(f"{k}={v}" for k, v in differ.items()) or "run")
     return labels
 
 

@@ -227,9 +227,10 @@ def report(run: Run[GanConfig], analysis: GanAnalysis) -> list[Section]:
     return sections
 
 
-def compare_report(runs: list[Run[GanConfig]]) -> list[Section]:
+def compare_report(runs: list[Run[GanConfig]], analyses: list[GanAnalysis]) -> list[Section]:
     """Runs of the same variants and seeds side by side (e.g. one process, N ranks with
-    per-rank BN, N ranks with SyncBN: does BN's batch matter?)."""
+    per-rank BN, N ranks with SyncBN: does BN's batch matter?), paired over seeds; the runs'
+    own analyses are not needed (their sections follow)."""
     comp = compare(runs)
     names = {"fd": "FD (eval G)", "fd_train": "FD (train-mode G)", "classes_covered": "classes"}
     header = ["variant", "run", *(names[k] for k in comp.keys)]

@@ -98,12 +98,11 @@ def run_label(run: Run[NormsConfig]) -> str:
     return f"{cfg.dataset}, {cfg.training.epochs} epochs, {seeds} seed{'' if seeds == 1 else 's'}"
 
 
-def compare_report(runs: list[Run[NormsConfig]]) -> list[Section]:
+def compare_report(runs: list[Run[NormsConfig]], analyses: list[NormsAnalysis]) -> list[Section]:
     """Several gan-norms runs side by side (e.g. MNIST and Fashion-MNIST, or two budgets): per
     variant each run's FD (eval G), classes and its verdict against no normalization; then
     each run's three answers. Every verdict is the run's own, paired over its seeds; runs are
     not paired with each other (other data, or other seeds)."""
-    analyses = [analyse(r) for r in runs]
     rows_of = [{r.variant: r for r in a.rows} for a in analyses]
     verdicts_of = [{c.id: c.verdict for c in a.claims} for a in analyses]
     labels = [run_label(r) for r in runs]
