@@ -8,6 +8,7 @@ silently skipped bnlab's layers fails the test).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -256,3 +257,31 @@ def test_from_torch_and_to_torch_swap_exactly_their_own_classes() -> None:
     assert kinds(bnn.to_torch(build())) == [
         nn.BatchNorm1d, nn.BatchNorm2d, MyTorchBN, MyBnlabBN, nn.SyncBatchNorm,
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("convert", "start", "want"),
+    [
+        (bnn.from_torch, nn.BatchNorm1d, bnn.BatchNorm1d),
+        (bnn.to_torch, bnn.BatchNorm1d, nn.BatchNorm1d),
+        (bnn.SyncBatchNorm.convert_sync_batchnorm, nn.BatchNorm1d, bnn.SyncBatchNorm),
+        (bnn.freeze, nn.BatchNorm1d, bnn.FrozenBatchNorm1d),
+    ],
+)
+def test_a_layer_in_two_places_is_converted_in_both_and_stays_shared(
+    convert: Any, start: type[nn.Module], want: type[nn.Module]
+) -> None:
+    # named_children yields a repeated child once: torch's own converters leave the second
+    # place with the old layer (two modules where the user had one)
+    bn = start(3)
+    inner = nn.Sequential(bn, nn.ReLU())
+    model = nn.Sequential(bn, nn.Tanh(), bn, inner)
+    convert(model)
+    assert type(model[0]) is want
+    assert model[0] is model[2] is model[3][0]
+    if convert is bnn.SyncBatchNorm.convert_sync_batchnorm:
+        back = bnn.SyncBatchNorm.revert_sync_batchnorm(model)
+        assert type(back[0]) is bnn.BatchNorm1d and back[0] is back[2] is back[3][0]
+    if convert is bnn.freeze:
+        back = bnn.unfreeze(model)
+        assert type(back[0]) is nn.BatchNorm1d and back[0] is back[2] is back[3][0]

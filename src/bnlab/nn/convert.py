@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.nn.find import replace_modules
 
 __all__ = ["from_torch", "to_torch"]
 
@@ -49,13 +50,9 @@ def _swap_one(old: nn.Module, new_cls: type[nn.Module]) -> nn.Module:
 
 def _convert(model: nn.Module, mapping: dict[type[nn.Module], type[nn.Module]]) -> nn.Module:
     # exact type match (see the module docstring): isinstance would match both directions
-    if type(model) in mapping:
-        return _swap_one(model, mapping[type(model)])
-    for name, child in model.named_children():
-        swapped = _convert(child, mapping)
-        if swapped is not child:
-            setattr(model, name, swapped)
-    return model
+    return replace_modules(
+        model, lambda _, m: _swap_one(m, mapping[type(m)]), lambda m: type(m) in mapping
+    )
 
 
 def from_torch(model: nn.Module) -> nn.Module:

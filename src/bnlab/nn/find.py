@@ -1,14 +1,15 @@
-"""Finding the batch-norm layers of a model: the one definition bnlab's tools share."""
+"""Finding the batch-norm layers of a model, and swapping them: the one definition bnlab's
+tools share."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TypeGuard
+from collections.abc import Callable, Iterator
+from typing import Any, TypeGuard
 
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["batch_norm_layers", "is_batch_norm", "values_per_statistic"]
+__all__ = ["batch_norm_layers", "is_batch_norm", "replace_modules", "values_per_statistic"]
 
 
 def is_batch_norm(module: nn.Module) -> TypeGuard[_BatchNorm]:
@@ -42,3 +43,34 @@ def values_per_statistic(layer: nn.Module, input: Tensor) -> int:
     if callable(own):
         return int(own(input))
     return input.numel() // max(input.shape[1], 1)
+
+
+def replace_modules(
+    model: nn.Module,
+    swap: Callable[[str, Any], nn.Module],  # gets the modules match accepted
+    match: Callable[[nn.Module], bool],
+) -> nn.Module:
+    """Replace every module ``match`` accepts by ``swap(name, module)``, in place; returns
+    ``model``, or its replacement where ``model`` itself matches.
+
+    A module registered in several places (``nn.Sequential(bn, act, bn)``) is swapped once and
+    the one replacement put in every place, so it stays shared. Hand-written because
+    ``named_children`` (which torch's own converters walk) yields a repeated child once: the
+    second place kept the old layer.
+    """
+    done: dict[int, nn.Module] = {}
+
+    def visit(name: str, module: nn.Module) -> nn.Module:
+        if match(module):
+            if id(module) not in done:
+                done[id(module)] = swap(name, module)
+            return done[id(module)]
+        for child_name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            new = visit(f"{name}.{child_name}" if name else child_name, child)
+            if new is not child:
+                setattr(module, child_name, new)
+        return module
+
+    return visit("", model)

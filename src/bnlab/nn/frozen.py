@@ -40,6 +40,7 @@ from torch.nn.parameter import is_lazy
 from bnlab import functional as F
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _layer_forward
 from bnlab.nn.batchnorm_act import ACTS, BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+from bnlab.nn.find import replace_modules
 from bnlab.nn.sync_batchnorm import SyncBatchNorm
 
 __all__ = [
@@ -342,27 +343,6 @@ def _unfrozen_from(frozen: _FrozenBatchNorm) -> nn.Module:
     return new
 
 
-def _replace(model: nn.Module, swap: Any, match: Any) -> nn.Module:
-    """Swap every module ``match`` accepts (the model itself too), in place; shared layers
-    once, so that they stay shared."""
-    done: dict[int, nn.Module] = {}
-
-    def visit(name: str, module: nn.Module) -> nn.Module:
-        if match(module):
-            if id(module) not in done:
-                done[id(module)] = swap(name, module)
-            return done[id(module)]
-        for child_name, child in list(module._modules.items()):  # named_children skips repeats
-            if child is None:
-                continue
-            new = visit(f"{name}.{child_name}" if name else child_name, child)
-            if new is not child:
-                setattr(module, child_name, new)
-        return module
-
-    return visit("", model)
-
-
 def freeze(model: nn.Module, trainable_affine: bool = False) -> nn.Module:
     """Replace every batch-norm layer of ``model`` (in place) with a frozen one.
 
@@ -385,7 +365,7 @@ def freeze(model: nn.Module, trainable_affine: bool = False) -> nn.Module:
     for name, m in model.named_modules():  # refuse before changing anything
         if isinstance(m, _BatchNorm):
             _check_freezable(name, m)
-    return _replace(
+    return replace_modules(
         model,
         lambda name, m: _frozen_from(name, m, trainable_affine),
         lambda m: isinstance(m, _BatchNorm),
@@ -405,6 +385,6 @@ def unfreeze(model: nn.Module) -> nn.Module:
     Returns:
         ``model``, or the new layer when ``model`` itself is a frozen layer.
     """
-    return _replace(
+    return replace_modules(
         model, lambda name, m: _unfrozen_from(m), lambda m: isinstance(m, _FrozenBatchNorm)
     )

@@ -76,6 +76,7 @@ from bnlab.nn.batchnorm import (
     count_batch,
 )
 from bnlab.nn.convert import _swap_one
+from bnlab.nn.find import is_batch_norm, replace_modules
 
 __all__ = ["SyncBatchNorm"]
 
@@ -347,20 +348,18 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         updates the model) and its train/eval flag. Returns ``module``, or the new layer when
         ``module`` itself is a batch-norm layer. Convert before wrapping the model in DDP.
         """
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            new = _swap_one(module, cls)
+
+        def swap(_: str, old: nn.Module) -> nn.Module:
+            new = _swap_one(old, cls)
             assert isinstance(new, SyncBatchNorm)
             new.process_group = process_group
-            new._revert_cls = getattr(module, "_revert_cls", None)
+            new._revert_cls = getattr(old, "_revert_cls", None)
             for source, target in _SOURCE_TO_REVERT:
-                if isinstance(module, source):
+                if isinstance(old, source):
                     new._revert_cls = target
             return new
-        for name, child in module.named_children():
-            converted = cls.convert_sync_batchnorm(child, process_group)
-            if converted is not child:
-                setattr(module, name, converted)
-        return module
+
+        return replace_modules(module, swap, is_batch_norm)
 
     @overload
     @classmethod
@@ -380,22 +379,22 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         input it saw in eager mode; a SyncBatchNorm with neither is an error (run one forward
         first).
         """
-        if isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
-            target = getattr(module, "_revert_cls", None)
+
+        def swap(_: str, old: nn.Module) -> nn.Module:
+            target = getattr(old, "_revert_cls", None)
             if target is None:
                 raise ValueError(
-                    f"revert_sync_batchnorm: cannot tell whether {type(module).__name__}"
-                    f"({module.num_features}) normalizes (N, C[, L]), (N, C, H, W) or "
-                    "(N, C, D, H, W) input: it was not converted from a BatchNorm*d and has seen "
-                    "no input (a torch.compile'd forward does not count). Run one forward first, "
-                    "or replace it by hand."
+                    f"revert_sync_batchnorm: cannot tell whether {type(old).__name__}"
+                    f"({getattr(old, 'num_features', '?')}) normalizes (N, C[, L]), (N, C, H, W) "
+                    "or (N, C, D, H, W) input: it was not converted from a BatchNorm*d and has "
+                    "seen no input (a torch.compile'd forward does not count). Run one forward "
+                    "first, or replace it by hand."
                 )
-            return _swap_one(module, target)
-        for name, child in module.named_children():
-            reverted = cls.revert_sync_batchnorm(child)
-            if reverted is not child:
-                setattr(module, name, reverted)
-        return module
+            return _swap_one(old, target)
+
+        return replace_modules(
+            module, swap, lambda m: isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm))
+        )
 
 
 def _check_same_channels(x: Tensor, group: Any, name: str) -> None:
