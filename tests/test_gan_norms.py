@@ -277,7 +277,7 @@ def test_runs_on_two_datasets_are_compared_verdict_by_verdict(tmp_path):
     [table] = section.tables
     assert table.header[1:4] == ["FD mnist, 3 epochs, 5 seeds", "classes mnist, 3 epochs, 5 seeds",
                                  "vs none mnist, 3 epochs, 5 seeds"]  # fmt: skip
-    assert table.header[4].startswith("FD fashion-mnist, 50 epochs, 3 seeds")
+    assert table.header[4].startswith("FD fashion-mnist, 3 of 50 epochs, 3 seeds")  # not there yet
     rows = {r[0]: r for r in table.rows}
     assert rows["none"][3] == rows["none"][6] == "baseline"
     assert rows["ln"][3] == "holds" and float(rows["ln"][4].split()[0]) == pytest.approx(

@@ -92,10 +92,21 @@ def report(run: Run[NormsConfig], analysis: NormsAnalysis) -> list[Section]:
 
 
 def run_label(run: Run[NormsConfig]) -> str:
-    """How a comparison names a run: its data and budget, e.g. "mnist, 200 epochs, 5 seeds"."""
+    """How a comparison names a run: its data and budget, e.g. "mnist, 200 epochs, 5 seeds";
+    a run still short of its epochs says how far every (variant, seed) got: "25 of 50"."""
     seeds = len({r["seed"] for r in run.records})
     cfg = run.config
-    return f"{cfg.dataset}, {cfg.training.epochs} epochs, {seeds} seed{'' if seeds == 1 else 's'}"
+    reached: dict[tuple[str, int], int] = {}  # (variant, seed) -> its last recorded epoch
+    for r in run.records:
+        key = (r["variant"], r["seed"])
+        reached[key] = max(reached.get(key, 0), int(r["epoch"]))
+    done = min(reached.values(), default=0)
+    epochs = (
+        f"{cfg.training.epochs}"
+        if done >= cfg.training.epochs
+        else f"{done} of {cfg.training.epochs}"
+    )
+    return f"{cfg.dataset}, {epochs} epochs, {seeds} seed{'' if seeds == 1 else 's'}"
 
 
 def compare_report(runs: list[Run[NormsConfig]], analyses: list[NormsAnalysis]) -> list[Section]:
