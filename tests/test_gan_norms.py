@@ -284,7 +284,7 @@ def test_runs_on_two_datasets_are_compared_verdict_by_verdict(tmp_path):
         100, rel=0.05
     )
     assert rows["gn"][4] == "not run"
-    assert "\n\nfashion-mnist, 50 epochs, 3 seeds: Which normalizations" in section.intro
+    assert "\n\nfashion-mnist, 3 of 50 epochs, 3 seeds: Which normalizations" in section.intro
     out = build_report([tmp_path / "m", tmp_path / "f"], out=tmp_path / "both.md", markdown=True)
     text = out.read_text()
     assert text.index("runs compared") < text.index("what to use instead of BN")
