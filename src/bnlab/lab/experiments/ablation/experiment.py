@@ -5,8 +5,6 @@ What it measures: the package docstring, :mod:`bnlab.lab.experiments.ablation`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from bnlab.lab.experiments.ablation.analysis import effects
 from bnlab.lab.experiments.ablation.config import NOTEBOOK2, NOTEBOOK3, AblationConfig, Cell, design
 from bnlab.lab.experiments.ablation.report import REPORT
@@ -73,5 +71,4 @@ EXPERIMENT: Experiment[AblationConfig] = Experiment(
 
 
 def run(cfg: AblationConfig, log: Log = print) -> RunResult:
-    result: Any = run_experiment(EXPERIMENT, cfg, log)
-    return result
+    return run_experiment(EXPERIMENT, cfg, log)

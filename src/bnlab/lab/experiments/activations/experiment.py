@@ -5,8 +5,6 @@ What it measures: the package docstring, :mod:`bnlab.lab.experiments.activations
 
 from __future__ import annotations
 
-from typing import Any
-
 from bnlab.lab.experiments.activations.analysis import claims
 from bnlab.lab.experiments.activations.config import ActivationsConfig
 from bnlab.lab.experiments.activations.measure import layer_stats, record_layers
@@ -47,5 +45,4 @@ EXPERIMENT: Experiment[ActivationsConfig] = Experiment(
 def run(cfg: ActivationsConfig, log: Log = print) -> RunResult:
     """Measure and train every (activation, init, norm) net, write the run directory; see
     :func:`~bnlab.lab.experiments.protocol.run_experiment`."""
-    result: Any = run_experiment(EXPERIMENT, cfg, log)
-    return result
+    return run_experiment(EXPERIMENT, cfg, log)

@@ -5,8 +5,6 @@ What it measures: the package docstring, :mod:`bnlab.lab.experiments.gan`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from bnlab.lab.experiments.driver import RunResult, run_experiment
 from bnlab.lab.experiments.gan.analysis import claims
 from bnlab.lab.experiments.gan.config import DEFAULT_VARIANTS, GanConfig, GanTraining
@@ -49,5 +47,4 @@ EXPERIMENT: Experiment[GanConfig] = Experiment(
 
 def run(cfg: GanConfig, log: Log = print) -> RunResult:
     """Train every (seed, variant), write the run directory; see :func:`run_experiment`."""
-    result: Any = run_experiment(EXPERIMENT, cfg, log)
-    return result
+    return run_experiment(EXPERIMENT, cfg, log)

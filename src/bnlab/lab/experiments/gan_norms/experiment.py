@@ -7,8 +7,6 @@ What it measures: the package docstring, :mod:`bnlab.lab.experiments.gan_norms`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from bnlab.lab.experiments.driver import RunResult, run_experiment
 from bnlab.lab.experiments.gan.train import load, plan, train_chunk
 from bnlab.lab.experiments.gan_norms.config import NORM_VARIANTS, NormsConfig
@@ -38,5 +36,4 @@ EXPERIMENT: Experiment[NormsConfig] = Experiment(
 
 def run(cfg: NormsConfig, log: Log = print) -> RunResult:
     """Train every (seed, variant), write the run directory; see :func:`run_experiment`."""
-    result: Any = run_experiment(EXPERIMENT, cfg, log)
-    return result
+    return run_experiment(EXPERIMENT, cfg, log)

@@ -5,8 +5,6 @@ What it measures: the package docstring, :mod:`bnlab.lab.experiments.ioffe2015`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from bnlab.lab.experiments.driver import RunResult, run_experiment
 from bnlab.lab.experiments.ioffe2015.analysis import claims
 from bnlab.lab.experiments.ioffe2015.config import NETS, Ioffe2015Config, Training
@@ -54,5 +52,4 @@ EXPERIMENT: Experiment[Ioffe2015Config] = Experiment(
 def run(cfg: Ioffe2015Config, log: Log = print) -> RunResult:
     """Train both nets of every seed, write the run directory; see
     :func:`~bnlab.lab.experiments.protocol.run_experiment`."""
-    result: Any = run_experiment(EXPERIMENT, cfg, log)
-    return result
+    return run_experiment(EXPERIMENT, cfg, log)

@@ -5,8 +5,6 @@ What it measures: the package docstring, :mod:`bnlab.lab.experiments.santurkar20
 
 from __future__ import annotations
 
-from typing import Any
-
 from bnlab.lab.experiments.driver import RunResult, run_experiment
 from bnlab.lab.experiments.protocol import Experiment, Log
 from bnlab.lab.experiments.santurkar2018.config import Config
@@ -42,5 +40,4 @@ EXPERIMENT: Experiment[Config] = Experiment(
 
 def run(cfg: Config, log: Log = print) -> RunResult:
     """Train every job, write the run directory; see :func:`run_experiment`."""
-    result: Any = run_experiment(EXPERIMENT, cfg, log)
-    return result
+    return run_experiment(EXPERIMENT, cfg, log)
