@@ -134,17 +134,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return {name: to_json(value) for name, value in flat_values(cfg).items()}
 
 
-# Settings that say how a run was carried out, not what it measured (left out of its label).
-RUN_HOW = frozenset(
-    {"out", "resume", "quick", "jobs", "runner", "ray_address", "data", "tensorboard"}
-)
-
-
-def differing_settings(configs: Sequence[Any]) -> list[dict[str, Any]]:
+def differing_settings(
+    configs: Sequence[Any], leave_out: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """Per config, the flat settings (as config.json writes their values) in which the
-    configs differ, how-to-run settings (:data:`RUN_HOW`) left out: what tells runs apart."""
+    configs differ, those named in ``leave_out`` aside: what tells runs apart."""
     flat = [config_to_dict(c) for c in configs]
-    keys = sorted({k for c in flat for k in c} - RUN_HOW)
+    keys = sorted({k for c in flat for k in c} - leave_out)
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in flat}) > 1]
     return [{k: c.get(k) for k in differ} for c in flat]
 

@@ -39,6 +39,7 @@ from bnlab.lab.results import Claim, Run, verdict_text
 
 __all__ = [
     "MAX_COUNT",
+    "NOT_IN_LABELS",
     "OPERATIONAL",
     "Experiment",
     "ExperimentReport",
@@ -46,6 +47,8 @@ __all__ = [
     "Log",
     "RunOptions",
     "check_counts",
+    "claims_compare",
+    "run_labels",
     "validate_training",
 ]
 
@@ -93,6 +96,8 @@ class RunOptions:
 
 # Fields that only say where and how a run executes: a resume may change them freely.
 OPERATIONAL = frozenset({f.name for f in dataclasses.fields(RunOptions)} | {"data"})
+# Settings a comparison does not name runs by: how they ran, and what they wrote besides.
+NOT_IN_LABELS = OPERATIONAL | {"tensorboard"}
 
 
 # The largest count a budget flag (epochs, steps, widths, samples) may take: a C int, so that
@@ -185,7 +190,9 @@ def run_labels(runs: list[Run[Any]]) -> list[str]:
     "dataset=fashion-mnist epochs=10"), else its folder's name."""
     labels = [
         " ".join(f"{k}={v}" for k, v in differ.items()) or run.dir.name
-        for differ, run in zip(differing_settings([r.config for r in runs]), runs, strict=True)
+        for differ, run in zip(
+            differing_settings([r.config for r in runs], NOT_IN_LABELS), runs, strict=True
+        )
     ]
     if len(set(labels)) < len(labels):  # the same settings: tell them apart by folder
         labels = [f"{lab} ({r.dir.name})" for lab, r in zip(labels, runs, strict=True)]

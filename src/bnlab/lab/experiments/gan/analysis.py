@@ -18,6 +18,7 @@ import numpy as np
 
 from bnlab.lab.configs import config_to_dict, differing_settings
 from bnlab.lab.experiments.gan.config import GanConfig
+from bnlab.lab.experiments.protocol import NOT_IN_LABELS
 from bnlab.lab.results import ONE_SEED, Claim, Run, Verdict, no_answer, verdict_text
 from bnlab.lab.stats import Estimate, mean_ci, paired, paired_claim
 
@@ -411,7 +412,7 @@ def run_labels(configs: Sequence[GanConfig]) -> list[str]:
     """A short label per run: the settings in which the runs differ (e.g. nproc=4 ddp_bn=sync),
     by their flat names and as config.json writes their values."""
     labels = []
-    for differ, cfg in zip(differing_settings(configs), configs, strict=True):
+    for differ, cfg in zip(differing_settings(configs, NOT_IN_LABELS), configs, strict=True):
         if cfg.nproc == 1:  # one process: no data parallelism, whatever ddp_bn says
             differ.pop("ddp_bn", None)
         labels.append(" ".join(f"{k}={v}" for k, v in differ.items()) or "run")
