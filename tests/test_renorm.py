@@ -176,14 +176,78 @@ def test_warm_up_ramps_r_max_and_d_max_linearly():
 
 def test_without_a_warm_up_the_step_counter_is_never_read():
     """Reading the counter's value is a host sync on a GPU. A meta tensor has no value, so
-    reading it raises: without a warm-up the limits come without it, with one they need it."""
+    reading it raises: without a warm-up the limits come without it; with one, off the CPU
+    they are computed on the device (tensors), and only a forced host read needs the value."""
     step = torch.zeros((), dtype=torch.long, device="meta")
     assert limits_now(step, (3.0, 5.0, 0, 0)) == (3.0, 5.0) == renorm_limits(7, 3.0, 5.0)
+    r_max, d_max = limits_now(step, (3.0, 5.0, 2, 4))
+    assert isinstance(r_max, torch.Tensor) and r_max.device.type == "meta"
+    assert isinstance(d_max, torch.Tensor)
     with pytest.raises((RuntimeError, NotImplementedError)):
-        limits_now(step, (3.0, 5.0, 2, 4))
+        limits_now(step, (3.0, 5.0, 2, 4), on_host=True)
     layer = bnn.BatchRenorm1d(3, r_max=2.0, d_max=1.0)
     layer.num_batches_tracked = step
     assert layer.clip_limits() == (2.0, 1.0)
+
+
+@pytest.mark.parametrize("start_steps", [(2, 4), (0, 3), (3, 0), (0, 7)])
+def test_device_limits_equal_the_host_numbers_bit_for_bit(start_steps):
+    start, steps = start_steps
+    for step in range(12):
+        counter = torch.tensor(step)
+        host = limits_now(counter, (3.0, 5.0, start, steps), on_host=True)
+        r_max, d_max = limits_now(counter, (3.0, 5.0, start, steps), on_host=False)
+        assert isinstance(r_max, torch.Tensor) and isinstance(d_max, torch.Tensor)
+        assert (r_max.item(), d_max.item()) == host == renorm_limits(step, 3.0, 5.0, start, steps)
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that copy a tensor's value to the host (a device sync on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: bnn.BatchRenorm1d(3, warmup_start=2, warmup_steps=3, dtype=F64),
+    lambda: bnn.GhostBatchRenorm1d(3, 4, warmup_start=2, warmup_steps=3, dtype=F64),
+])  # fmt: skip
+def test_the_warm_up_on_a_device_reads_nothing_on_the_host_and_trains_the_same(make, monkeypatch):
+    """Off the CPU the warm-up's limits are device tensors: no host read per step (the reads
+    are counted), and every step's output, gradients and running statistics equal the host
+    path's bit for bit (BN before the warm-up starts, then the ramp)."""
+    from bnlab.nn import renorm
+
+    host, device = make(), make()
+    device.load_state_dict(host.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    for step in range(7):
+        x = torch.randn(12, 3, generator=gen, dtype=F64) * 3 + 2
+        outs, grads, reads = [], [], []
+        for layer, where in ((host, {"cpu"}), (device, set())):
+            monkeypatch.setattr(renorm, "HOST_READ_DEVICES", frozenset(where))
+            xi = x.clone().requires_grad_()
+            with _HostReads() as mode:
+                y = layer(xi)
+                y.square().sum().backward()
+            outs.append(y.detach())
+            grads.append((xi.grad, layer.weight.grad.clone(), layer.bias.grad.clone()))
+            reads.append(mode.reads)
+            layer.zero_grad()
+        assert reads[1] == 0, f"step {step}: the device path read the host {reads[1]} times"
+        assert reads[0] >= 1  # the host path reads the counter: the count can fail
+        assert torch.equal(outs[0], outs[1]), step
+        for a, b in zip(*grads, strict=True):
+            assert torch.equal(a, b), step
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(host, name), getattr(device, name)), (step, name)
+    assert host.clip_limits() == device.clip_limits() == (3.0, 5.0)  # the ramp is done
 
 
 def test_warm_up_is_batch_norm_before_it_starts_and_counts_batches(monkeypatch):

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from bnlab import functional as F
 from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward, count_batch
-from bnlab.nn.renorm import _BatchRenorm, _renorm_forward, limits_now, renorm_affine
+from bnlab.nn.renorm import Limit, _BatchRenorm, _is_bn, _renorm_forward, limits_now, renorm_affine
 
 __all__ = [
     "GhostBatchNorm1d",
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Batch renorm's inputs to one chunked BN call: running mean, running var, r_max, d_max.
-Renorm = tuple[Tensor, Tensor, float, float]
+Renorm = tuple[Tensor, Tensor, Limit, Limit]
 
 
 def _chunk_rows(n: int, ghost: int) -> tuple[int, int]:
@@ -140,7 +140,7 @@ def _ghost_forward(
         assert running_mean is not None and running_var is not None  # a renorm layer tracks
         assert num_batches_tracked is not None
         r_max, d_max = limits_now(num_batches_tracked, limits)
-        if r_max != 1.0 or d_max != 0.0:  # else plain Ghost BN during the warm-up
+        if not _is_bn(r_max, d_max):  # else plain Ghost BN during the warm-up
             renorm = (running_mean, running_var, r_max, d_max)
     factor = count_batch(training, track_running_stats, momentum, num_batches_tracked)
     full, rest = _chunk_rows(n, ghost)

@@ -21,7 +21,10 @@ The paper's warm-up: r_max = 1 and d_max = 0 (plain BN) for the first steps, the
 ``warmup_start`` steps of BN, then a linear ramp over ``warmup_steps`` steps to ``r_max`` and
 ``d_max``, counted by ``num_batches_tracked`` (a buffer: a loaded checkpoint resumes the
 schedule). The paper (Sec. 4) relaxed r_max 1 -> 3 over steps 5k..40k and d_max 0 -> 5 over
-5k..25k; ``warmup_start=5000, warmup_steps=35000`` ramps both over 5k..40k.
+5k..25k; ``warmup_start=5000, warmup_steps=35000`` ramps both over 5k..40k. On a GPU the
+schedule is computed on the device from the counter (no host read, no sync per step, one graph
+under torch.compile); on the CPU the counter is read, which is free there and lets the steps
+before ``warmup_start`` skip r and d's statistics pass (see :func:`limits_now`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from bnlab import functional as F
 from bnlab.nn.batchnorm import _BatchNorm, _check_shape, _layer_forward
 
 __all__ = [
+    "HOST_READ_DEVICES",
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
@@ -58,19 +62,43 @@ def renorm_limits(
     return 1.0 + (r_max - 1.0) * frac, d_max * frac
 
 
+# Devices whose step counter is read on the host for the warm-up (a free read there); on any
+# other device the limits are computed on the device instead (see limits_now).
+HOST_READ_DEVICES = frozenset({"cpu"})
+Limit = float | Tensor  # a clip limit: a number, or a 0-dim tensor computed on the device
+
+
 def limits_now(
-    num_batches_tracked: Tensor, limits: tuple[float, float, int, int]
-) -> tuple[float, float]:
+    num_batches_tracked: Tensor,
+    limits: tuple[float, float, int, int],
+    *,
+    on_host: bool | None = None,
+) -> tuple[Limit, Limit]:
     """``(r_max, d_max)`` for the training step ``num_batches_tracked`` counts, with ``limits``
     = (r_max, d_max, warmup_start, warmup_steps).
 
-    Without a warm-up the limits do not depend on the step, and the counter is not read:
-    reading a GPU tensor's value on the host waits for the device (one sync per layer per
-    step), so only a warm-up schedule pays for it.
+    Without a warm-up the limits do not depend on the step: two numbers, the counter unread.
+    With one, on the CPU (``HOST_READ_DEVICES``) the counter is read and the limits are numbers;
+    on a GPU reading it would wait for the device (one sync per layer per step), so the limits
+    are 0-dim float64 tensors computed there from the counter by the same arithmetic as
+    :func:`renorm_limits` (equal to its numbers bit for bit), and the caller clamps with them.
+    ``on_host`` forces one way (True: numbers, e.g. for display; False: tensors).
     """
     if limits[2] <= 0 and limits[3] <= 0:
         return renorm_limits(0, *limits)  # the same numbers at every step
-    return renorm_limits(int(num_batches_tracked), *limits)
+    if on_host is None:
+        on_host = num_batches_tracked.device.type in HOST_READ_DEVICES
+    if on_host:
+        return renorm_limits(int(num_batches_tracked), *limits)
+    r_max, d_max, start, steps = limits
+    past = num_batches_tracked.to(torch.float64) - start  # exact: counts below 2**53
+    frac = past.div(steps).clamp(0.0, 1.0) if steps > 0 else (past >= 0).to(torch.float64)
+    return 1.0 + (r_max - 1.0) * frac, d_max * frac
+
+
+def _is_bn(r_max: Limit, d_max: Limit) -> bool:
+    """Whether the limits are known, without a device read, to be BN's (1, 0)."""
+    return isinstance(r_max, float) and isinstance(d_max, float) and r_max == 1.0 and d_max == 0.0
 
 
 def renorm_affine(
@@ -80,8 +108,8 @@ def renorm_affine(
     running_mean: Tensor,
     running_var: Tensor,
     eps: float,
-    r_max: float,
-    d_max: float,
+    r_max: Limit,
+    d_max: Limit,
 ) -> tuple[Tensor, Tensor]:
     """Batch renorm as BN's affine: ``(gamma * r, beta + gamma * d)`` for the batch ``x``
     (N, K, *), r and d from its per-channel statistics and the running ones (no gradient).
@@ -96,8 +124,14 @@ def renorm_affine(
         count = x.numel() // x.shape[1]
         std_b = (m2_b / count).add_(eps).sqrt_()
         std = running_var.to(std_b.dtype).add(eps).sqrt_().repeat(k)
-        r = (std_b / std).clamp_(1.0 / r_max, r_max)
-        d = (mean_b - running_mean.to(mean_b.dtype).repeat(k)).div_(std).clamp_(-d_max, d_max)
+        if isinstance(r_max, Tensor):  # the warm-up's limits on the device, in float64
+            low, high = (1.0 / r_max).to(std_b.dtype), r_max.to(std_b.dtype)
+            r = torch.clamp(std_b / std, low, high)
+            d_max = d_max.to(std_b.dtype) if isinstance(d_max, Tensor) else d_max
+        else:
+            r = (std_b / std).clamp_(1.0 / r_max, r_max)
+        d = (mean_b - running_mean.to(mean_b.dtype).repeat(k)).div_(std)
+        d = torch.clamp(d, -d_max, d_max) if isinstance(d_max, Tensor) else d.clamp_(-d_max, d_max)
         pdtype = running_mean.dtype  # the parameters' dtype (float32 for a half input)
         r, d = r.to(pdtype), d.to(pdtype)
     gamma = None if weight is None else weight.repeat(k)
@@ -134,7 +168,7 @@ def _renorm_forward(
         if training and num_batches_tracked is not None
         else (1.0, 0.0)
     )
-    if (r_max == 1.0 and d_max == 0.0) or x.numel() // max(x.shape[1], 1) <= 1:
+    if _is_bn(r_max, d_max) or x.numel() // max(x.shape[1], 1) <= 1:
         # Evaluation, plain BN during warm-up, an empty batch or a batch of 1 (refused by the
         # BN step, naming the layer): no statistics pass for r and d that change nothing
         return _layer_forward(
@@ -201,9 +235,12 @@ class _BatchRenorm(_BatchNorm):
         self.warmup_steps = int(warmup_steps)
 
     def clip_limits(self) -> tuple[float, float]:
-        """``(r_max, d_max)`` the next training step uses (the warm-up applied)."""
+        """``(r_max, d_max)`` the next training step uses (the warm-up applied), as numbers
+        (a GPU's counter is read: a sync, fine for display, not once per step)."""
         assert self.num_batches_tracked is not None
-        return limits_now(self.num_batches_tracked, self._limits())
+        r_max, d_max = limits_now(self.num_batches_tracked, self._limits(), on_host=True)
+        assert isinstance(r_max, float) and isinstance(d_max, float)
+        return r_max, d_max
 
     def _limits(self) -> tuple[float, float, int, int]:
         return self.r_max, self.d_max, self.warmup_start, self.warmup_steps
