@@ -80,3 +80,21 @@ def test_cuda_matches_cpu(make):
         torch.testing.assert_close(xg.grad.cpu(), xc.grad, rtol=1e-4, atol=1e-4)
     for name, t in cpu.state_dict().items():
         torch.testing.assert_close(gpu.state_dict()[name].cpu(), t, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("make", [
+    lambda: bnn.BatchRenorm1d(3, warmup_start=1, warmup_steps=2),
+    lambda: bnn.GhostBatchRenorm1d(3, 4, warmup_start=1, warmup_steps=2),
+])  # fmt: skip
+def test_cuda_renorm_warm_up_steps_without_a_host_sync(make):
+    layer = make().cuda()
+    x = torch.randn(12, 3, device="cuda") * 2 + 1
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a device-to-host read raises
+    try:
+        for _ in range(4):  # before, during and after the ramp
+            layer(x.requires_grad_()).square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert layer.clip_limits() == (3.0, 5.0)
