@@ -579,6 +579,14 @@ def test_revert_a_layer_built_directly_uses_the_input_it_saw():
     assert type(SyncBatchNorm.revert_sync_batchnorm(layer)) is bnn.BatchNorm3d
 
 
+def test_a_refused_revert_names_the_layer_and_reverts_nothing():
+    model = SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm1d(3), nn.ReLU()))
+    model.append(SyncBatchNorm(3))  # built directly, no input seen
+    with pytest.raises(ValueError, match=r"whether 2 normalize.*nothing was reverted"):
+        SyncBatchNorm.revert_sync_batchnorm(model)
+    assert type(model[0]) is SyncBatchNorm  # the revertible layer was left as it was
+
+
 @pytest.mark.parametrize(
     "other",
     [

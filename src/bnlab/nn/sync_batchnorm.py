@@ -380,21 +380,23 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         first).
         """
 
-        def swap(_: str, old: nn.Module) -> nn.Module:
-            target = getattr(old, "_revert_cls", None)
-            if target is None:
-                raise ValueError(
-                    f"revert_sync_batchnorm: cannot tell whether {type(old).__name__}"
-                    f"({getattr(old, 'num_features', '?')}) normalizes (N, C[, L]), (N, C, H, W) "
-                    "or (N, C, D, H, W) input: it was not converted from a BatchNorm*d and has "
-                    "seen no input (a torch.compile'd forward does not count). Run one forward "
-                    "first, or replace it by hand."
-                )
-            return _swap_one(old, target)
+        def is_sync(m: nn.Module) -> bool:
+            return isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm))
 
-        return replace_modules(
-            module, swap, lambda m: isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm))
-        )
+        # every layer checked before any is swapped: a refused revert leaves the model whole
+        unknown = [
+            name or type(m).__name__
+            for name, m in module.named_modules()
+            if is_sync(m) and getattr(m, "_revert_cls", None) is None
+        ]
+        if unknown:
+            raise ValueError(
+                f"revert_sync_batchnorm: cannot tell whether {', '.join(unknown)} normalize(s) "
+                "(N, C[, L]), (N, C, H, W) or (N, C, D, H, W) input: not converted from a "
+                "BatchNorm*d and no input seen (a torch.compile'd forward does not count). Run "
+                "one forward first, or replace it by hand; nothing was reverted."
+            )
+        return replace_modules(module, lambda _, old: _swap_one(old, old._revert_cls), is_sync)
 
 
 def _check_same_channels(x: Tensor, group: Any, name: str) -> None:
