@@ -29,7 +29,7 @@ before ``warmup_start`` skip r and d's statistics pass (see :func:`limits_now`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -124,14 +124,14 @@ def renorm_affine(
         count = x.numel() // x.shape[1]
         std_b = (m2_b / count).add_(eps).sqrt_()
         std = running_var.to(std_b.dtype).add(eps).sqrt_().repeat(k)
-        if isinstance(r_max, Tensor):  # the warm-up's limits on the device, in float64
-            low, high = (1.0 / r_max).to(std_b.dtype), r_max.to(std_b.dtype)
-            r = torch.clamp(std_b / std, low, high)
-            d_max = d_max.to(std_b.dtype) if isinstance(d_max, Tensor) else d_max
-        else:
-            r = (std_b / std).clamp_(1.0 / r_max, r_max)
-        d = (mean_b - running_mean.to(mean_b.dtype).repeat(k)).div_(std)
-        d = torch.clamp(d, -d_max, d_max) if isinstance(d_max, Tensor) else d.clamp_(-d_max, d_max)
+        # numbers, or (a warm-up off the CPU) float64 device tensors cast to the statistics'
+        # dtype; clamp_ takes either (Any: its stubs take one kind per call, not the union)
+        low, high, d_high = (
+            t.to(std_b.dtype) if isinstance(t, Tensor) else t for t in (1.0 / r_max, r_max, d_max)
+        )
+        low, high, d_high = cast(Any, low), cast(Any, high), cast(Any, d_high)
+        r = (std_b / std).clamp_(low, high)
+        d = (mean_b - running_mean.to(mean_b.dtype).repeat(k)).div_(std).clamp_(-d_high, d_high)
         pdtype = running_mean.dtype  # the parameters' dtype (float32 for a half input)
         r, d = r.to(pdtype), d.to(pdtype)
     gamma = None if weight is None else weight.repeat(k)
